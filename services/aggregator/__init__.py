@@ -1,0 +1,1 @@
+"""The aggregator (cloud node): rounds, aggregation strategies, persisted run state, REST routes."""

@@ -1,0 +1,211 @@
+"""The round state machine, plain Python so tests can drive it without HTTP.
+
+waiting  → workers join with their scaling statistics; once ``min_workers`` have joined the scaler is frozen
+training → round r (= rounds_done + 1) is open; it closes when ``min_workers`` updates arrived, or at the deadline
+           with at least ``quorum``; the new global model is persisted, then published (rounds_done += 1)
+done     → all rounds done; the last global model stays published
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+
+import numpy as np
+
+from services.aggregator.store import AggregatorStore
+from services.aggregator.strategies import make_strategy
+from services.config import Settings
+from services.data.scaling import FeatureStats, Scaler
+from services.model.autoencoder import build_autoencoder, count_parameters, get_flat_weights, spec_hash
+from services.protocol.codec import content_hash, decode_weights
+from services.protocol.messages import JoinRequest, JoinResponse, TrainingPlan
+
+
+class RoundError(Exception):
+    """A request the round state refuses; ``status`` is the HTTP status that says why."""
+
+    def __init__(self, status: int, detail: str):
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class Update:
+    sample_count: int
+    loss: float
+    sha256: str
+
+
+class Federation:
+    def __init__(self, settings: Settings, store: AggregatorStore, clock=time.time):
+        self.settings = settings
+        self.fed = settings.federation
+        self.store = store
+        self.clock = clock
+        self.spec_hash = spec_hash(settings.input_width, settings.model.hidden)
+        self.n_params = count_parameters(settings.input_width, settings.model.hidden)
+        self.strategy = make_strategy(self.fed.strategy)
+        self.pending: dict[str, Update] = {}
+        self.last_seen: dict[str, float] = {}
+        loaded = store.load(self.n_params)
+        if loaded is None:
+            initial = build_autoencoder(settings.input_width, settings.model.hidden, seed=settings.model.seed)
+            self.state = store.commit(
+                {"run_id": uuid.uuid4().hex[:12], "rounds_done": 0, "scaler": None, "joined": {}, "history": []},
+                get_flat_weights(initial),
+            )
+            self.global_weights = get_flat_weights(initial)
+        else:
+            self.state, self.global_weights = loaded
+        self.round_opened_at = self.clock()
+        self.strategy.begin(self.global_weights)
+        for worker_id, weights, meta in store.pending_updates(self.open_round, self.n_params):
+            self._accept(worker_id, weights, Update(meta["sample_count"], meta["loss"], meta["sha256"]))
+
+    # -- read side ------------------------------------------------------------------------------------------------
+    @property
+    def rounds_done(self) -> int:
+        return self.state["rounds_done"]
+
+    @property
+    def open_round(self) -> int:
+        return self.rounds_done + 1
+
+    @property
+    def phase(self) -> str:
+        if self.rounds_done >= self.fed.rounds:
+            return "done"
+        return "training" if self.state["scaler"] is not None else "waiting"
+
+    @property
+    def scaler(self) -> Scaler | None:
+        return Scaler(**self.state["scaler"]) if self.state["scaler"] else None
+
+    def deadline(self) -> float:
+        return self.round_opened_at + self.fed.round_deadline_s
+
+    def plan(self) -> TrainingPlan:
+        m = self.settings.model
+        return TrainingPlan(local_epochs=m.local_epochs, batch_size=m.batch_size, learning_rate=m.learning_rate,
+                            fedprox_mu=self.fed.fedprox_mu)
+
+    def join_response(self) -> JoinResponse:
+        return JoinResponse(run_id=self.state["run_id"], phase=self.phase, round=self.open_round,
+                            rounds_done=self.rounds_done, rounds_total=self.fed.rounds, plan=self.plan(),
+                            scaler=self.scaler)
+
+    def status(self) -> dict:
+        joined = self.state["joined"]
+        workers = {}
+        for worker_id in sorted(set(joined) | set(self.last_seen)):
+            last = next((h["workers"][worker_id] for h in reversed(self.state["history"])
+                         if worker_id in h["workers"]), None)
+            workers[worker_id] = {
+                "joined": worker_id in joined,
+                "sample_count": joined.get(worker_id, {}).get("sample_count"),
+                "last_seen": self.last_seen.get(worker_id),
+                "last_loss": last["loss"] if last else None,
+                "update_in_open_round": worker_id in self.pending,
+            }
+        return {
+            "run_id": self.state["run_id"],
+            "phase": self.phase,
+            "round": self.open_round if self.phase == "training" else self.rounds_done,
+            "rounds_done": self.rounds_done,
+            "rounds_total": self.fed.rounds,
+            "min_workers": self.fed.min_workers,
+            "quorum": self.fed.quorum,
+            "updates_in_open_round": sorted(self.pending),
+            "deadline_in_s": round(self.deadline() - self.clock(), 1) if self.phase == "training" else None,
+            "strategy": self.fed.strategy,
+            "model": {"spec_hash": self.spec_hash, "parameters": self.n_params,
+                      "sha256": self.state["global_sha256"]},
+            "workers": workers,
+            "history": self.state["history"],
+        }
+
+    # -- write side -----------------------------------------------------------------------------------------------
+    def join(self, worker_id: str, request: JoinRequest) -> JoinResponse:
+        if request.spec_hash != self.spec_hash:
+            raise RoundError(409, f"model spec {request.spec_hash} differs from the federation's {self.spec_hash}: "
+                                  "the worker's config (features, window, model.hidden) must match the aggregator's")
+        if len(request.stats.sum) != len(self.settings.data.features):
+            raise RoundError(422, f"stats have {len(request.stats.sum)} features, "
+                                  f"the federation uses {len(self.settings.data.features)}")
+        self.last_seen[worker_id] = self.clock()
+        joined = dict(self.state["joined"])
+        joined[worker_id] = {"sample_count": request.sample_count, "stats": request.stats.model_dump()}
+        state = {**self.state, "joined": joined}
+        if state["scaler"] is None and len(joined) >= self.fed.min_workers:
+            merged = FeatureStats.merge([FeatureStats(**j["stats"]) for j in joined.values()])
+            state["scaler"] = merged.scaler().model_dump()
+            self.round_opened_at = self.clock()
+        self.state = self.store.commit(state, self.global_weights)
+        return self.join_response()
+
+    def submit(self, worker_id: str, round_no: int, body: bytes, sample_count: int, loss: float,
+               sha256: str | None) -> dict:
+        """Accept one worker's weights for ``round_no``; closes the round once enough have arrived."""
+        self.last_seen[worker_id] = self.clock()
+        if worker_id not in self.state["joined"]:
+            raise RoundError(409, f"worker {worker_id} has not joined this run ({self.state['run_id']}); join first")
+        if self.phase != "training":
+            raise RoundError(409, f"no round is open: the federation is {self.phase}")
+        if round_no != self.open_round:
+            when = "already closed" if round_no < self.open_round else "not open yet"
+            raise RoundError(409, f"round {round_no} is {when}; the open round is {self.open_round}")
+        if sample_count < 1:
+            raise RoundError(422, "X-Sample-Count must be a positive integer")
+        if not np.isfinite(loss):
+            raise RoundError(422, "X-Train-Loss must be a finite number")
+        digest = content_hash(body)
+        previous = self.pending.get(worker_id)
+        if previous is not None:
+            if previous.sha256 == digest:
+                return {"accepted": True, "duplicate": True, "round": round_no}
+            raise RoundError(409, f"worker {worker_id} already sent a different update for round {round_no}")
+        try:
+            weights = decode_weights(body, self.n_params, sha256)
+        except ValueError as exc:
+            raise RoundError(422, str(exc)) from None
+        update = Update(sample_count=sample_count, loss=float(loss), sha256=digest)
+        self.store.save_update(round_no, worker_id, body, {"sample_count": sample_count, "loss": float(loss),
+                                                           "sha256": digest})
+        self._accept(worker_id, weights, update)
+        if len(self.pending) >= self.fed.min_workers:
+            self.close_round("min_workers")
+        return {"accepted": True, "duplicate": False, "round": round_no}
+
+    def tick(self) -> None:
+        """Called about once a second: close an overdue round that has a quorum."""
+        if self.phase == "training" and self.clock() >= self.deadline() and len(self.pending) >= self.fed.quorum:
+            self.close_round("deadline")
+
+    def _accept(self, worker_id: str, weights: np.ndarray, update: Update) -> None:
+        self.strategy.add(weights, update.sample_count)
+        self.pending[worker_id] = update
+
+    def close_round(self, reason: str) -> None:
+        """Aggregate, persist, then publish: a crash before the commit leaves the round open with its updates."""
+        new_weights = self.strategy.result()
+        closed_at = self.clock()
+        total = sum(u.sample_count for u in self.pending.values())
+        record = {
+            "round": self.open_round,
+            "closed_by": reason,
+            "duration_s": round(closed_at - self.round_opened_at, 3),
+            "closed_at": closed_at,
+            "workers": {w: {"sample_count": u.sample_count, "loss": u.loss, "sha256": u.sha256}
+                        for w, u in sorted(self.pending.items())},
+            "mean_loss": sum(u.loss * u.sample_count for u in self.pending.values()) / total,
+        }
+        state = {**self.state, "rounds_done": self.open_round, "history": [*self.state["history"], record]}
+        self.state = self.store.commit(state, new_weights)
+        self.store.drop_pending(self.rounds_done)
+        self.global_weights = new_weights
+        self.pending = {}
+        self.round_opened_at = closed_at
+        self.strategy.begin(self.global_weights)

@@ -1,0 +1,205 @@
+"""Typed settings loaded from config.yaml, with single values overridable by environment variables.
+
+Why one loader for both services: the aggregator and every worker must agree on the model shape, the data columns
+and the round rules, so they read the same file. Containers override single values with
+``FEDAD__SECTION__KEY=value``, parsed as YAML; list items by index or, for workers, by id
+(``FEDAD__WORKERS__0__TOKEN`` or ``FEDAD__WORKERS__VALVE1__TOKEN``), so a container only needs to know its own id.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG = REPO_ROOT / "config.yaml"
+ENV_PREFIX = "FEDAD__"
+
+
+class ConfigError(ValueError):
+    """A config value is missing or wrong; the message names the key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataSettings(_Section):
+    source: Literal["skab"] = "skab"
+    dir: Path | None = None
+    features: list[str] = Field(min_length=1)
+    train_rows: int = Field(400, gt=0)
+    window: int = Field(1, ge=1, le=256)
+
+
+class ModelSettings(_Section):
+    hidden: list[int] = Field(min_length=1)
+    local_epochs: int = Field(5, ge=1)
+    batch_size: int = Field(64, ge=1)
+    learning_rate: float = Field(0.005, gt=0)
+    seed: int = 0
+
+    @field_validator("hidden")
+    @classmethod
+    def _positive(cls, sizes: list[int]) -> list[int]:
+        if any(s < 1 for s in sizes):
+            raise ValueError("every hidden layer size must be >= 1")
+        return sizes
+
+
+class FederationSettings(_Section):
+    rounds: int = Field(10, ge=1)
+    min_workers: int = Field(3, ge=1)
+    quorum: int = Field(2, ge=1)
+    round_deadline_s: float = Field(120, gt=0)
+    strategy: Literal["fedavg"] = "fedavg"
+    fedprox_mu: float = Field(0.0, ge=0)
+
+    @model_validator(mode="after")
+    def _quorum_fits(self) -> "FederationSettings":
+        if self.quorum > self.min_workers:
+            raise ValueError(f"quorum ({self.quorum}) must not exceed min_workers ({self.min_workers})")
+        return self
+
+
+class ThresholdSettings(_Section):
+    rule: Literal["quantile", "mean_std"] = "quantile"
+    quantile: float = Field(0.99, gt=0, lt=1)
+    k: float = Field(3.0, ge=0)
+    factor: float = Field(1.0, gt=0)
+
+
+class ServingSettings(_Section):
+    model: Literal["int8", "fp32"] = "int8"
+    max_batch_rows: int = Field(10000, ge=1)
+
+
+class AggregatorSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=1, le=65535)
+    url: str = "http://127.0.0.1:8080"
+    state_dir: Path = Path("state/aggregator")
+
+
+class WorkerSettings(_Section):
+    id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+    partition: list[str] = Field(min_length=1)
+    host: str = "127.0.0.1"
+    port: int = Field(ge=1, le=65535)
+    state_dir: Path
+    token: str = Field(min_length=8)
+
+
+class Settings(_Section):
+    data: DataSettings
+    model: ModelSettings
+    federation: FederationSettings = FederationSettings()
+    threshold: ThresholdSettings = ThresholdSettings()
+    serving: ServingSettings = ServingSettings()
+    aggregator: AggregatorSettings = AggregatorSettings()
+    workers: list[WorkerSettings] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique_workers(self) -> "Settings":
+        ids = [w.id for w in self.workers]
+        dup = {i for i in ids if ids.count(i) > 1}
+        if dup:
+            raise ValueError(f"worker ids must be unique, repeated: {sorted(dup)}")
+        return self
+
+    def worker(self, worker_id: str) -> WorkerSettings:
+        for w in self.workers:
+            if w.id == worker_id:
+                return w
+        raise ConfigError(f"workers: no worker with id {worker_id!r} (known: {[w.id for w in self.workers]})")
+
+    @property
+    def input_width(self) -> int:
+        """Width of one model input: a window of consecutive rows, flattened."""
+        return self.data.window * len(self.data.features)
+
+
+def _apply_env_overrides(raw: dict, environ: dict[str, str]) -> dict:
+    for name, value in sorted(environ.items()):
+        if not name.startswith(ENV_PREFIX):
+            continue
+        path = [p.lower() for p in name[len(ENV_PREFIX):].split("__")]
+        node = raw
+        for i, key in enumerate(path):
+            last = i == len(path) - 1
+            if isinstance(node, list):
+                key = _list_index(node, key, name, path[:i + 1])
+            elif not isinstance(node, dict):
+                raise ConfigError(f"{name}: {'.'.join(path[:i])} is not a section")
+            if last:
+                node[key] = yaml.safe_load(value)
+            else:
+                node = node.setdefault(key, {}) if isinstance(node, dict) else node[key]
+    return raw
+
+
+def _list_index(items: list, key: str, name: str, where: list[str]) -> int:
+    if key.isdigit() and int(key) < len(items):
+        return int(key)
+    for i, item in enumerate(items):
+        if isinstance(item, dict) and str(item.get("id", "")).lower() == key:
+            return i
+    raise ConfigError(f"{name}: {'.'.join(where)} is neither an index nor an id in a list of {len(items)}")
+
+
+def _describe(error: ValidationError) -> str:
+    lines = []
+    for e in error.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        lines.append(f"  {key}: {e['msg']}" + (f" (got {e['input']!r})" if e["type"] != "missing" else ""))
+    return "\n".join(lines)
+
+
+def config_path() -> Path:
+    return Path(os.environ.get("FEDAD_CONFIG", DEFAULT_CONFIG))
+
+
+def load_settings(path: Path | str | None = None, environ: dict[str, str] | None = None) -> Settings:
+    """Read config.yaml (or ``path``), apply ``FEDAD__…`` overrides, validate. Raises ConfigError naming the key."""
+    path = Path(path) if path is not None else config_path()
+    environ = dict(os.environ) if environ is None else environ
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    raw = _apply_env_overrides(raw, environ)
+    try:
+        settings = Settings.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(f"invalid configuration in {path}:\n{_describe(exc)}") from None
+    return _resolve_paths(settings, path.resolve().parent)
+
+
+def _resolve_paths(settings: Settings, base: Path) -> Settings:
+    """Relative state and data paths are relative to the config file, so any working directory works."""
+    def resolve(p: Path | None) -> Path | None:
+        return p if p is None or p.is_absolute() else base / p
+
+    settings.data.dir = resolve(settings.data.dir)
+    settings.aggregator.state_dir = resolve(settings.aggregator.state_dir)
+    for w in settings.workers:
+        w.state_dir = resolve(w.state_dir)
+    return settings
+
+
+def load_or_exit(path: Path | str | None = None) -> Settings:
+    """For service entry points: an invalid config stops start-up with the message, not a traceback."""
+    try:
+        return load_settings(path)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None

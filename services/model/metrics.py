@@ -1,0 +1,26 @@
+"""Detection figures as SKAB reports them: F1, false alarm rate and missed alarm rate (in %), plus ROC-AUC."""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.metrics import roc_auc_score
+
+
+def detection_metrics(labels: np.ndarray, predicted: np.ndarray, scores: np.ndarray | None = None) -> dict:
+    labels = np.asarray(labels).astype(bool)
+    predicted = np.asarray(predicted).astype(bool)
+    tp = int(np.sum(predicted & labels))
+    fp = int(np.sum(predicted & ~labels))
+    fn = int(np.sum(~predicted & labels))
+    tn = int(np.sum(~predicted & ~labels))
+    f1 = 2 * tp / (2 * tp + fp + fn) if tp else 0.0
+    figures = {
+        "f1": round(f1, 4),
+        "far": round(100 * fp / (fp + tn), 2) if fp + tn else 0.0,
+        "mar": round(100 * fn / (fn + tp), 2) if fn + tp else 0.0,
+        "rows": int(labels.size),
+        "anomalies": int(labels.sum()),
+    }
+    if scores is not None and 0 < labels.sum() < labels.size:
+        figures["roc_auc"] = round(float(roc_auc_score(labels, scores)), 4)
+    return figures

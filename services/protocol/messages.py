@@ -1,0 +1,42 @@
+"""JSON messages of the REST protocol (weights themselves are binary: see codec.py)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+from services.data.scaling import FeatureStats, Scaler
+
+API_VERSION = "v1"
+# Headers that travel with binary weights.
+H_ROUND = "X-Model-Round"
+H_SHA256 = "X-Content-SHA256"
+H_SAMPLES = "X-Sample-Count"
+H_LOSS = "X-Train-Loss"
+H_SPEC = "X-Model-Spec"
+
+
+class JoinRequest(BaseModel):
+    spec_hash: str = Field(description="hash of the model architecture the worker builds from its config")
+    sample_count: int = Field(gt=0, description="number of local training windows")
+    stats: FeatureStats = Field(description="per-feature count / sum / sum of squares of the local training rows")
+
+
+class TrainingPlan(BaseModel):
+    local_epochs: int
+    batch_size: int
+    learning_rate: float
+    fedprox_mu: float
+
+
+class JoinResponse(BaseModel):
+    run_id: str
+    phase: str
+    round: int = Field(description="the round open for updates (rounds_done + 1 while training)")
+    rounds_done: int
+    rounds_total: int
+    plan: TrainingPlan
+    scaler: Scaler | None = Field(description="federated feature scaling; null until min_workers have joined")
+
+
+class Problem(BaseModel):
+    detail: str

@@ -1,0 +1,1 @@
+"""A worker (edge node): local training loop, persisted state, and the /detect service."""
