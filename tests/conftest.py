@@ -1,0 +1,24 @@
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from support import RecordingProxy, Stack  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def trained_stack(tmp_path_factory):
+    """Aggregator + the three SKAB workers, 2 rounds, workers talking to the aggregator through a recording proxy."""
+    stack = Stack(tmp_path_factory.mktemp("stack"), rounds=2, epochs=2)
+    proxy = RecordingProxy(stack.agg_url).start()
+    stack.env["FEDAD__AGGREGATOR__URL"] = proxy.url
+    stack.proxy = proxy
+    stack.start()
+    try:
+        stack.final_status = stack.wait_done()
+        yield stack
+    finally:
+        stack.stop()
+        proxy.stop()

@@ -1,0 +1,186 @@
+"""Test support: real services as subprocesses on free loopback ports, each with its own state dirs."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import uvicorn
+
+REPO = Path(__file__).resolve().parent.parent
+WORKER_IDS = ("valve1", "valve2", "other")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(predicate, timeout: float, what: str, interval: float = 0.2):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        result = predicate()
+        if result:
+            return result
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def get_json(url: str, timeout: float = 5):
+    try:
+        r = httpx.get(url, timeout=timeout)
+        return r.json() if r.status_code == 200 else None
+    except httpx.HTTPError:
+        return None
+
+
+class Service:
+    """One service process; its output goes to a log file the test can show on failure."""
+
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], log_dir: Path, url: str):
+        self.name, self.argv, self.env, self.url = name, argv, env, url
+        self.log_path = log_dir / f"{name}.log"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "Service":
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(self.argv, env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+        return self
+
+    def wait_healthy(self, timeout: float = 60) -> "Service":
+        def healthy():
+            if self.proc.poll() is not None:
+                raise AssertionError(f"{self.name} exited {self.proc.returncode}:\n{self.log()}")
+            return get_json(f"{self.url}/healthz", timeout=1)
+        wait_until(healthy, timeout, f"{self.name} /healthz")
+        return self
+
+    def kill(self, sig=signal.SIGKILL) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(timeout=20)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-4000:] if self.log_path.exists() else ""
+
+
+class Stack:
+    """An aggregator and workers from the repository's config.yaml, on free ports, with overrides."""
+
+    def __init__(self, tmp: Path, workers=WORKER_IDS, rounds: int = 2, epochs: int = 2, min_workers: int | None = None,
+                 quorum: int | None = None, overrides: dict[str, str] | None = None):
+        self.tmp = tmp
+        self.workers = list(workers)
+        self.agg_port = free_port()
+        self.agg_url = f"http://127.0.0.1:{self.agg_port}"
+        self.worker_ports = {w: free_port() for w in self.workers}
+        env = {k: v for k, v in os.environ.items() if not k.startswith("FEDAD__")}
+        env.update({
+            "FEDAD__AGGREGATOR__PORT": str(self.agg_port),
+            "FEDAD__AGGREGATOR__URL": self.agg_url,
+            "FEDAD__AGGREGATOR__STATE_DIR": str(tmp / "aggregator"),
+            "FEDAD__FEDERATION__ROUNDS": str(rounds),
+            "FEDAD__FEDERATION__MIN_WORKERS": str(min_workers or len(self.workers)),
+            "FEDAD__FEDERATION__QUORUM": str(quorum or min(2, len(self.workers))),
+            "FEDAD__MODEL__LOCAL_EPOCHS": str(epochs),
+            "PYTHONUNBUFFERED": "1",
+        })
+        for w in self.workers:
+            env[f"FEDAD__WORKERS__{w.upper()}__PORT"] = str(self.worker_ports[w])
+            env[f"FEDAD__WORKERS__{w.upper()}__STATE_DIR"] = str(tmp / w)
+        env.update(overrides or {})
+        self.env = env
+        self.aggregator = Service("aggregator", [sys.executable, "-m", "services.aggregator"], env, tmp,
+                                  self.agg_url)
+        self.worker_services = {w: self._worker(w) for w in self.workers}
+
+    def _worker(self, w: str) -> Service:
+        return Service(w, [sys.executable, "-m", "services.worker", "--id", w], self.env, self.tmp, self.worker_url(w))
+
+    def worker_url(self, w: str) -> str:
+        return f"http://127.0.0.1:{self.worker_ports[w]}"
+
+    def start(self) -> "Stack":
+        self.aggregator.start()
+        for s in self.worker_services.values():
+            s.start()
+        self.aggregator.wait_healthy()
+        for s in self.worker_services.values():
+            s.wait_healthy()
+        return self
+
+    def restart_worker(self, w: str) -> Service:
+        self.worker_services[w] = self._worker(w).start().wait_healthy()
+        return self.worker_services[w]
+
+    def status(self) -> dict | None:
+        return get_json(f"{self.agg_url}/v1/status")
+
+    def worker_status(self, w: str) -> dict | None:
+        return get_json(f"{self.worker_url(w)}/v1/status")
+
+    def wait_done(self, timeout: float = 180) -> dict:
+        def done():
+            s = self.status()
+            if not s or s["phase"] != "done":
+                return None
+            ws = [self.worker_status(w) for w in self.workers]
+            return s if all(x and x["model_round"] == s["rounds_total"] and x["phase"] == "done" for x in ws) else None
+        try:
+            return wait_until(done, timeout, "the federation to finish", interval=0.5)
+        except AssertionError:
+            raise AssertionError("federation did not finish; logs:\n" + self.logs()) from None
+
+    def logs(self) -> str:
+        services = [self.aggregator, *self.worker_services.values()]
+        return "\n".join(f"--- {s.name}\n{s.log()}" for s in services)
+
+    def stop(self) -> None:
+        for s in [*self.worker_services.values(), self.aggregator]:
+            s.kill(signal.SIGTERM)
+
+
+class RecordingProxy:
+    """A reverse proxy on loopback that records every request body it forwards: what crosses the wire."""
+
+    def __init__(self, target: str):
+        self.target = target
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.requests: list[dict] = []
+        self._server = uvicorn.Server(uvicorn.Config(self._app, host="127.0.0.1", port=self.port,
+                                                     log_level="warning", lifespan="off", interface="asgi3"))
+
+    async def _app(self, scope, receive, send):
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        headers = {k.decode(): v.decode() for k, v in scope["headers"] if k.decode() not in ("host",)}
+        path = scope["path"] + (("?" + scope["query_string"].decode()) if scope["query_string"] else "")
+        self.requests.append({"method": scope["method"], "path": scope["path"], "headers": headers, "body": body})
+        async with httpx.AsyncClient(timeout=90) as client:
+            r = await client.request(scope["method"], self.target + path, content=body, headers=headers)
+        drop = {"content-length", "transfer-encoding", "content-encoding", "connection"}
+        out = [(k.encode(), v.encode()) for k, v in r.headers.items() if k.lower() not in drop]
+        out.append((b"content-length", str(len(r.content)).encode()))
+        await send({"type": "http.response.start", "status": r.status_code, "headers": out})
+        await send({"type": "http.response.body", "body": r.content})
+
+    def start(self) -> "RecordingProxy":
+        threading.Thread(target=self._server.run, daemon=True).start()
+        wait_until(lambda: self._server.started, 10, "the recording proxy")
+        return self
+
+    def stop(self) -> None:
+        self._server.should_exit = True

@@ -1,0 +1,121 @@
+"""The whole loop on real SKAB partitions: real aggregator and workers over loopback, what they send, what they serve."""
+
+import json
+
+import httpx
+import numpy as np
+import pytest
+import torch
+
+from services.config import load_settings
+from services.data.scaling import Scaler
+from services.data.skab import find_data_dir, load_partition
+from services.data.windows import make_windows
+from services.model.autoencoder import build_autoencoder, count_parameters, set_flat_weights
+from services.model.scoring import calibrate_threshold
+from services.model.training import reconstruction_scores
+from services.protocol.codec import decode_weights
+
+SETTINGS = load_settings()
+N_PARAMS = count_parameters(SETTINGS.input_width, SETTINGS.model.hidden)
+
+
+def updates_by_round(proxy) -> dict[int, dict[str, dict]]:
+    """Every accepted update body the workers sent, by round and by worker token."""
+    tokens = {w.token: w.id for w in SETTINGS.workers}
+    rounds: dict[int, dict[str, dict]] = {}
+    for r in proxy.requests:
+        if r["method"] == "POST" and r["path"].endswith("/updates"):
+            round_no = int(r["path"].split("/")[3])
+            worker = tokens[r["headers"]["authorization"].removeprefix("Bearer ")]
+            rounds.setdefault(round_no, {})[worker] = {
+                "weights": decode_weights(r["body"], N_PARAMS),
+                "samples": int(r["headers"]["x-sample-count"]),
+            }
+    return rounds
+
+
+def test_workers_complete_rounds_and_global_model_is_sample_weighted_mean(trained_stack):
+    status = trained_stack.final_status
+    assert status["rounds_done"] == 2 and len(status["history"]) == 2
+    sent = updates_by_round(trained_stack.proxy)
+    assert set(sent) == {1, 2}
+    # Recompute round 2's FedAvg from the bytes the workers put on the wire.
+    updates = sent[2]
+    assert set(updates) == {"valve1", "valve2", "other"}
+    total = sum(u["samples"] for u in updates.values())
+    expected = sum(u["weights"].astype(np.float64) * u["samples"] for u in updates.values()) / total
+    with httpx.Client(base_url=trained_stack.agg_url) as client:
+        r = client.get("/v1/model", headers={"Authorization": f"Bearer {SETTINGS.workers[0].token}"})
+    assert r.status_code == 200 and r.headers["x-model-round"] == "2"
+    published = decode_weights(r.content, N_PARAMS, r.headers["x-content-sha256"])
+    np.testing.assert_allclose(published, expected, rtol=1e-6, atol=1e-7)
+    # Samples per worker are the first 400 rows of each of its experiment files.
+    assert {w: u["samples"] for w, u in updates.items()} == {"valve1": 16 * 400, "valve2": 4 * 400, "other": 14 * 400}
+
+
+def test_only_weights_and_aggregates_cross_the_wire(trained_stack):
+    requests = trained_stack.proxy.requests
+    assert requests, "the workers sent nothing through the proxy"
+    for r in requests:
+        if r["path"].endswith("/updates"):
+            assert len(r["body"]) == N_PARAMS * 4, "an update must be exactly the model's float32 weights"
+        elif r["path"].endswith("/join"):
+            body = json.loads(r["body"])
+            assert set(body) == {"spec_hash", "sample_count", "stats"}
+            assert set(body["stats"]) == {"count", "sum", "sum_sq"}
+            assert len(body["stats"]["sum"]) == len(SETTINGS.data.features)  # one aggregate per feature, no rows
+        else:
+            assert r["method"] == "GET" and r["body"] == b"", f"unexpected request {r['method']} {r['path']}"
+
+
+def test_merged_scaler_equals_pooled_training_rows(trained_stack):
+    """The federated mean/std equal what a central server would compute from all training rows."""
+    state = json.loads((trained_stack.tmp / "aggregator" / "state.json").read_text())
+    data_dir = find_data_dir()
+    rows = np.concatenate([e.train_part(400) for w in SETTINGS.workers
+                           for e in load_partition(data_dir, w.partition, SETTINGS.data.features)]).astype(np.float64)
+    np.testing.assert_allclose(state["scaler"]["mean"], rows.mean(0), rtol=1e-9)
+    np.testing.assert_allclose(state["scaler"]["std"], rows.std(0), rtol=1e-6)
+
+
+@pytest.mark.parametrize("worker", ["valve1", "other"])
+def test_int8_detect_agrees_with_torch_fp32_on_held_out_rows(trained_stack, worker):
+    """POST /detect (int8 ONNX) against the torch fp32 model on the same held-out rows."""
+    state_dir = trained_stack.tmp / worker
+    state = json.loads((state_dir / "state.json").read_text())
+    model = build_autoencoder(SETTINGS.input_width, SETTINGS.model.hidden)
+    set_flat_weights(model, decode_weights((state_dir / state["files"]["global.f32"]).read_bytes(), N_PARAMS))
+    scaler = Scaler(**state["scaler"])
+    experiments = load_partition(find_data_dir(), SETTINGS.worker(worker).partition, SETTINGS.data.features)
+    train = np.concatenate([make_windows(scaler.transform(e.values), SETTINGS.data.window)[:400] for e in experiments])
+    fp32_threshold = calibrate_threshold(reconstruction_scores(model, train), SETTINGS.threshold)
+    int8_scores, fp32_scores, int8_flags, fp32_flags = [], [], [], []
+    with httpx.Client(base_url=trained_stack.worker_url(worker), timeout=30) as client:
+        for e in experiments:
+            r = client.post("/detect", json={"samples": e.values.tolist()})
+            assert r.status_code == 200, r.text
+            answer = r.json()
+            assert len(answer["scores"]) == len(e.values) and answer["model"] == "int8"
+            torch_scores = reconstruction_scores(model, make_windows(scaler.transform(e.values), SETTINGS.data.window))
+            int8_scores.append(np.array(answer["scores"])[400:])
+            int8_flags.append(np.array(answer["is_anomaly"])[400:])
+            fp32_scores.append(torch_scores[400:])
+            fp32_flags.append(torch_scores[400:] > fp32_threshold)
+    int8_scores, fp32_scores = np.concatenate(int8_scores), np.concatenate(fp32_scores)
+    relative = np.abs(int8_scores - fp32_scores) / np.maximum(fp32_scores, 1e-6)
+    # Stated tolerance: median relative difference under 10 %, and a rank correlation near 1.
+    assert np.median(relative) < 0.10, f"median relative difference {np.median(relative):.3f}"
+    ranks = lambda a: np.argsort(np.argsort(a))  # noqa: E731
+    assert np.corrcoef(ranks(int8_scores), ranks(fp32_scores))[0, 1] > 0.98
+    agreement = np.mean(np.concatenate(int8_flags) == np.concatenate(fp32_flags))
+    assert agreement >= 0.99, f"int8 and fp32 flag different rows: agreement {agreement:.4f}"
+
+
+def test_workers_report_held_out_figures(trained_stack):
+    for w in trained_stack.workers:
+        status = trained_stack.worker_status(w)
+        e = status["evaluation"]
+        assert status["model_round"] == 2 and status["threshold"] > 0
+        assert 0 <= e["f1"] <= 1 and 0 <= e["far"] <= 100 and 0 <= e["roc_auc"] <= 1  # quality: tests/evaluation
+        assert e["rows"] == sum(c for c in e["counts"].values())
