@@ -6,6 +6,14 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 
 
+def pooled_metrics(counts: list[dict]) -> dict:
+    """SKAB pools predictions of all files; confusion counts add up, so workers need share only their counts."""
+    total = {k: sum(c[k] for c in counts) for k in ("tp", "fp", "fn", "tn")}
+    labels = np.repeat([1, 0, 1, 0], [total["tp"], total["fp"], total["fn"], total["tn"]])
+    predicted = np.repeat([1, 1, 0, 0], [total["tp"], total["fp"], total["fn"], total["tn"]])
+    return detection_metrics(labels, predicted)
+
+
 def detection_metrics(labels: np.ndarray, predicted: np.ndarray, scores: np.ndarray | None = None) -> dict:
     labels = np.asarray(labels).astype(bool)
     predicted = np.asarray(predicted).astype(bool)
@@ -20,6 +28,7 @@ def detection_metrics(labels: np.ndarray, predicted: np.ndarray, scores: np.ndar
         "mar": round(100 * fn / (fn + tp), 2) if fn + tp else 0.0,
         "rows": int(labels.size),
         "anomalies": int(labels.sum()),
+        "counts": {"tp": tp, "fp": fp, "fn": fn, "tn": tn},
     }
     if scores is not None and 0 < labels.sum() < labels.size:
         figures["roc_auc"] = round(float(roc_auc_score(labels, scores)), 4)

@@ -1,0 +1,169 @@
+"""Command line: ``fedad run`` starts the whole federation on this machine from config.yaml and serves it."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from services.config import Settings, load_or_exit
+from services.data.skab import DataError, find_data_dir, load_partition
+from services.model.metrics import pooled_metrics
+
+POLL_S = 1.0
+START_TIMEOUT_S = 60
+
+
+class Stack:
+    """The aggregator and one worker per config entry as child processes, logs under <state>/logs/."""
+
+    def __init__(self, settings: Settings, config: str | None):
+        self.settings = settings
+        self.config = ["--config", config] if config else []
+        self.log_dir = settings.aggregator.state_dir.parent / "logs"
+        self.procs: dict[str, subprocess.Popen] = {}
+
+    def start(self) -> None:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self._spawn("aggregator", [sys.executable, "-m", "services.aggregator", *self.config])
+        for w in self.settings.workers:
+            self._spawn(w.id, [sys.executable, "-m", "services.worker", "--id", w.id, *self.config])
+
+    def _spawn(self, name: str, argv: list[str]) -> None:
+        log = open(self.log_dir / f"{name}.log", "ab")
+        self.procs[name] = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+
+    def check_alive(self) -> None:
+        for name, proc in self.procs.items():
+            if proc.poll() is not None:
+                tail = (self.log_dir / f"{name}.log").read_text(errors="replace").splitlines()[-15:]
+                raise SystemExit(f"{name} exited with code {proc.returncode}; last lines of its log:\n  "
+                                 + "\n  ".join(tail))
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def _get(client: httpx.Client, url: str) -> dict | None:
+    try:
+        response = client.get(url, timeout=5)
+        return response.json() if response.status_code == 200 else None
+    except httpx.HTTPError:
+        return None
+
+
+def _worker_url(w) -> str:
+    return f"http://{w.host}:{w.port}"
+
+
+def follow_training(stack: Stack, settings: Settings, client: httpx.Client) -> None:
+    """Print one line per closed round until every worker serves the final model."""
+    agg = settings.aggregator.url
+    started, printed, last_phase = time.time(), 0, None
+    while True:
+        stack.check_alive()
+        status = _get(client, f"{agg}/v1/status")
+        if status is None:
+            if time.time() - started > START_TIMEOUT_S:
+                raise SystemExit(f"aggregator did not answer at {agg} within {START_TIMEOUT_S}s; see {stack.log_dir}")
+        else:
+            if status["phase"] != last_phase and status["phase"] == "waiting":
+                joined = [w for w, s in status["workers"].items() if s["joined"]]
+                print(f"waiting for workers to join ({len(joined)}/{status['min_workers']}) ...", flush=True)
+            last_phase = status["phase"]
+            for record in status["history"][printed:]:
+                losses = ", ".join(f"{w} {v['loss']:.5f}" for w, v in record["workers"].items())
+                print(f"round {record['round']:>3}/{status['rounds_total']}: {len(record['workers'])} updates "
+                      f"in {record['duration_s']:.1f}s, mean loss {record['mean_loss']:.5f}  ({losses})", flush=True)
+            printed = len(status["history"])
+            if status["phase"] == "done":
+                workers = [_get(client, f"{_worker_url(w)}/v1/status") for w in settings.workers]
+                if all(w and w["model_round"] == status["rounds_total"] and w["evaluation"] for w in workers):
+                    print(f"training done in {time.time() - started:.0f}s", flush=True)
+                    return
+        time.sleep(POLL_S)
+
+
+def print_results(settings: Settings, client: httpx.Client) -> None:
+    print("\nheld-out detection (SKAB protocol: rows after the first "
+          f"{settings.data.train_rows} of each experiment file)")
+    print(f"  {'worker':<10} {'rows':>6} {'F1':>6} {'FAR %':>7} {'MAR %':>7} {'ROC-AUC':>8}  model  /detect")
+    counts = []
+    for w in settings.workers:
+        status = _get(client, f"{_worker_url(w)}/v1/status")
+        e = status["evaluation"]
+        counts.append(e["counts"])
+        print(f"  {w.id:<10} {e['rows']:>6} {e['f1']:>6.3f} {e['far']:>7.2f} {e['mar']:>7.2f} "
+              f"{e.get('roc_auc', float('nan')):>8.3f}  {status['model']:<5}  {_worker_url(w)}/detect")
+    p = pooled_metrics(counts)
+    print(f"  {'pooled':<10} {p['rows']:>6} {p['f1']:>6.3f} {p['far']:>7.2f} {p['mar']:>7.2f}")
+
+
+def curl_example(settings: Settings) -> str:
+    w = settings.workers[0]
+    try:
+        experiment = load_partition(find_data_dir(settings.data.dir), w.partition, settings.data.features)[0]
+        rows = experiment.values[settings.data.train_rows:settings.data.train_rows + 2].tolist()
+    except DataError:
+        rows = [[0.0] * len(settings.data.features)]
+    body = json.dumps({"samples": [[round(v, 6) for v in row] for row in rows]})
+    return f"curl -s -X POST {_worker_url(w)}/detect -H 'Content-Type: application/json' -d '{body}'"
+
+
+def cmd_run(args) -> None:
+    settings = load_or_exit(args.config)
+    if args.fresh:
+        for d in [settings.aggregator.state_dir, *(w.state_dir for w in settings.workers)]:
+            shutil.rmtree(d, ignore_errors=True)
+    print(f"starting aggregator on {settings.aggregator.url} and {len(settings.workers)} workers "
+          f"({', '.join(w.id for w in settings.workers)}); {settings.federation.rounds} rounds of "
+          f"{settings.model.local_epochs} local epochs; logs in {settings.aggregator.state_dir.parent / 'logs'}",
+          flush=True)
+    stack = Stack(settings, args.config)
+    stack.start()
+    try:
+        with httpx.Client() as client:
+            follow_training(stack, settings, client)
+            print_results(settings, client)
+        print("\nserving: every worker answers POST /detect with its int8 model; try\n  " + curl_example(settings))
+        print(f"status: {settings.aggregator.url}/v1/status   API docs: {settings.aggregator.url}/docs and "
+              f"{_worker_url(settings.workers[0])}/docs\nCtrl-C stops.", flush=True)
+        if args.exit_when_done:
+            return
+        while True:
+            stack.check_alive()
+            time.sleep(POLL_S)
+    except KeyboardInterrupt:
+        print("\nstopping ...")
+    finally:
+        stack.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="fedad", description="Federated anomaly detection on IoT edge devices")
+    parser.add_argument("--config", help="config file (default: $FEDAD_CONFIG or config.yaml)")
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="train the federation on this machine from config.yaml, then serve /detect")
+    run.add_argument("--fresh", action="store_true", help="discard persisted state and start a new run")
+    run.add_argument("--exit-when-done", action="store_true", help="stop the services once results are printed")
+    run.set_defaults(func=cmd_run)
+    args = parser.parse_args(argv)
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()
