@@ -6,6 +6,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_INDEX ?=
 PYTEST_ARGS ?=
+# onnxruntime's usage telemetry would send events off the machine
+export ORT_DISABLE_TELEMETRY := 1
 
 .PHONY: venv run test clean-state clean
 .DEFAULT_GOAL := run
@@ -15,7 +17,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	# torch alone and first, pinned: a later resolution then keeps this CPU wheel instead of a CUDA build
 	$(PY) -m pip install -q torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test,report]'
 	touch $@
 
 venv: $(VENV)/.installed

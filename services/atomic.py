@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
+
+from services import faults
 
 TEMP_SUFFIX = ".tmp"
 
@@ -14,11 +17,16 @@ def write_bytes(path: Path, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     temp = path.with_name(f".{path.name}.{os.getpid()}{TEMP_SUFFIX}")
-    with open(temp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(temp, path)
+    try:
+        with open(temp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temp, path)
+    except BaseException:  # a full or read-only disk: leave no half-written temp file behind
+        with contextlib.suppress(OSError):
+            temp.unlink()
+        raise
     folder = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(folder)
@@ -54,6 +62,7 @@ def commit_snapshot(folder: Path, version: int, blobs: dict[str, bytes], state: 
         files[name] = f"{stem}-{version}{dot}{ext}"
         write_bytes(folder / files[name], data)
     state = {**state, "files": files}
+    faults.point("atomic.commit")
     write_json(folder / "state.json", state)
     for name, current in files.items():
         stem, dot, ext = name.partition(".")

@@ -135,11 +135,15 @@ def cmd_run(args) -> None:
           flush=True)
     stack = Stack(settings, args.config)
     stack.start()
+    print(f"dashboard: {settings.aggregator.url}/  (live; each worker's page is at its own address, e.g. "
+          f"{_worker_url(settings.workers[0])}/)", flush=True)
     try:
         with httpx.Client() as client:
             follow_training(stack, settings, client)
             print_results(settings, client)
         print("\nserving: every worker answers POST /detect with its int8 model; try\n  " + curl_example(settings))
+        print(f"dashboard: {settings.aggregator.url}/   metrics: {settings.aggregator.url}/metrics and "
+              f"{_worker_url(settings.workers[0])}/metrics")
         print(f"status: {settings.aggregator.url}/v1/status   API docs: {settings.aggregator.url}/docs and "
               f"{_worker_url(settings.workers[0])}/docs\nCtrl-C stops.", flush=True)
         if args.exit_when_done:
@@ -153,6 +157,18 @@ def cmd_run(args) -> None:
         stack.stop()
 
 
+def cmd_evaluate(args) -> None:
+    from services.evaluation.cli import evaluate_command
+
+    evaluate_command(load_or_exit(args.config), args.out, args.modes)
+
+
+def cmd_report(args) -> None:
+    from services.evaluation.cli import report_command
+
+    report_command(args.results, args.out)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="fedad", description="Federated anomaly detection on IoT edge devices")
     parser.add_argument("--config", help="config file (default: $FEDAD_CONFIG or config.yaml)")
@@ -161,6 +177,16 @@ def main(argv: list[str] | None = None) -> None:
     run.add_argument("--fresh", action="store_true", help="discard persisted state and start a new run")
     run.add_argument("--exit-when-done", action="store_true", help="stop the services once results are printed")
     run.set_defaults(func=cmd_run)
+    evaluate = commands.add_parser("evaluate", help="federated vs centralised vs local-only detection on SKAB's "
+                                                    "protocol, fp32 and int8; writes reports/evaluation/")
+    evaluate.add_argument("--out", default="reports/evaluation", help="results folder (default reports/evaluation)")
+    evaluate.add_argument("--modes", default="federated,centralised,local",
+                          help="comma-separated subset of federated,centralised,local")
+    evaluate.set_defaults(func=cmd_evaluate)
+    report = commands.add_parser("report", help="render the evaluation results as one self-contained HTML page")
+    report.add_argument("--results", default="reports/evaluation", help="folder written by `fedad evaluate`")
+    report.add_argument("--out", default="reports/report.html", help="the HTML file to write")
+    report.set_defaults(func=cmd_report)
     args = parser.parse_args(argv)
     args.func(args)
 

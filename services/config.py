@@ -35,6 +35,19 @@ class DataSettings(_Section):
     features: list[str] = Field(min_length=1)
     train_rows: int = Field(400, gt=0)
     window: int = Field(1, ge=1, le=256)
+    window_stats: list[Literal["mean", "std", "slope"]] = []
+    baseline: Literal["federation", "run"] = "federation"
+    model_features: list[str] | None = None
+
+    @model_validator(mode="after")
+    def _model_inputs(self) -> "DataSettings":
+        if len(set(self.window_stats)) != len(self.window_stats):
+            raise ValueError(f"window_stats repeats a statistic: {self.window_stats}")
+        if self.model_features is not None:
+            unknown = [f for f in self.model_features if f not in self.features]
+            if unknown or not self.model_features or len(set(self.model_features)) != len(self.model_features):
+                raise ValueError(f"model_features must be distinct names from features; not in features: {unknown}")
+        return self
 
 
 class ModelSettings(_Section):
@@ -57,7 +70,9 @@ class FederationSettings(_Section):
     min_workers: int = Field(3, ge=1)
     quorum: int = Field(2, ge=1)
     round_deadline_s: float = Field(120, gt=0)
-    strategy: Literal["fedavg"] = "fedavg"
+    strategy: Literal["fedavg", "median", "trimmed_mean"] = "fedavg"
+    trim_fraction: float = Field(0.2, ge=0, lt=0.5)
+    clip_norm: float | None = Field(None, gt=0)
     fedprox_mu: float = Field(0.0, ge=0)
 
     @model_validator(mode="after")
@@ -74,9 +89,63 @@ class ThresholdSettings(_Section):
     factor: float = Field(1.0, gt=0)
 
 
+class PrivacySettings(_Section):
+    """Differential privacy: each update's change to the global model is clipped to ``clip_norm`` (L2) and Gaussian
+    noise of std ``noise_multiplier`` × ``clip_norm`` (client side) or × ``clip_norm`` × the largest weight share
+    (server side, on the FedAvg aggregate) is added. ``noise_multiplier`` 0 turns DP off."""
+
+    noise_multiplier: float = Field(0.0, ge=0)
+    clip_norm: float = Field(1.0, gt=0)
+    side: Literal["server", "client"] = "server"
+    delta: float = Field(1e-5, gt=0, lt=1)
+
+    @property
+    def enabled(self) -> bool:
+        return self.noise_multiplier > 0
+
+
+class TlsSettings(_Section):
+    """Mutual TLS between workers and the aggregator; ``make certs`` writes the files this expects in ``dir``:
+    ca.crt, aggregator.crt/.key and <worker id>.crt/.key."""
+
+    enabled: bool = False
+    dir: Path = Path("certs")
+    require_client_cert: bool = True
+
+    @property
+    def ca(self) -> Path:
+        return self.dir / "ca.crt"
+
+    def cert(self, node: str) -> Path:
+        return self.dir / f"{node}.crt"
+
+    def key(self, node: str) -> Path:
+        return self.dir / f"{node}.key"
+
+
 class ServingSettings(_Section):
     model: Literal["int8", "fp32"] = "int8"
     max_batch_rows: int = Field(10000, ge=1)
+
+
+class LoggingSettings(_Section):
+    """Both services: ``text`` lines or one JSON object per line, each with the worker id and round."""
+
+    format: Literal["text", "json"] = "text"
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _upper(cls, value):
+        return value.upper() if isinstance(value, str) else value
+
+
+class DashboardSettings(_Section):
+    """The live pages (services/observability): how often each worker reports its /detect counts to the aggregator
+    (0: never) and how many recent scores a worker keeps for its own page."""
+
+    telemetry_interval_s: float = Field(5.0, ge=0, le=3600)
+    recent_scores: int = Field(500, ge=10, le=100_000)
 
 
 class AggregatorSettings(_Section):
@@ -92,7 +161,23 @@ class WorkerSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(ge=1, le=65535)
     state_dir: Path
-    token: str = Field(min_length=8)
+    token: str | None = Field(None, min_length=8)
+    token_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
+
+    @field_validator("token", "token_sha256", mode="before")
+    @classmethod
+    def _digits_are_text(cls, value):
+        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value  # YAML reads 1234 as int
+
+    @model_validator(mode="after")
+    def _token_given(self) -> "WorkerSettings":
+        if self.token is None and self.token_sha256 is None:
+            raise ValueError("give token (the worker needs it) or token_sha256 (enough for the aggregator)")
+        if self.token is not None and self.token_sha256 is not None:
+            from services.security.tokens import hash_token
+            if hash_token(self.token) != self.token_sha256:
+                raise ValueError("token_sha256 is not the SHA-256 of token")
+        return self
 
 
 class Settings(_Section):
@@ -101,6 +186,10 @@ class Settings(_Section):
     federation: FederationSettings = FederationSettings()
     threshold: ThresholdSettings = ThresholdSettings()
     serving: ServingSettings = ServingSettings()
+    privacy: PrivacySettings = PrivacySettings()
+    tls: TlsSettings = TlsSettings()
+    logging: LoggingSettings = LoggingSettings()
+    dashboard: DashboardSettings = DashboardSettings()
     aggregator: AggregatorSettings = AggregatorSettings()
     workers: list[WorkerSettings] = Field(min_length=1)
 
@@ -110,6 +199,12 @@ class Settings(_Section):
         dup = {i for i in ids if ids.count(i) > 1}
         if dup:
             raise ValueError(f"worker ids must be unique, repeated: {sorted(dup)}")
+        if self.privacy.enabled and self.privacy.side == "server" and self.federation.strategy != "fedavg":
+            raise ValueError("privacy.side server calibrates its noise to FedAvg's sensitivity: use strategy fedavg, "
+                             f"or privacy.side client with {self.federation.strategy}")
+        if self.tls.enabled and not self.aggregator.url.startswith("https://"):
+            raise ValueError(f"tls.enabled is true but aggregator.url is {self.aggregator.url}: "
+                             "workers must reach the aggregator with https://")
         return self
 
     def worker(self, worker_id: str) -> WorkerSettings:
@@ -120,8 +215,9 @@ class Settings(_Section):
 
     @property
     def input_width(self) -> int:
-        """Width of one model input: a window of consecutive rows, flattened."""
-        return self.data.window * len(self.data.features)
+        """Width of one model input: a window of consecutive rows, flattened, or its statistics per channel."""
+        channels = len(self.data.model_features or self.data.features)
+        return channels * (len(self.data.window_stats) if self.data.window_stats else self.data.window)
 
 
 def _apply_env_overrides(raw: dict, environ: dict[str, str]) -> dict:
@@ -191,6 +287,7 @@ def _resolve_paths(settings: Settings, base: Path) -> Settings:
 
     settings.data.dir = resolve(settings.data.dir)
     settings.aggregator.state_dir = resolve(settings.aggregator.state_dir)
+    settings.tls.dir = resolve(settings.tls.dir)
     for w in settings.workers:
         w.state_dir = resolve(w.state_dir)
     return settings

@@ -47,16 +47,9 @@ def aggregator(tmp_path):
 
 
 def test_auth_and_join(aggregator):
+    """Refused joins (no token, unknown token, another worker's id, other model spec, …) are in the battery of bad
+    inputs, tests/reliability/test_bad_inputs.py."""
     c = aggregator.client
-    assert c.post("/v1/workers/valve2/join", json=join_body("valve2")).status_code == 401
-    r = c.post("/v1/workers/valve2/join", json=join_body("valve2"), headers={"Authorization": "Bearer wrong-token"})
-    assert r.status_code == 403 and "unknown worker token" in r.json()["detail"]
-    r = c.post("/v1/workers/other/join", json=join_body("valve2"), headers=auth("valve2"))
-    assert r.status_code == 403 and "belongs to worker valve2" in r.json()["detail"]
-    r = c.post("/v1/workers/valve2/join", json={**join_body("valve2"), "spec_hash": "0" * 16}, headers=auth("valve2"))
-    assert r.status_code == 409 and "model spec" in r.json()["detail"]
-    r = c.post("/v1/workers/valve2/join", json={**join_body("valve2"), "sample_count": 0}, headers=auth("valve2"))
-    assert r.status_code == 422
     first = c.post("/v1/workers/valve2/join", json=join_body("valve2"), headers=auth("valve2")).json()
     assert first["phase"] == "waiting" and first["scaler"] is None
     second = c.post("/v1/workers/other/join", json=join_body("other"), headers=auth("other")).json()
@@ -73,20 +66,8 @@ def test_updates_are_checked_and_the_round_closes_with_fedavg(aggregator):
     assert c.get("/v1/model", headers={**auth("valve2"), "If-None-Match": model.headers["etag"]}).status_code == 304
     initial = decode_weights(model.content, N)
     a, b = initial + 0.5, initial - 0.25
-
-    assert push(c, "valve2", 2, a).status_code == 409  # future round
-    assert push(c, "valve2", 0, a).status_code == 409  # past round
-    r = push(c, "valve2", 1, a, body=encode_weights(a)[:-4])
-    assert r.status_code == 422 and "bytes" in r.json()["detail"]
-    r = push(c, "valve2", 1, a, **{"X-Content-SHA256": "0" * 64})
-    assert r.status_code == 422 and "does not match" in r.json()["detail"]
-    nan = a.copy()
-    nan[3] = np.nan
-    assert "non-finite" in push(c, "valve2", 1, nan).json()["detail"]
-    assert push(c, "valve2", 1, a, samples=0).status_code == 422
-    assert push(c, "valve2", 1, a, body=encode_weights(np.concatenate([a, a]))).status_code == 413
-    assert push(c, "valve2", 1, a, **{"X-Sample-Count": "many"}).status_code == 422
-
+    # Every refused update (stale/future round, truncated, corrupted, NaN, oversize, bad headers, …) is in the
+    # battery of bad inputs, tests/reliability/test_bad_inputs.py.
     assert push(c, "valve2", 1, a, samples=100).json() == {"accepted": True, "duplicate": False, "round": 1}
     assert push(c, "valve2", 1, a, samples=100).json()["duplicate"] is True  # a retried upload is harmless
     r = push(c, "valve2", 1, b, samples=100)

@@ -10,7 +10,7 @@ import torch
 from services.config import load_settings
 from services.data.scaling import Scaler
 from services.data.skab import find_data_dir, load_partition
-from services.data.windows import make_windows
+from services.data.local import LocalData
 from services.model.autoencoder import build_autoencoder, count_parameters, set_flat_weights
 from services.model.scoring import calibrate_threshold
 from services.model.training import reconstruction_scores
@@ -81,27 +81,29 @@ def test_merged_scaler_equals_pooled_training_rows(trained_stack):
 
 @pytest.mark.parametrize("worker", ["valve1", "other"])
 def test_int8_detect_agrees_with_torch_fp32_on_held_out_rows(trained_stack, worker):
-    """POST /detect (int8 ONNX) against the torch fp32 model on the same held-out rows."""
+    """POST /detect (int8 ONNX) against the torch fp32 model on the same held-out rows; each request brings its
+    run's first 400 rows as "baseline", as SKAB's protocol (and data.baseline: run) scales a run by them."""
     state_dir = trained_stack.tmp / worker
     state = json.loads((state_dir / "state.json").read_text())
     model = build_autoencoder(SETTINGS.input_width, SETTINGS.model.hidden)
     set_flat_weights(model, decode_weights((state_dir / state["files"]["global.f32"]).read_bytes(), N_PARAMS))
     scaler = Scaler(**state["scaler"])
-    experiments = load_partition(find_data_dir(), SETTINGS.worker(worker).partition, SETTINGS.data.features)
-    train = np.concatenate([make_windows(scaler.transform(e.values), SETTINGS.data.window)[:400] for e in experiments])
-    fp32_threshold = calibrate_threshold(reconstruction_scores(model, train), SETTINGS.threshold)
+    node = LocalData.from_settings(load_partition(find_data_dir(), SETTINGS.worker(worker).partition,
+                                                  SETTINGS.data.features), SETTINGS.data)
+    fp32_threshold = calibrate_threshold(reconstruction_scores(model, node.windows(scaler, "train")),
+                                         SETTINGS.threshold)
     int8_scores, fp32_scores, int8_flags, fp32_flags = [], [], [], []
     with httpx.Client(base_url=trained_stack.worker_url(worker), timeout=30) as client:
-        for e in experiments:
-            r = client.post("/detect", json={"samples": e.values.tolist()})
+        for e, inputs in zip(node.experiments, node.run_inputs(scaler)):
+            r = client.post("/detect", json={"baseline": e.values[:400].tolist(), "samples": e.values[400:].tolist()})
             assert r.status_code == 200, r.text
             answer = r.json()
-            assert len(answer["scores"]) == len(e.values) and answer["model"] == "int8"
-            torch_scores = reconstruction_scores(model, make_windows(scaler.transform(e.values), SETTINGS.data.window))
-            int8_scores.append(np.array(answer["scores"])[400:])
-            int8_flags.append(np.array(answer["is_anomaly"])[400:])
-            fp32_scores.append(torch_scores[400:])
-            fp32_flags.append(torch_scores[400:] > fp32_threshold)
+            assert len(answer["scores"]) == len(e.values) - 400 and answer["model"] == "int8"
+            torch_scores = reconstruction_scores(model, inputs)[400:]
+            int8_scores.append(np.array(answer["scores"]))
+            int8_flags.append(np.array(answer["is_anomaly"]))
+            fp32_scores.append(torch_scores)
+            fp32_flags.append(torch_scores > fp32_threshold)
     int8_scores, fp32_scores = np.concatenate(int8_scores), np.concatenate(fp32_scores)
     relative = np.abs(int8_scores - fp32_scores) / np.maximum(fp32_scores, 1e-6)
     # Stated tolerance: median relative difference under 10 %, and a rank correlation near 1.

@@ -8,12 +8,14 @@ done     → all rounds done; the last global model stays published
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from dataclasses import dataclass
 
 import numpy as np
 
+from services import faults
 from services.aggregator.store import AggregatorStore
 from services.aggregator.strategies import make_strategy
 from services.config import Settings
@@ -21,15 +23,21 @@ from services.data.scaling import FeatureStats, Scaler
 from services.model.autoencoder import build_autoencoder, count_parameters, get_flat_weights, spec_hash
 from services.protocol.codec import content_hash, decode_weights
 from services.protocol.messages import JoinRequest, JoinResponse, TrainingPlan
+from services.security.accountant import GaussianAccountant
+from services.security.filters import FilterContext, GaussianNoise, apply, update_filters
+
+log = logging.getLogger("fedad.aggregator")
 
 
 class RoundError(Exception):
-    """A request the round state refuses; ``status`` is the HTTP status that says why."""
+    """A request the round state refuses; ``status`` is the HTTP status that says why, ``reason`` a short fixed code
+    for metrics (services/observability/metrics.py counts refusals by it; None: derived from the status)."""
 
-    def __init__(self, status: int, detail: str):
+    def __init__(self, status: int, detail: str, reason: str | None = None):
         super().__init__(detail)
         self.status = status
         self.detail = detail
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -37,6 +45,8 @@ class Update:
     sample_count: int
     loss: float
     sha256: str
+    update_norm: float = 0.0  # L2 norm of the change to the global model, before any clipping
+    clipped: bool = False
 
 
 class Federation:
@@ -47,9 +57,19 @@ class Federation:
         self.clock = clock
         self.spec_hash = spec_hash(settings.input_width, settings.model.hidden)
         self.n_params = count_parameters(settings.input_width, settings.model.hidden)
-        self.strategy = make_strategy(self.fed.strategy)
+        self.strategy = make_strategy(self.fed.strategy, self.fed.trim_fraction)
+        privacy = settings.privacy
+        self.server_dp = privacy.enabled and privacy.side == "server"
+        clip = self.fed.clip_norm
+        if self.server_dp:
+            clip = min(clip or privacy.clip_norm, privacy.clip_norm)
+        self.inbound = update_filters(clip)  # every update, before the strategy sees it
+        self.outbound = [GaussianNoise(privacy.noise_multiplier, privacy.clip_norm)] if self.server_dp else []
+        self.accountant = GaussianAccountant()
+        self.storage_error: str | None = None
         self.pending: dict[str, Update] = {}
         self.last_seen: dict[str, float] = {}
+        self.round_listeners: list = []  # called with each closed round's record once it is published (metrics)
         loaded = store.load(self.n_params)
         if loaded is None:
             initial = build_autoencoder(settings.input_width, settings.model.hidden, seed=settings.model.seed)
@@ -60,6 +80,7 @@ class Federation:
             self.global_weights = get_flat_weights(initial)
         else:
             self.state, self.global_weights = loaded
+        self.accountant.load_state_dict(self.state.get("privacy"))
         self.round_opened_at = self.clock()
         self.strategy.begin(self.global_weights)
         for worker_id, weights, meta in store.pending_updates(self.open_round, self.n_params):
@@ -121,11 +142,25 @@ class Federation:
             "updates_in_open_round": sorted(self.pending),
             "deadline_in_s": round(self.deadline() - self.clock(), 1) if self.phase == "training" else None,
             "strategy": self.fed.strategy,
+            "update_clip_norm": self.inbound[0].max_norm if self.inbound else None,
+            "privacy": self.privacy_status(),
+            "storage_error": self.storage_error,
             "model": {"spec_hash": self.spec_hash, "parameters": self.n_params,
                       "sha256": self.state["global_sha256"]},
             "workers": workers,
             "history": self.state["history"],
         }
+
+    def privacy_status(self) -> dict | None:
+        privacy = self.settings.privacy
+        if not privacy.enabled:
+            return None
+        status = {"side": privacy.side, "noise_multiplier": privacy.noise_multiplier, "clip_norm": privacy.clip_norm,
+                  "delta": privacy.delta}
+        if self.server_dp:
+            status["epsilon"] = round(self.accountant.get_epsilon(privacy.delta), 3)
+            status["rounds_accounted"] = self.accountant.steps
+        return status
 
     # -- write side -----------------------------------------------------------------------------------------------
     def join(self, worker_id: str, request: JoinRequest) -> JoinResponse:
@@ -143,7 +178,7 @@ class Federation:
             merged = FeatureStats.merge([FeatureStats(**j["stats"]) for j in joined.values()])
             state["scaler"] = merged.scaler().model_dump()
             self.round_opened_at = self.clock()
-        self.state = self.store.commit(state, self.global_weights)
+        self.state = self._commit(state, self.global_weights)
         return self.join_response()
 
     def submit(self, worker_id: str, round_no: int, body: bytes, sample_count: int, loss: float,
@@ -151,61 +186,123 @@ class Federation:
         """Accept one worker's weights for ``round_no``; closes the round once enough have arrived."""
         self.last_seen[worker_id] = self.clock()
         if worker_id not in self.state["joined"]:
-            raise RoundError(409, f"worker {worker_id} has not joined this run ({self.state['run_id']}); join first")
+            raise RoundError(409, f"worker {worker_id} has not joined this run ({self.state['run_id']}); join first",
+                             reason="not_joined")
         if self.phase != "training":
-            raise RoundError(409, f"no round is open: the federation is {self.phase}")
+            raise RoundError(409, f"no round is open: the federation is {self.phase}", reason="no_open_round")
         if round_no != self.open_round:
             when = "already closed" if round_no < self.open_round else "not open yet"
-            raise RoundError(409, f"round {round_no} is {when}; the open round is {self.open_round}")
+            raise RoundError(409, f"round {round_no} is {when}; the open round is {self.open_round}",
+                             reason="stale_round" if round_no < self.open_round else "future_round")
         if sample_count < 1:
-            raise RoundError(422, "X-Sample-Count must be a positive integer")
+            raise RoundError(422, "X-Sample-Count must be a positive integer", reason="invalid_sample_count")
+        declared = self.state["joined"][worker_id]["sample_count"]
+        if sample_count > declared:
+            raise RoundError(422, f"X-Sample-Count {sample_count} exceeds the {declared} samples {worker_id} "
+                                  "declared when it joined", reason="invalid_sample_count")
         if not np.isfinite(loss):
-            raise RoundError(422, "X-Train-Loss must be a finite number")
+            raise RoundError(422, "X-Train-Loss must be a finite number", reason="invalid_loss")
         digest = content_hash(body)
         previous = self.pending.get(worker_id)
         if previous is not None:
             if previous.sha256 == digest:
                 return {"accepted": True, "duplicate": True, "round": round_no}
-            raise RoundError(409, f"worker {worker_id} already sent a different update for round {round_no}")
+            raise RoundError(409, f"worker {worker_id} already sent a different update for round {round_no}",
+                             reason="conflicting_update")
         try:
-            weights = decode_weights(body, self.n_params, sha256)
+            weights = decode_weights(body, self.n_params, sha256, body_hash=digest)
         except ValueError as exc:
-            raise RoundError(422, str(exc)) from None
+            raise RoundError(422, str(exc), reason="invalid_weights") from None
         update = Update(sample_count=sample_count, loss=float(loss), sha256=digest)
-        self.store.save_update(round_no, worker_id, body, {"sample_count": sample_count, "loss": float(loss),
-                                                           "sha256": digest})
+        try:
+            self.store.save_update(round_no, worker_id, body, {"sample_count": sample_count, "loss": float(loss),
+                                                               "sha256": digest})
+        except OSError as exc:
+            self._storage_failed(exc)
+            raise RoundError(503, f"cannot persist the update ({self.storage_error}): not accepted, "
+                                  "retry later") from None
         self._accept(worker_id, weights, update)
         if len(self.pending) >= self.fed.min_workers:
             self.close_round("min_workers")
         return {"accepted": True, "duplicate": False, "round": round_no}
 
     def tick(self) -> None:
-        """Called about once a second: close an overdue round that has a quorum."""
-        if self.phase == "training" and self.clock() >= self.deadline() and len(self.pending) >= self.fed.quorum:
+        """Called about once a second: close an overdue round that has a quorum, or a full round whose close could
+        not be persisted before (full disk) or was interrupted by a restart."""
+        if self.phase != "training":
+            return
+        if len(self.pending) >= self.fed.min_workers:
+            self.close_round("min_workers")
+        elif self.clock() >= self.deadline() and len(self.pending) >= self.fed.quorum:
             self.close_round("deadline")
 
     def _accept(self, worker_id: str, weights: np.ndarray, update: Update) -> None:
+        context = FilterContext(reference=self.global_weights)
+        weights = apply(self.inbound, weights, context)
+        norm = context.notes.get("update_norm")
+        if norm is None:
+            norm = float(np.linalg.norm(weights.astype(np.float64) - self.global_weights))
+        update = Update(update.sample_count, update.loss, update.sha256, round(norm, 6),
+                        bool(context.notes.get("clipped", False)))
         self.strategy.add(weights, update.sample_count)
         self.pending[worker_id] = update
+
+    def _commit(self, state: dict, weights: np.ndarray) -> dict:
+        try:
+            committed = self.store.commit(state, weights)
+        except OSError as exc:
+            self._storage_failed(exc)
+            raise RoundError(503, f"cannot persist the aggregator state ({self.storage_error}); retry later") from None
+        if self.storage_error:
+            log.info("state disk writable again: %s", self.store.dir)
+        self.storage_error = None
+        return committed
+
+    def _storage_failed(self, exc: OSError) -> None:
+        message = f"{exc.strerror or exc} in {self.store.dir}"
+        if message != self.storage_error:
+            log.error("cannot write the state dir: %s; nothing changed, will retry", message)
+        self.storage_error = message
 
     def close_round(self, reason: str) -> None:
         """Aggregate, persist, then publish: a crash before the commit leaves the round open with its updates."""
         new_weights = self.strategy.result()
-        closed_at = self.clock()
         total = sum(u.sample_count for u in self.pending.values())
+        privacy_state = self.accountant.state_dict()
+        if self.outbound:
+            share = max(u.sample_count for u in self.pending.values()) / total
+            new_weights = apply(self.outbound, new_weights, FilterContext(self.global_weights, weight_share=share))
+            self.accountant.step(self.settings.privacy.noise_multiplier)
+        faults.point("aggregator.aggregate")
+        closed_at = self.clock()
         record = {
             "round": self.open_round,
             "closed_by": reason,
             "duration_s": round(closed_at - self.round_opened_at, 3),
             "closed_at": closed_at,
-            "workers": {w: {"sample_count": u.sample_count, "loss": u.loss, "sha256": u.sha256}
+            "workers": {w: {"sample_count": u.sample_count, "loss": u.loss, "sha256": u.sha256,
+                            "update_norm": u.update_norm, "clipped": u.clipped}
                         for w, u in sorted(self.pending.items())},
             "mean_loss": sum(u.loss * u.sample_count for u in self.pending.values()) / total,
         }
         state = {**self.state, "rounds_done": self.open_round, "history": [*self.state["history"], record]}
-        self.state = self.store.commit(state, new_weights)
-        self.store.drop_pending(self.rounds_done)
+        if self.outbound:
+            state["privacy"] = self.accountant.state_dict()
+        try:
+            self.state = self._commit(state, new_weights)
+        except RoundError:
+            self.accountant.load_state_dict(privacy_state)  # nothing was released
+            return
+        try:
+            self.store.drop_pending(self.rounds_done)
+        except OSError as exc:  # leftovers of a closed round are never read again; the next close retries
+            log.warning("cannot remove pending updates of round %d: %s", self.rounds_done, exc)
         self.global_weights = new_weights
         self.pending = {}
         self.round_opened_at = closed_at
         self.strategy.begin(self.global_weights)
+        for listener in self.round_listeners:
+            try:
+                listener(record)
+            except Exception:  # the round is published; an observer's failure must not undo or block that
+                log.exception("round listener %r failed", listener)

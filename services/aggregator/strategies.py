@@ -1,7 +1,8 @@
-"""Aggregation rules: one small class each over one interface, the maths in plain numpy.
+"""Aggregation rules: one small class each over one interface, the maths in pure numpy functions.
 
-A strategy sees updates one at a time as they arrive (``add``), so FedAvg keeps a running weighted sum and its
-memory stays one model's worth however many workers report.
+A strategy sees updates one at a time as they arrive (``add``). FedAvg keeps a running weighted sum, so its memory
+stays one model's worth however many workers report; the robust rules (coordinate-wise median, trimmed mean) need
+every update of the round and keep them.
 """
 
 from __future__ import annotations
@@ -9,8 +10,34 @@ from __future__ import annotations
 import numpy as np
 
 
+# -- the maths ---------------------------------------------------------------------------------------------------------
+def weighted_mean(updates: np.ndarray, sample_counts: np.ndarray) -> np.ndarray:
+    """Sample-weighted mean of the rows of ``updates`` (n_workers × n_params)."""
+    w = np.asarray(sample_counts, dtype=np.float64)
+    return (np.asarray(updates, dtype=np.float64) * w[:, None]).sum(axis=0) / w.sum()
+
+
+def coordinate_median(updates: np.ndarray) -> np.ndarray:
+    """Per parameter, the median over workers (Yin et al., 2018): any minority of arbitrary updates moves it at most
+    to the range of the honest values."""
+    return np.median(np.asarray(updates, dtype=np.float64), axis=0)
+
+
+def trimmed_mean(updates: np.ndarray, trim_fraction: float) -> np.ndarray:
+    """Per parameter, drop the ⌊β·n⌋ largest and ⌊β·n⌋ smallest values over workers and average the rest (Yin et
+    al., 2018). β = 0 is the plain (unweighted) mean; with too few workers to trim, nothing is trimmed."""
+    values = np.sort(np.asarray(updates, dtype=np.float64), axis=0)
+    n = values.shape[0]
+    k = int(np.floor(trim_fraction * n))
+    if n - 2 * k < 1:
+        k = (n - 1) // 2
+    return values[k:n - k].mean(axis=0)
+
+
+# -- the strategies ----------------------------------------------------------------------------------------------------
 class Strategy:
     name = "base"
+    robust = False  # True: the result does not follow a minority of arbitrary updates
 
     def begin(self, global_weights: np.ndarray) -> None:
         raise NotImplementedError
@@ -29,20 +56,67 @@ class FedAvg(Strategy):
 
     def begin(self, global_weights: np.ndarray) -> None:
         self._sum = np.zeros(global_weights.shape, dtype=np.float64)
+        self._scratch = np.empty_like(self._sum)  # update × its count, reused: no new model-sized array per update
         self._count = 0
 
     def add(self, weights: np.ndarray, sample_count: int) -> None:
-        self._sum += np.asarray(weights, dtype=np.float64) * sample_count
+        np.multiply(weights, sample_count, out=self._scratch, dtype=np.float64)
+        self._sum += self._scratch
         self._count += sample_count
 
     def result(self) -> np.ndarray:
         if self._count == 0:
             raise ValueError("no updates to aggregate")
-        return (self._sum / self._count).astype(np.float32)
+        return np.divide(self._sum, self._count, out=np.empty(self._sum.shape, np.float32), casting="same_kind")
 
 
-STRATEGIES: dict[str, type[Strategy]] = {cls.name: cls for cls in (FedAvg,)}
+class _Collecting(Strategy):
+    """Keeps every update of the round (n × model size floats) for rules that need them all at once."""
+
+    robust = True
+
+    def begin(self, global_weights: np.ndarray) -> None:
+        self._updates: list[np.ndarray] = []
+
+    def add(self, weights: np.ndarray, sample_count: int) -> None:
+        self._updates.append(np.asarray(weights, dtype=np.float32))
+
+    def result(self) -> np.ndarray:
+        if not self._updates:
+            raise ValueError("no updates to aggregate")
+        return self.combine(np.stack(self._updates)).astype(np.float32)
+
+    def combine(self, updates: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
 
 
-def make_strategy(name: str) -> Strategy:
+class Median(_Collecting):
+    """Coordinate-wise median: ignores sample counts (a worker could inflate its own)."""
+
+    name = "median"
+
+    def combine(self, updates: np.ndarray) -> np.ndarray:
+        return coordinate_median(updates)
+
+
+class TrimmedMean(_Collecting):
+    """Coordinate-wise trimmed mean with ``trim_fraction`` cut from each end."""
+
+    name = "trimmed_mean"
+
+    def __init__(self, trim_fraction: float = 0.2):
+        if not 0 <= trim_fraction < 0.5:
+            raise ValueError("trim_fraction must be in [0, 0.5)")
+        self.trim_fraction = trim_fraction
+
+    def combine(self, updates: np.ndarray) -> np.ndarray:
+        return trimmed_mean(updates, self.trim_fraction)
+
+
+STRATEGIES: dict[str, type[Strategy]] = {cls.name: cls for cls in (FedAvg, Median, TrimmedMean)}
+
+
+def make_strategy(name: str, trim_fraction: float = 0.2) -> Strategy:
+    if name == TrimmedMean.name:
+        return TrimmedMean(trim_fraction)
     return STRATEGIES[name]()

@@ -1,9 +1,10 @@
-"""Detection figures as SKAB reports them: F1, false alarm rate and missed alarm rate (in %), plus ROC-AUC."""
+"""Detection figures as SKAB reports them: F1, false alarm rate and missed alarm rate (in %), plus ROC-AUC and
+PR-AUC (average precision) of the scores."""
 
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import roc_auc_score
+from sklearn.metrics import average_precision_score, roc_auc_score
 
 
 def pooled_metrics(counts: list[dict]) -> dict:
@@ -32,4 +33,5 @@ def detection_metrics(labels: np.ndarray, predicted: np.ndarray, scores: np.ndar
     }
     if scores is not None and 0 < labels.sum() < labels.size:
         figures["roc_auc"] = round(float(roc_auc_score(labels, scores)), 4)
+        figures["pr_auc"] = round(float(average_precision_score(labels, scores)), 4)
     return figures

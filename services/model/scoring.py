@@ -3,25 +3,58 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import onnxruntime as ort
+from onnx import TensorProto, helper
 
 from services.config import ThresholdSettings
-from services.model.onnx_export import INPUT_NAME
+from services.model.onnx_export import INPUT_NAME, OUTPUT_NAME
+
+SCORE_NAME = "score"
+
+
+def with_score_output(onnx_bytes: bytes) -> bytes:
+    """The model plus an output ``score``: the per-row mean squared reconstruction error, computed inside the
+    session (Sub → Mul → ReduceMean). One ``run`` then returns what /detect needs, instead of the reconstruction
+    followed by three numpy passes over it: at 4096 rows those passes cost more than the int8 model itself
+    (BENCHMARKS.md). The stored ONNX files stay the plain autoencoder; this is added when a session is made."""
+    model = onnx.load_from_string(onnx_bytes)
+    graph = model.graph
+    if any(o.name == SCORE_NAME for o in graph.output):
+        return onnx_bytes
+    opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    diff, square = f"{SCORE_NAME}_diff", f"{SCORE_NAME}_square"
+    graph.node.extend([
+        helper.make_node("Sub", [OUTPUT_NAME, INPUT_NAME], [diff], name=diff),
+        helper.make_node("Mul", [diff, diff], [square], name=square),
+    ])
+    if opset >= 18:  # ReduceMean takes its axes as an input from opset 18 on
+        axes = f"{SCORE_NAME}_axes"
+        graph.initializer.append(helper.make_tensor(axes, TensorProto.INT64, [1], [1]))
+        graph.node.append(helper.make_node("ReduceMean", [square, axes], [SCORE_NAME], keepdims=0, name=SCORE_NAME))
+    else:
+        graph.node.append(helper.make_node("ReduceMean", [square], [SCORE_NAME], axes=[1], keepdims=0,
+                                           name=SCORE_NAME))
+    graph.output.append(helper.make_tensor_value_info(SCORE_NAME, TensorProto.FLOAT, ["batch"]))
+    return model.SerializeToString()
 
 
 def make_session(onnx_bytes: bytes) -> ort.InferenceSession:
-    """One thread per session: an edge box scales with uvicorn processes, not intra-op threads."""
+    """One thread per session: an edge box scales with uvicorn processes, not intra-op threads. The session also
+    computes the scores (``with_score_output``)."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(with_score_output(onnx_bytes), options, providers=["CPUExecutionProvider"])
 
 
 def session_scores(session: ort.InferenceSession, inputs: np.ndarray) -> np.ndarray:
-    """Per-row mean squared reconstruction error: the anomaly score."""
+    """Per-row mean squared reconstruction error: the anomaly score (float32, one per input row)."""
     x = np.ascontiguousarray(inputs, dtype=np.float32)
-    reconstruction = session.run(None, {INPUT_NAME: x})[0]
+    if any(o.name == SCORE_NAME for o in session.get_outputs()):
+        return session.run([SCORE_NAME], {INPUT_NAME: x})[0]
+    reconstruction = session.run([OUTPUT_NAME], {INPUT_NAME: x})[0]  # a session made elsewhere, without scores
     return ((reconstruction - x) ** 2).mean(axis=1)
 
 

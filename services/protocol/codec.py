@@ -21,12 +21,13 @@ def encode_weights(flat: np.ndarray) -> bytes:
     return np.ascontiguousarray(flat, dtype=WIRE_DTYPE).tobytes()
 
 
-def decode_weights(body: bytes, n_params: int, sha256: str | None = None) -> np.ndarray:
-    """Check size, hash and finiteness; return a float32 vector of ``n_params`` values."""
+def decode_weights(body: bytes, n_params: int, sha256: str | None = None, body_hash: str | None = None) -> np.ndarray:
+    """Check size, hash and finiteness; return a float32 vector of ``n_params`` values. ``body_hash``: the body's
+    SHA-256 if the caller has already computed it (hashing is most of the cost for large models)."""
     expected = n_params * WIRE_DTYPE.itemsize
     if len(body) != expected:
         raise CodecError(f"weight body has {len(body)} bytes, the model needs {expected} ({n_params} float32 values)")
-    if sha256 is not None and content_hash(body) != sha256.lower():
+    if sha256 is not None and (body_hash or content_hash(body)) != sha256.lower():
         raise CodecError("weight body does not match its X-Content-SHA256 header (truncated or corrupted upload)")
     flat = np.frombuffer(body, dtype=WIRE_DTYPE).astype(np.float32)
     if not np.all(np.isfinite(flat)):

@@ -22,9 +22,16 @@ def main() -> None:
         worker = settings.worker(args.id)
     except ConfigError as exc:
         parser.exit(2, f"config error: {exc}\n")
-    setup_logging(f"worker[{worker.id}]")
-    uvicorn.run(create_app(settings, worker), host=worker.host, port=worker.port, log_level="warning",
-                access_log=False)
+    if worker.token is None:
+        parser.exit(2, f"config error: workers.{worker.id}.token is required on the worker (token_sha256 is what the "
+                       "aggregator keeps)\n")
+    setup_logging("worker", settings.logging.level, settings.logging.format, worker=worker.id)
+    try:
+        app = create_app(settings, worker)
+    except OSError as exc:  # a read-only or full state disk at start-up: say which folder, not a traceback
+        parser.exit(1, f"cannot use the state dir {worker.state_dir}: {exc.strerror or exc} ({exc.filename or ''})\n")
+    uvicorn.run(app, host=worker.host, port=worker.port, log_level="warning",
+                access_log=False, log_config=None)  # uvicorn's own lines in our format
 
 
 if __name__ == "__main__":

@@ -13,31 +13,31 @@ import tempfile
 import threading
 import time
 import zlib
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import numpy as np
 import torch
 
+from services import faults
 from services.config import Settings, WorkerSettings
 from services.data.scaling import FeatureStats, Scaler
-from services.data.skab import Experiment, find_data_dir, load_partition
-from services.data.windows import make_windows
-from services.model.autoencoder import build_autoencoder, count_parameters, set_flat_weights, get_flat_weights, spec_hash
-from services.model.metrics import detection_metrics
-from services.model.onnx_export import export_onnx, quantize_int8
-from services.model.scoring import calibrate_threshold, make_session, session_scores
-from services.model.training import train_local
+from services.data.local import LocalData
+from services.data.skab import find_data_dir, load_partition
+from services.data.windows import Preprocessing, Reference
+from services.model.autoencoder import count_parameters, spec_hash
+from services.model.pipeline import calibrate, evaluate, export_models, train_round
 from services.protocol.codec import CONTENT_TYPE, content_hash, decode_weights, encode_weights
 from services.protocol.messages import H_LOSS, H_ROUND, H_SAMPLES, H_SHA256, JoinRequest, JoinResponse
+from services.security.accountant import GaussianAccountant
+from services.security.filters import FilterContext, apply, client_privacy_filters
+from services.security.tls import client_context
 from services.worker.detector import Detector, ServedModel
 from services.worker.state import WorkerState, WorkerStore
 
 log = logging.getLogger("fedad.worker")
 LONG_POLL_S = 30.0
 MAX_BACKOFF_S = 15.0
-CALIBRATION_ROWS = 2000
 
 
 class Retry(Exception):
@@ -46,28 +46,6 @@ class Retry(Exception):
 
 class Fatal(Exception):
     """The aggregator refused this worker for good (wrong token, model spec mismatch): stop and say why."""
-
-
-@dataclass
-class LocalData:
-    """The node's own experiments; rows never leave this object except as aggregates."""
-
-    experiments: list[Experiment]
-    train_rows: int
-    window: int
-
-    def train_raw(self) -> np.ndarray:
-        return np.concatenate([e.train_part(self.train_rows) for e in self.experiments])
-
-    def windows(self, scaler: Scaler, part: str) -> np.ndarray:
-        chunks = []
-        for e in self.experiments:
-            w = make_windows(scaler.transform(e.values), self.window)
-            chunks.append(w[: self.train_rows] if part == "train" else w[self.train_rows:])
-        return np.concatenate(chunks)
-
-    def held_out_labels(self) -> np.ndarray:
-        return np.concatenate([e.labels[self.train_rows:] for e in self.experiments])
 
 
 class WorkerLoop:
@@ -81,12 +59,15 @@ class WorkerLoop:
         self.stop_event = threading.Event()
         self.phase = "starting"
         self.progress: dict = {}
+        self.last_training: dict | None = None  # round, loss, seconds of the last local round (metrics)
+        self.rounds_trained = 0
         self.last_error: str | None = None
         self.rounds_total = settings.federation.rounds
         self.state: WorkerState | None = None
         self.data: LocalData | None = None
         self._backoff = 0.5
         self._seed = settings.model.seed + zlib.crc32(worker.id.encode())
+        self.outbound = client_privacy_filters(settings.privacy)  # client-side DP: clip + noise before upload
 
     # -- lifecycle ------------------------------------------------------------------------------------------------
     def start(self) -> threading.Thread:
@@ -112,9 +93,10 @@ class WorkerLoop:
         try:
             self.restore()
             data_dir = find_data_dir(self.settings.data.dir)
-            self.data = LocalData(load_partition(data_dir, self.worker.partition, self.settings.data.features),
-                                  self.settings.data.train_rows, self.settings.data.window)
+            self.data = LocalData.from_settings(
+                load_partition(data_dir, self.worker.partition, self.settings.data.features), self.settings.data)
             with httpx.Client(base_url=self.settings.aggregator.url, timeout=LONG_POLL_S + 15,
+                              verify=client_context(self.settings.tls, self.worker.id),
                               headers={"Authorization": f"Bearer {self.worker.token}"}) as client:
                 self.client = client
                 self._federate()
@@ -143,7 +125,8 @@ class WorkerLoop:
                 self.phase = "done"
                 log.info("federation done: serving round %d", global_round)
                 return
-            wait = 0 if global_round < 0 else LONG_POLL_S
+            # long-poll only once this worker's update for the open round is in; before that nothing newer can come
+            wait = LONG_POLL_S if pushed_round > global_round else 0
             model_round, weights = self._retrying(lambda: self._pull(global_round, wait))
             if weights is not None and model_round > global_round:
                 global_round, global_weights = model_round, weights
@@ -174,30 +157,38 @@ class WorkerLoop:
 
     def _train(self, scaler: Scaler, round_no: int, start_weights: np.ndarray) -> tuple[np.ndarray, float]:
         self.phase = "training"
+        faults.point("worker.train")
         plan = self.settings.model
-        model = build_autoencoder(self.settings.input_width, plan.hidden)
-        set_flat_weights(model, start_weights)
         inputs = self.data.windows(scaler, "train")
         started = time.time()
 
         def on_epoch(epoch: int, loss: float) -> None:
             self.progress = {"round": round_no, "epoch": epoch, "epochs": plan.local_epochs, "loss": loss}
 
-        result = train_local(model, inputs, plan.local_epochs, plan.batch_size, plan.learning_rate,
-                             seed=self._seed + round_no, fedprox_mu=self.settings.federation.fedprox_mu,
-                             on_epoch=on_epoch)
+        weights, result = train_round(self.settings, inputs, start_weights, self._seed + round_no, on_epoch=on_epoch)
         log.info("round %d: trained %d epochs on %d windows in %.1fs, loss %.5f", round_no, plan.local_epochs,
                  len(inputs), time.time() - started, result.loss)
         self._last_loss = result.loss
-        return get_flat_weights(model), result.loss
+        self.last_training = {"round": round_no, "loss": result.loss, "seconds": time.time() - started}
+        self.rounds_trained += 1
+        if self.outbound:
+            weights = apply(self.outbound, weights, FilterContext(reference=start_weights))
+            privacy = self.settings.privacy
+            spent = GaussianAccountant()
+            for _ in range(round_no):  # at most one noised update per round so far
+                spent.step(privacy.noise_multiplier)
+            self.privacy_spent = {"epsilon": round(spent.get_epsilon(privacy.delta), 3), "delta": privacy.delta}
+            log.info("round %d: update clipped to %.3g and noised (z=%.3g): ε ≤ %.3f at δ=%g so far", round_no,
+                     privacy.clip_norm, privacy.noise_multiplier, self.privacy_spent["epsilon"], privacy.delta)
+        return weights, result.loss
 
     def _push(self, round_no: int, weights: np.ndarray, loss: float) -> int:
         self.phase = "uploading"
         body = encode_weights(weights)
         headers = {"Content-Type": CONTENT_TYPE, H_SAMPLES: str(len(self.data.train_raw())), H_LOSS: repr(loss),
                    H_SHA256: content_hash(body)}
-        response = self._call("POST", f"/v1/rounds/{round_no}/updates", content=body, headers=headers,
-                              accept=(409,))
+        response = self._call("POST", f"/v1/rounds/{round_no}/updates", headers=headers, accept=(409,),
+                              content=faults.split_body("worker.upload", body))
         if response.status_code == 409:
             log.info("update for round %d not taken: %s", round_no, response.json().get("detail"))
             if "has not joined" in response.text:
@@ -208,27 +199,25 @@ class WorkerLoop:
         """Export, quantise, recalibrate, evaluate, persist, swap."""
         self.phase = "installing model"
         started = time.time()
-        model = build_autoencoder(self.settings.input_width, self.settings.model.hidden)
-        set_flat_weights(model, weights)
         train_inputs = self.data.windows(scaler, "train")
-        fp32 = export_onnx(model, self.settings.input_width)
-        calibration = train_inputs[np.linspace(0, len(train_inputs) - 1, min(CALIBRATION_ROWS, len(train_inputs)),
-                                               dtype=int)]
         with tempfile.TemporaryDirectory(dir=self.store.dir) as work:
-            int8 = quantize_int8(fp32, calibration, Path(work))
+            fp32, int8 = export_models(self.settings, weights, train_inputs, Path(work))
         served = self.settings.serving.model
-        session = make_session(int8 if served == "int8" else fp32)
-        threshold = calibrate_threshold(session_scores(session, train_inputs), self.settings.threshold)
-        held_out = self.data.windows(scaler, "held_out")
-        scores = session_scores(session, held_out)
-        evaluation = detection_metrics(self.data.held_out_labels(), scores > threshold, scores)
+        detector = calibrate(int8 if served == "int8" else fp32, train_inputs, self.settings)
+        session, threshold = detector.session, detector.threshold
+        evaluation, _ = evaluate(detector, self.data.windows(scaler, "held_out"), self.data.held_out_labels())
         loss = getattr(self, "_last_loss", None)
         history = [*(self.state.history if self.state else []),
                    {"round": model_round, "local_loss": loss, "threshold": threshold, **evaluation}]
         state = WorkerState(run_id=run_id, model_round=model_round, threshold=threshold,
                             scaler=scaler.model_dump(), spec_hash=self.spec_hash, served=served, weights=weights,
-                            onnx_fp32=fp32, onnx_int8=int8, history=history, evaluation=evaluation)
-        self.store.save(state)
+                            onnx_fp32=fp32, onnx_int8=int8, history=history, evaluation=evaluation,
+                            reference=self.data.default_reference(scaler).model_dump())
+        try:
+            self.store.save(state)
+        except OSError as exc:  # full or read-only state disk: serve the new model, keep the last persisted one
+            self.last_error = f"cannot persist round {model_round} to {self.store.dir}: {exc.strerror or exc}"
+            log.error("%s; serving it from memory, a restart falls back to the last persisted round", self.last_error)
         self.state = state
         self._serve(state, session)
         log.info("round %d installed in %.1fs: %s model, threshold %.5f, held-out F1 %.3f FAR %.1f%% MAR %.1f%%",
@@ -236,13 +225,17 @@ class WorkerLoop:
                  evaluation["mar"])
 
     def _serve(self, state: WorkerState, session=None) -> None:
-        scaler = Scaler(**state.scaler)
+        prep = Preprocessing.from_settings(self.settings.data)
+        reference = (Reference(**state.reference) if state.reference
+                     else prep.reference(None, Scaler(**state.scaler)) if prep.baseline == "federation" else None)
+        if reference is None:  # persisted by a version without references: rebuilt once local data is loaded
+            log.warning("persisted model has no reference scaling: not served until the next round is installed")
+            return
         if session is None:
-            model = ServedModel.build(state.served_onnx, scaler, self.settings.data.window, state.threshold,
-                                      state.model_round, state.served)
+            model = ServedModel.build(state.served_onnx, prep, reference, state.threshold, state.model_round,
+                                      state.served)
         else:
-            model = ServedModel(session, scaler, self.settings.data.window, state.threshold, state.model_round,
-                                state.served)
+            model = ServedModel(session, prep, reference, state.threshold, state.model_round, state.served)
         self.detector.swap(model)
 
     # -- HTTP with retries ------------------------------------------------------------------------------------------

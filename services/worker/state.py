@@ -28,6 +28,7 @@ class WorkerState:
     onnx_int8: bytes
     history: list[dict] = field(default_factory=list)  # per round: local loss, threshold, held-out figures
     evaluation: dict | None = None
+    reference: dict | None = None  # default scaling of /detect rows (services/data/windows.Reference)
 
     @property
     def served_onnx(self) -> bytes:

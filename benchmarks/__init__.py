@@ -1,0 +1,1 @@
+"""Benchmarks: scripts that print figures beside their same-run references (see BENCHMARKS.md)."""

@@ -1,0 +1,43 @@
+# Performance (issue 6): benchmark scripts that print figures beside their same-run references; BENCHMARKS.md holds
+# the figures and how they were made. Included by the main Makefile (`-include mk/*.mk`), which defines VENV, PY and
+# `venv`.
+#
+#   make bench            all four scripts, one after the other (~8 min on 2 cores)
+#   make bench-detect     POST /detect req/s, latency, rows/s vs the HTTP ceiling, onnxruntime and torch (~4 min)
+#   make bench-aggregate  FedAvg over N = 10, 100, 1000 updates, default and 1.3 M-parameter models (~1 min)
+#   make bench-round      round overhead with 10, 100, 300 light HTTP clients (~2 min)
+#   make bench-resources  worker RSS idle / training / serving, epoch time, model sizes, bytes per round (~1 min)
+#
+# Load generator: wrk (Debian: apt-get install wrk); without it the scripts fall back to a Python load generator,
+# which measures itself. py-spy (installed here) records the profiles `--profile` asks for.
+# Figures go to stdout and to $(BENCH_OUT)/<script>.json; extra arguments through BENCH_ARGS, e.g.
+#   make bench-detect BENCH_ARGS="--duration 10 --repeat 5"
+
+VENV ?= .venv
+PY ?= $(VENV)/bin/python
+BENCH_OUT ?= reports/benchmarks
+BENCH_ARGS ?=
+
+.PHONY: bench bench-detect bench-aggregate bench-round bench-resources
+
+$(VENV)/.bench-deps: | $(VENV)/.installed
+	$(PY) -m pip install -q 'py-spy>=0.3'
+	@command -v wrk >/dev/null || echo "note: wrk not found (apt-get install wrk); using the Python load generator"
+	touch $@
+
+$(BENCH_OUT):
+	mkdir -p $@
+
+bench: bench-detect bench-aggregate bench-round bench-resources  ## every benchmark (figures: BENCHMARKS.md)
+
+bench-detect: venv $(VENV)/.bench-deps | $(BENCH_OUT)  ## /detect vs the HTTP ceiling, onnxruntime and torch eager
+	$(PY) -m benchmarks.detect --json $(BENCH_OUT)/detect.json --profile $(BENCH_OUT)/detect-profile.txt $(BENCH_ARGS)
+
+bench-aggregate: venv | $(BENCH_OUT)  ## FedAvg time and peak memory for 10, 100, 1000 updates
+	$(PY) -m benchmarks.aggregate --json $(BENCH_OUT)/aggregate.json $(BENCH_ARGS)
+
+bench-round: venv $(VENV)/.bench-deps | $(BENCH_OUT)  ## round overhead with 10, 100, 300 light clients over HTTP
+	$(PY) -m benchmarks.round --json $(BENCH_OUT)/round.json --profile $(BENCH_OUT)/round-profile.txt $(BENCH_ARGS)
+
+bench-resources: venv $(VENV)/.bench-deps | $(BENCH_OUT)  ## worker memory, epoch time, model sizes, bytes per round
+	$(PY) -m benchmarks.resources --json $(BENCH_OUT)/resources.json $(BENCH_ARGS)

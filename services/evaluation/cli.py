@@ -1,0 +1,80 @@
+"""``fedad evaluate`` and ``fedad report``: run the evaluation, print the comparison table, render the report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from services.config import REPO_ROOT, Settings
+from services.evaluation.runner import KINDS, MODES, run_evaluation
+
+# The SKAB README's outlier-detection leaderboard (test set), as quoted in shared/data/skab/SOURCE.md.
+SKAB_LEADERBOARD = [
+    ("Conv-AE", 0.78, 13.55, 28.02), ("MSET", 0.78, 39.73, 14.13), ("T-squared+Q (PCA)", 0.76, 26.62, 24.92),
+    ("LSTM-AE", 0.74, 29.96, 25.92), ("T-squared", 0.66, 19.21, 42.60), ("LSTM-VAE", 0.56, 9.13, 55.03),
+    ("Vanilla LSTM", 0.54, 12.54, 59.53), ("Vanilla AE", 0.39, 2.59, 75.15), ("Isolation forest", 0.29, 2.56, 82.89),
+    ("Null detector", 0.0, 0.0, 100.0),
+]
+MODE_NAMES = {"federated": "federated", "centralised": "centralised", "local": "local-only"}
+
+
+def _resolve(path: str) -> Path:
+    p = Path(path)
+    return p if p.is_absolute() else Path.cwd() / p
+
+
+def table_rows(results: dict) -> list[dict]:
+    rows = []
+    for mode, entry in results["modes"].items():
+        for kind in KINDS:
+            p = entry["kinds"][kind]["pooled"]
+            rows.append({"name": f"fedad {MODE_NAMES[mode]} {kind}", "f1": p["f1"], "far": p["far"], "mar": p["mar"],
+                         "roc_auc": p.get("roc_auc"), "pr_auc": p.get("pr_auc"), "ours": True})
+    return rows
+
+
+def format_table(results: dict) -> str:
+    lines = [f"{'detector':<28} {'F1':>6} {'FAR %':>7} {'MAR %':>7} {'ROC-AUC':>8} {'PR-AUC':>7}"]
+    for r in table_rows(results):
+        lines.append(f"{r['name']:<28} {r['f1']:>6.3f} {r['far']:>7.2f} {r['mar']:>7.2f} {r['roc_auc']:>8.4f} "
+                     f"{r['pr_auc']:>7.4f}")
+    lines.append("SKAB leaderboard (their README, test set):")
+    for name, f1, far, mar in SKAB_LEADERBOARD[:3] + SKAB_LEADERBOARD[7:8]:
+        lines.append(f"  {name:<26} {f1:>6.2f} {far:>7.2f} {mar:>7.2f}")
+    lines.append("per worker (F1 / FAR % / MAR %):")
+    for mode, entry in results["modes"].items():
+        for kind in KINDS:
+            cells = "  ".join(f"{w} {m['f1']:.3f}/{m['far']:.1f}/{m['mar']:.1f}"
+                              for w, m in entry["kinds"][kind]["workers"].items())
+            lines.append(f"  {MODE_NAMES[mode] + ' ' + kind:<18} {cells}")
+    lines.append("checks:")
+    for name, check in results["checks"].items():
+        lines.append(f"  [{'ok' if check['ok'] else 'NO'}] {name}: {check['value']}")
+    return "\n".join(lines)
+
+
+def evaluate_command(settings: Settings, out: str, modes: str) -> None:
+    chosen = tuple(m.strip() for m in modes.split(",") if m.strip())
+    unknown = [m for m in chosen if m not in MODES]
+    if unknown or not chosen:
+        raise SystemExit(f"--modes: unknown mode(s) {unknown}; choose from {', '.join(MODES)}")
+    s = settings
+    print(f"evaluating {', '.join(chosen)} on SKAB ({s.data.train_rows} training rows per file; window {s.data.window}"
+          f" {'stats ' + '/'.join(s.data.window_stats) if s.data.window_stats else 'flattened'}, baseline "
+          f"{s.data.baseline}; {s.federation.rounds} rounds × {s.model.local_epochs} epochs)", flush=True)
+    results = run_evaluation(settings, _resolve(out), chosen, echo=lambda m: print(m, flush=True))
+    print("\n" + format_table(results))
+    print(f"\nevaluation took {results['seconds']:.0f}s; `make report` (or fedad report) renders the report")
+
+
+def report_command(results_dir: str, out: str) -> None:
+    from services.evaluation.report import write_report
+
+    folder = _resolve(results_dir)
+    if not (folder / "results.json").is_file():
+        raise SystemExit(f"no evaluation results in {folder}: run `make evaluate` (fedad evaluate) first")
+    path = write_report(folder, _resolve(out))
+    try:
+        shown = path.relative_to(REPO_ROOT)
+    except ValueError:
+        shown = path
+    print(f"report written: {shown} ({path.stat().st_size // 1024} kB, self-contained HTML)")

@@ -1,0 +1,329 @@
+"""One self-contained HTML page (PNG figures embedded as data URIs) from ``fedad evaluate``'s results folder.
+
+Figures (``FIGURES``): comparison table next to SKAB's leaderboard; reconstruction-error distributions with the
+threshold; anomaly score over time per experiment with the true anomaly spans shaded; ROC and precision-recall
+curves; confusion matrices; a 2-D view of the encoder's latent space coloured by label; training loss per round per
+worker; model size and per-row inference time of fp32 vs int8.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.ticker  # noqa: E402
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from sklearn.metrics import precision_recall_curve, roc_curve  # noqa: E402
+
+from services.evaluation.cli import MODE_NAMES, SKAB_LEADERBOARD, table_rows  # noqa: E402
+from services.evaluation.runner import KINDS  # noqa: E402
+
+FIGURES = {
+    "fig-distribution": "Reconstruction-error distribution with the threshold",
+    "fig-timeline": "Anomaly score over time per experiment",
+    "fig-roc": "ROC and precision-recall curves",
+    "fig-confusion": "Confusion matrices",
+    "fig-latent": "Latent space of the encoder",
+    "fig-loss": "Training loss per round per worker",
+    "fig-size-time": "Model size and per-row inference time, fp32 vs int8",
+}
+SERVED = ("federated", "int8")  # what the workers serve by default
+COLOURS = {"federated": "tab:blue", "centralised": "tab:orange", "local": "tab:green"}
+
+
+class Data:
+    def __init__(self, folder: Path):
+        self.results = json.loads((folder / "results.json").read_text())
+        with np.load(folder / "arrays.npz") as z:
+            self.arrays = {k: z[k] for k in z.files}
+        self.workers: list[str] = self.results["workers"]
+        self.experiments: dict[str, list[str]] = self.results["experiments"]
+        self.train_rows: int = self.results["settings"]["data"]["train_rows"]
+
+    def labels(self, worker: str, i: int) -> np.ndarray:
+        return self.arrays[f"labels/{worker}/{i}"]
+
+    def scores(self, mode: str, kind: str, worker: str, i: int) -> np.ndarray:
+        return self.arrays[f"scores/{mode}/{kind}/{worker}/{i}"]
+
+    def threshold(self, mode: str, kind: str, worker: str) -> float:
+        return float(self.arrays[f"threshold/{mode}/{kind}/{worker}"][0])
+
+    def held_out(self, mode: str, kind: str, worker: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Held-out labels and scores divided by the worker's threshold (pooled over workers if None)."""
+        labels, ratios = [], []
+        for w in [worker] if worker else self.workers:
+            t = self.threshold(mode, kind, w)
+            for i in range(len(self.experiments[w])):
+                labels.append(self.labels(w, i)[self.train_rows:])
+                ratios.append(self.scores(mode, kind, w, i)[self.train_rows:] / t)
+        return np.concatenate(labels), np.concatenate(ratios)
+
+
+def _png(fig) -> str:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def fig_distribution(d: Data) -> str:
+    mode, kind = SERVED
+    fig, axes = plt.subplots(1, len(d.workers), figsize=(5 * len(d.workers), 3.6), squeeze=False)
+    for ax, w in zip(axes[0], d.workers):
+        t = d.threshold(mode, kind, w)
+        train = np.concatenate([d.scores(mode, kind, w, i)[:d.train_rows] for i in range(len(d.experiments[w]))])
+        labels, ratio = d.held_out(mode, kind, w)
+        held = ratio * t
+        low = max(min(train.min(), held.min()), 1e-4)
+        bins = np.logspace(np.log10(low), np.log10(max(train.max(), held.max()) * 1.01), 60)
+        ax.hist(train, bins=bins, alpha=0.45, label="training rows (normal)", color="grey", density=True)
+        ax.hist(held[labels == 0], bins=bins, alpha=0.55, label="held-out normal", color="tab:blue", density=True)
+        ax.hist(held[labels == 1], bins=bins, alpha=0.55, label="held-out anomaly", color="tab:red", density=True)
+        ax.axvline(t, color="k", ls="--", lw=1.2, label=f"threshold {t:.3g}")
+        ax.set_xscale("log")
+        ax.set_title(f"{w}")
+        ax.set_xlabel("reconstruction error (MSE per row)")
+    axes[0][0].set_ylabel("density")
+    axes[0][-1].legend(fontsize=8)
+    fig.suptitle(f"{MODE_NAMES[mode]} {kind} model (served by the workers)", y=1.02)
+    return _png(fig)
+
+
+def fig_timeline(d: Data) -> str:
+    mode, kind = SERVED
+    runs = [(w, i) for w in d.workers for i in range(len(d.experiments[w]))]
+    cols = 6
+    rows = int(np.ceil(len(runs) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.0 * rows), squeeze=False)
+    for ax in axes.flat[len(runs):]:
+        ax.axis("off")
+    for ax, (w, i) in zip(axes.flat, runs):
+        s, y, t = d.scores(mode, kind, w, i), d.labels(w, i), d.threshold(mode, kind, w)
+        x = np.arange(len(s))
+        ax.axvspan(0, d.train_rows, color="grey", alpha=0.15, lw=0)
+        starts = np.flatnonzero(np.diff(np.concatenate([[0], y, [0]])) == 1)
+        ends = np.flatnonzero(np.diff(np.concatenate([[0], y, [0]])) == -1)
+        for a, b in zip(starts, ends):
+            ax.axvspan(a, b, color="tab:red", alpha=0.18, lw=0)
+        ax.plot(x, np.maximum(s, 1e-4), lw=0.6, color="tab:blue")
+        ax.axhline(t, color="k", ls="--", lw=0.8)
+        ax.set_yscale("log")
+        ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.set_title(d.experiments[w][i], fontsize=8)
+        ax.tick_params(labelsize=6)
+    fig.suptitle(f"{MODE_NAMES[mode]} {kind} score per row (log); grey: training rows, red: labelled anomaly, "
+                 "dashed: the worker's threshold", y=1.0)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def fig_roc(d: Data) -> str:
+    fig, (roc_ax, pr_ax) = plt.subplots(1, 2, figsize=(11, 4.4))
+    for mode in d.results["modes"]:
+        for kind in KINDS:
+            labels, ratio = d.held_out(mode, kind)
+            fpr, tpr, _ = roc_curve(labels, ratio)
+            precision, recall, _ = precision_recall_curve(labels, ratio)
+            p = d.results["modes"][mode]["kinds"][kind]["pooled"]
+            style = dict(color=COLOURS[mode], ls="-" if kind == "fp32" else ":", lw=1.3)
+            roc_ax.plot(fpr, tpr, label=f"{MODE_NAMES[mode]} {kind} (AUC {p['roc_auc']:.3f})", **style)
+            pr_ax.plot(recall, precision, label=f"{MODE_NAMES[mode]} {kind} (AP {p['pr_auc']:.3f})", **style)
+            roc_ax.plot(p["far"] / 100, 1 - p["mar"] / 100, "o", color=COLOURS[mode], ms=4)
+    roc_ax.plot([0, 1], [0, 1], color="grey", lw=0.8)
+    roc_ax.set(xlabel="false alarm rate", ylabel="detection rate (1 − MAR)", title="ROC (pooled; dots: thresholds)")
+    pr_ax.set(xlabel="recall", ylabel="precision", title="precision-recall (pooled)")
+    roc_ax.legend(fontsize=7)
+    pr_ax.legend(fontsize=7)
+    return _png(fig)
+
+
+def fig_confusion(d: Data) -> str:
+    modes = list(d.results["modes"])
+    fig, axes = plt.subplots(len(KINDS), len(modes), figsize=(3.3 * len(modes), 5.8), squeeze=False)
+    for c, mode in enumerate(modes):
+        for r, kind in enumerate(KINDS):
+            counts = d.results["modes"][mode]["kinds"][kind]["pooled"]["counts"]
+            matrix = np.array([[counts["tn"], counts["fp"]], [counts["fn"], counts["tp"]]])
+            ax = axes[r][c]
+            ax.imshow(matrix, cmap="Blues")
+            for (i, j), v in np.ndenumerate(matrix):
+                ax.text(j, i, f"{v}\n{100 * v / matrix[i].sum():.1f}%", ha="center", va="center", fontsize=9,
+                        color="white" if v > matrix.max() / 2 else "black")
+            ax.set_xticks([0, 1], ["normal", "anomaly"])
+            ax.set_yticks([0, 1], ["normal", "anomaly"])
+            ax.set_title(f"{MODE_NAMES[mode]} {kind}", fontsize=9)
+            if c == 0:
+                ax.set_ylabel("true")
+            if r == len(KINDS) - 1:
+                ax.set_xlabel("predicted")
+    fig.tight_layout()
+    return _png(fig)
+
+
+def fig_latent(d: Data) -> str:
+    fig, ax = plt.subplots(figsize=(6.2, 5))
+    if "latent/xy" not in d.arrays:
+        ax.text(0.5, 0.5, "latent view not computed", ha="center")
+        return _png(fig)
+    xy, label, held = d.arrays["latent/xy"], d.arrays["latent/label"], d.arrays["latent/held_out"]
+    groups = [((label == 0) & ~held, "training rows (normal)", "grey"),
+              ((label == 0) & held, "held-out normal", "tab:blue"), (label == 1, "anomaly", "tab:red")]
+    for mask, name, colour in groups:
+        ax.scatter(xy[mask, 0], xy[mask, 1], s=5, alpha=0.6, color=colour, label=name)
+    info = d.results["modes"]["federated"].get("latent", {})
+    ax.set_title(f"{info.get('method', '')} of the {info.get('bottleneck', '?')}-unit bottleneck "
+                 "(federated model)", fontsize=10)
+    ax.legend(fontsize=8, markerscale=3)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    return _png(fig)
+
+
+def fig_loss(d: Data) -> str:
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    styles = {"valve1": "-", "valve2": "--", "other": "-."}
+    for mode, entry in d.results["modes"].items():
+        for w, losses in entry["losses"].items():
+            ls = styles.get(w, "-") if w != "all" else "-"
+            ax.plot(np.arange(1, len(losses) + 1), losses, ls=ls, color=COLOURS[mode], marker="o", ms=3,
+                    label=f"{MODE_NAMES[mode]} {w if w != 'all' else '(pooled)'}")
+    ax.set(xlabel="round (local-only and centralised: the same number of epochs per point)",
+           ylabel="training loss (MSE)", title="training loss per round per worker")
+    ax.legend(fontsize=7, ncol=2)
+    return _png(fig)
+
+
+def fig_size_time(d: Data) -> str:
+    fed = d.results["modes"]["federated"]
+    timing, size = fed.get("timing", {}), fed["int8_vs_fp32"]["bytes"]
+    fig, axes = plt.subplots(1, 3, figsize=(11, 3.4))
+    colours = ["tab:blue", "tab:purple"]
+    axes[0].bar(KINDS, [size[k] / 1024 for k in KINDS], color=colours)
+    axes[0].set_title("ONNX file size (kB)")
+    for ax, key, title in ((axes[1], "us_per_row_batch1", "µs per call, 1 row"),
+                           (axes[2], "us_per_row_batch256", "µs per row, batches of 256")):
+        values = [timing.get(k, {}).get(key, np.nan) for k in KINDS]
+        ax.bar(KINDS, values, color=colours)
+        ax.set_title(title)
+        for x, v in enumerate(values):
+            ax.text(x, v, f"{v:.2f}", ha="center", va="bottom", fontsize=8)
+    for x, k in enumerate(KINDS):
+        axes[0].text(x, size[k] / 1024, f"{size[k] / 1024:.1f}", ha="center", va="bottom", fontsize=8)
+    fig.suptitle("onnxruntime, one thread (as /detect runs it); model scoring only, no HTTP", y=1.03)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _table(headers: list[str], rows: list[list], classes: list[str] | None = None) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
+    body = []
+    for i, row in enumerate(rows):
+        cls = f' class="{classes[i]}"' if classes and classes[i] else ""
+        body.append(f"<tr{cls}>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def comparison_table(d: Data) -> str:
+    rows, classes = [], []
+    for r in table_rows(d.results):
+        rows.append([r["name"], f"{r['f1']:.3f}", f"{r['far']:.2f}", f"{r['mar']:.2f}", f"{r['roc_auc']:.4f}",
+                     f"{r['pr_auc']:.4f}"])
+        classes.append("ours")
+    for name, f1, far, mar in SKAB_LEADERBOARD:
+        rows.append([f"SKAB leaderboard: {name}", f"{f1:.2f}", f"{far:.2f}", f"{mar:.2f}", "", ""])
+        classes.append("")
+    return _table(["detector", "F1", "FAR %", "MAR %", "ROC-AUC", "PR-AUC"], rows, classes)
+
+
+def worker_table(d: Data) -> str:
+    rows = []
+    for mode, entry in d.results["modes"].items():
+        for kind in KINDS:
+            for w, m in entry["kinds"][kind]["workers"].items():
+                rows.append([MODE_NAMES[mode], kind, w, m["rows"], f"{m['f1']:.3f}", f"{m['far']:.2f}",
+                             f"{m['mar']:.2f}", f"{m.get('roc_auc', float('nan')):.4f}",
+                             f"{m.get('pr_auc', float('nan')):.4f}", f"{m['threshold']:.4g}"])
+    return _table(["training", "model", "worker", "held-out rows", "F1", "FAR %", "MAR %", "ROC-AUC", "PR-AUC",
+                   "threshold"], rows)
+
+
+def checks_table(d: Data) -> str:
+    rows = [[("✔" if c["ok"] else "✘"), name, c["value"]] for name, c in d.results["checks"].items()]
+    return _table(["", "target", "measured"], rows, ["ok" if c["ok"] else "fail" for c in d.results["checks"].values()])
+
+
+def quantisation_table(d: Data) -> str:
+    rows = []
+    for mode, entry in d.results["modes"].items():
+        q = entry["int8_vs_fp32"]
+        rows.append([MODE_NAMES[mode], f"{q['roc_auc_difference']:+.4f}", f"{100 * q['decision_agreement']:.2f} %",
+                     f"{q['bytes']['fp32']} B", f"{q['bytes']['int8']} B"])
+    return _table(["training", "ROC-AUC int8 − fp32", "same decision as fp32", "fp32 ONNX", "int8 ONNX"], rows)
+
+
+CSS = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1250px; color: #222; line-height: 1.45; }
+table { border-collapse: collapse; margin: 0.6em 0 1.4em; font-size: 0.9em; }
+th, td { border: 1px solid #ccc; padding: 3px 9px; text-align: right; }
+pre { white-space: pre-wrap; font-size: 0.85em; }
+th { background: #f2f2f2; } td:first-child, th:first-child { text-align: left; }
+tr.ours td { background: #eef5ff; font-weight: 600; } tr.ok td:first-child { color: #1a7f37; }
+tr.fail td:first-child { color: #c00; } img { max-width: 100%; } figure { margin: 1em 0 2em; }
+figcaption { font-size: 0.9em; color: #555; } code { background: #f4f4f4; padding: 1px 4px; }
+"""
+
+
+def write_report(results_dir: Path, out: Path) -> Path:
+    d = Data(Path(results_dir))
+    s = d.results["settings"]
+    data = s["data"]
+    figures = {
+        "fig-distribution": (fig_distribution(d), "Per worker, the served model's score of every row: training rows "
+                             "(which set the threshold), held-out normal rows and held-out anomalies."),
+        "fig-timeline": (fig_timeline(d), "Every experiment file; the score is computed with the run's own first "
+                         f"{d.train_rows} rows as its reference (data.baseline = {data['baseline']})."),
+        "fig-roc": (fig_roc(d), "Pooled over all held-out rows; each worker's scores are divided by its own "
+                    "threshold, so 1.0 is the alarm limit. Solid: fp32, dotted: int8."),
+        "fig-confusion": (fig_confusion(d), "Pooled held-out rows, SKAB protocol; percentages per true class "
+                          "(FAR = normal→anomaly, MAR = anomaly→normal)."),
+        "fig-latent": (fig_latent(d), "A random sample of rows (training and held-out) from all workers."),
+        "fig-loss": (fig_loss(d), "Federated: each worker's local loss per round as it reported it to the "
+                     "aggregator. Local-only and centralised: mean loss over the same number of epochs."),
+        "fig-size-time": (fig_size_time(d), "Median over many calls on this machine; compare with each other, "
+                          "not across machines."),
+    }
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'><title>fedad detection quality on SKAB</title>",
+        f"<style>{CSS}</style></head><body>",
+        "<h1>fedad: detection quality on SKAB</h1>",
+        f"<p>Generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC from <code>{html.escape(str(results_dir))}"
+        f"</code> (evaluation took {d.results['seconds']:.0f} s). Protocol: SKAB's outlier detection — each "
+        f"experiment file's first {d.train_rows} rows train and calibrate, the rest is scored; predictions of all "
+        "files pooled; F1, FAR (false alarm rate) and MAR (missed alarm rate) as SKAB computes them. "
+        "Thresholds come from training rows only.</p>",
+        "<h2>Comparison with SKAB's leaderboard</h2>", comparison_table(d),
+        "<h2>Targets</h2>", checks_table(d),
+        "<h2>Per worker</h2>", worker_table(d),
+        "<h2>int8 vs fp32</h2>", quantisation_table(d),
+        "<h2>Settings</h2><pre>" + html.escape("\n".join(f"{k}: {json.dumps(v)}" for k, v in s.items()))
+        + "</pre><p>Any of them can be changed in config.yaml or with <code>FEDAD__SECTION__KEY=value make "
+        "evaluate</code>.</p>",
+    ]
+    for key, title in FIGURES.items():
+        png, caption = figures[key]
+        parts.append(f"<h2 id='{key}'>{html.escape(title)}</h2><figure><img alt='{html.escape(title)}' "
+                     f"src='data:image/png;base64,{png}'><figcaption>{html.escape(caption)}</figcaption></figure>")
+    parts.append("</body></html>")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(parts))
+    return out

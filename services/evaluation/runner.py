@@ -1,0 +1,340 @@
+"""Train and score federated, centralised and local-only detectors on the same partitions, fp32 and int8 side by side.
+
+Every path uses the code the services run:
+- **federated**: the aggregator's ``Federation`` state machine (join with scaling statistics, rounds that close when
+  ``min_workers`` updates arrived, the configured strategy and update filters, persistence in a temporary state
+  dir) driven in-process; each worker's update comes from ``pipeline.train_round`` with the worker's own seed rule,
+  through the wire codec, exactly as ``WorkerLoop._train``/``_push`` produce it (client-side privacy filters too).
+- **centralised**: all workers' training inputs pooled in one place, one model trained for the same number of
+  epochs (rounds × local epochs): the reference that federated learning should match.
+- **local-only**: each worker trains alone for the same number of epochs, no federation.
+Then for every trained model and every worker, as ``WorkerLoop._install`` does: fp32 ONNX export, static int8
+quantisation on the worker's training inputs, threshold calibrated on the served model's own scores of the
+worker's training inputs, scores of the held-out rows. SKAB's protocol: the first ``data.train_rows`` rows of each
+experiment file train (and calibrate), the rest is scored; F1 / FAR / MAR pooled over all files.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from services.aggregator.rounds import Federation
+from services.aggregator.store import AggregatorStore
+from services.config import Settings
+from services.data.local import LocalData
+from services.data.scaling import FeatureStats, Scaler
+from services.data.skab import find_data_dir, load_partition
+from services.model.autoencoder import build_autoencoder, get_flat_weights, set_flat_weights
+from services.model.metrics import detection_metrics
+from services.model.pipeline import calibrate, evaluate, export_models, train_round
+from services.model.scoring import session_scores
+from services.protocol.codec import content_hash, encode_weights
+from services.protocol.messages import JoinRequest
+
+MODES = ("federated", "centralised", "local")
+KINDS = ("fp32", "int8")
+LATENT_POINTS = 1500
+TIMING_CALLS = 2000
+
+
+class Progress:
+    """One line per step with the elapsed time: the evaluation's progress display."""
+
+    def __init__(self, echo=print):
+        self.echo = echo
+        self.started = time.time()
+
+    def __call__(self, message: str) -> None:
+        if self.echo:
+            self.echo(f"[{time.time() - self.started:5.0f}s] {message}")
+
+
+@dataclass
+class Trained:
+    """What one training mode produced: global or per-worker weights, the scaler each worker uses, losses."""
+
+    weights: dict[str, np.ndarray]  # per worker (the same array for every worker unless local-only)
+    scalers: dict[str, Scaler | None]
+    losses: dict[str, list[float]]  # per worker (or "all"), one value per round
+    seconds: float = 0.0
+    history: list = field(default_factory=list)
+
+
+def load_nodes(settings: Settings) -> dict[str, LocalData]:
+    data_dir = find_data_dir(settings.data.dir)
+    return {w.id: LocalData.from_settings(load_partition(data_dir, w.partition, settings.data.features), settings.data)
+            for w in settings.workers}
+
+
+def worker_seed(settings: Settings, worker_id: str) -> int:
+    """The worker's seed rule (WorkerLoop._seed): model.seed + crc32(worker id); round r trains with seed + r."""
+    return settings.model.seed + zlib.crc32(worker_id.encode())
+
+
+def _simulation_settings(settings: Settings, n_workers: int) -> Settings:
+    """Every worker reports every round, so rounds close on min_workers, never on a deadline."""
+    sim = settings.model_copy(deep=True)
+    sim.federation.min_workers = n_workers
+    sim.federation.quorum = min(sim.federation.quorum, n_workers)
+    return sim
+
+
+def train_federated(settings: Settings, nodes: dict[str, LocalData], progress: Progress) -> Trained:
+    from services.security.filters import FilterContext, apply, client_privacy_filters
+
+    started = time.time()
+    settings = _simulation_settings(settings, len(nodes))
+    outbound = client_privacy_filters(settings.privacy)
+    with tempfile.TemporaryDirectory(prefix="fedad-eval-") as tmp:
+        fed = Federation(settings, AggregatorStore(Path(tmp) / "aggregator"))
+        for worker_id, node in nodes.items():
+            raw = node.train_raw()
+            fed.join(worker_id, JoinRequest(spec_hash=fed.spec_hash, sample_count=len(raw),
+                                            stats=FeatureStats.from_rows(raw)))
+        if fed.phase != "training":
+            raise RuntimeError(f"the federation did not start training after all workers joined ({fed.phase})")
+        scaler = fed.scaler
+        inputs = {w: node.windows(scaler, "train") for w, node in nodes.items()}
+        while fed.phase == "training":
+            round_no, start = fed.open_round, fed.global_weights.copy()
+            for worker_id, node in nodes.items():
+                weights, result = train_round(settings, inputs[worker_id], start,
+                                              worker_seed(settings, worker_id) + round_no)
+                if outbound:
+                    weights = apply(outbound, weights, FilterContext(reference=start))
+                body = encode_weights(weights)
+                fed.submit(worker_id, round_no, body, len(node.train_raw()), result.loss, content_hash(body))
+            record = fed.state["history"][-1]
+            progress(f"federated round {record['round']}/{settings.federation.rounds}: "
+                     + ", ".join(f"{w} {v['loss']:.4f}" for w, v in record["workers"].items()))
+        history = fed.state["history"]
+        weights = fed.global_weights.copy()
+    losses = {w: [h["workers"][w]["loss"] for h in history] for w in nodes}
+    return Trained({w: weights for w in nodes}, {w: scaler for w in nodes}, losses, time.time() - started, history)
+
+
+def _initial_weights(settings: Settings) -> np.ndarray:
+    return get_flat_weights(build_autoencoder(settings.input_width, settings.model.hidden, seed=settings.model.seed))
+
+
+def _per_round(epoch_losses: list[float], epochs_per_round: int) -> list[float]:
+    return [float(np.mean(epoch_losses[i:i + epochs_per_round]))
+            for i in range(0, len(epoch_losses), epochs_per_round)]
+
+
+def train_centralised(settings: Settings, nodes: dict[str, LocalData], progress: Progress) -> Trained:
+    """All training inputs in one place; the scaler (federation baseline) is the pooled one, as the federation's is."""
+    started = time.time()
+    scaler = FeatureStats.from_rows(np.concatenate([n.train_raw() for n in nodes.values()])).scaler()
+    pooled = np.concatenate([node.windows(scaler, "train") for node in nodes.values()])
+    epochs = settings.federation.rounds * settings.model.local_epochs
+    weights, result = train_round(settings, pooled, _initial_weights(settings), settings.model.seed, epochs=epochs)
+    progress(f"centralised: {epochs} epochs on {len(pooled)} pooled inputs, loss {result.loss:.4f}")
+    losses = {"all": _per_round(result.epoch_losses, settings.model.local_epochs)}
+    return Trained({w: weights for w in nodes}, {w: scaler for w in nodes}, losses, time.time() - started)
+
+
+def train_local_only(settings: Settings, nodes: dict[str, LocalData], progress: Progress) -> Trained:
+    started = time.time()
+    weights, scalers, losses = {}, {}, {}
+    epochs = settings.federation.rounds * settings.model.local_epochs
+    for worker_id, node in nodes.items():
+        scalers[worker_id] = FeatureStats.from_rows(node.train_raw()).scaler()
+        weights[worker_id], result = train_round(settings, node.windows(scalers[worker_id], "train"),
+                                                 _initial_weights(settings), worker_seed(settings, worker_id),
+                                                 epochs=epochs)
+        losses[worker_id] = _per_round(result.epoch_losses, settings.model.local_epochs)
+        progress(f"local-only {worker_id}: {epochs} epochs, loss {result.loss:.4f}")
+    return Trained(weights, scalers, losses, time.time() - started)
+
+
+def score_trained(settings: Settings, nodes: dict[str, LocalData], trained: Trained, workdir: Path) -> dict:
+    """Per worker and kind: the served-model path (export, quantise, calibrate, evaluate) plus per-run scores."""
+    out = {}
+    for worker_id, node in nodes.items():
+        scaler = trained.scalers[worker_id]
+        train_inputs = node.windows(scaler, "train")
+        fp32, int8 = export_models(settings, trained.weights[worker_id], train_inputs, workdir / worker_id)
+        per_kind = {}
+        for kind, onnx_bytes in (("fp32", fp32), ("int8", int8)):
+            detector = calibrate(onnx_bytes, train_inputs, settings)
+            metrics, held_scores = evaluate(detector, node.windows(scaler, "held_out"), node.held_out_labels())
+            runs = [session_scores(detector.session, x) for x in node.run_inputs(scaler)]
+            per_kind[kind] = {"threshold": detector.threshold, "metrics": metrics, "held_scores": held_scores,
+                              "run_scores": runs, "bytes": len(onnx_bytes), "onnx": onnx_bytes,
+                              "train_scores": np.concatenate([r[:node.train_rows] for r in runs])}
+        out[worker_id] = per_kind
+    return out
+
+
+def pooled(nodes: dict[str, LocalData], scored: dict, kind: str) -> dict:
+    """SKAB pools the predictions of all files; scores are divided by each worker's threshold so that one ROC curve
+    over all workers ranks rows by how far past their own alarm limit they are."""
+    labels = np.concatenate([nodes[w].held_out_labels() for w in nodes])
+    ratio = np.concatenate([scored[w][kind]["held_scores"] / scored[w][kind]["threshold"] for w in nodes])
+    return detection_metrics(labels, ratio > 1.0, ratio)
+
+
+def timing(onnx_bytes: bytes, rows: np.ndarray) -> dict:
+    """Median µs per call for one row, and µs per row in batches of 256, one thread (as /detect runs)."""
+    from services.model.scoring import make_session
+
+    session = make_session(onnx_bytes)
+    one = rows[:1]
+    for _ in range(50):
+        session_scores(session, one)
+    samples = []
+    for _ in range(TIMING_CALLS):
+        t = time.perf_counter()
+        session_scores(session, one)
+        samples.append(time.perf_counter() - t)
+    batch = np.ascontiguousarray(np.resize(rows, (256, rows.shape[1])))
+    t = time.perf_counter()
+    for _ in range(50):
+        session_scores(session, batch)
+    per_row_batch = (time.perf_counter() - t) / (50 * 256)
+    return {"us_per_row_batch1": round(float(np.median(samples)) * 1e6, 2),
+            "us_per_row_batch256": round(per_row_batch * 1e6, 3)}
+
+
+def latent_view(settings: Settings, weights: np.ndarray, nodes: dict[str, LocalData], scaler, seed: int = 0) -> dict:
+    """The bottleneck activations of held-out and training inputs, embedded in 2-D by t-SNE (PCA if t-SNE fails)."""
+    from sklearn.decomposition import PCA
+    from sklearn.manifold import TSNE
+
+    model = build_autoencoder(settings.input_width, settings.model.hidden)
+    set_flat_weights(model, weights)
+    bottleneck = int(np.argmin(settings.model.hidden))
+    encoder = model[: 2 * (bottleneck + 1)]  # Linear+ReLU pairs up to the narrowest layer
+    xs, labels, parts = [], [], []
+    for node in nodes.values():
+        for e, x in zip(node.experiments, node.run_inputs(scaler)):
+            xs.append(x)
+            labels.append(e.labels)
+            parts.append(np.arange(len(x)) >= node.train_rows)
+    x, y, held = np.concatenate(xs), np.concatenate(labels), np.concatenate(parts)
+    rng = np.random.default_rng(seed)
+    take = np.sort(rng.choice(len(x), size=min(LATENT_POINTS, len(x)), replace=False))
+    with torch.no_grad():
+        z = encoder(torch.from_numpy(x[take])).numpy()
+    method = "t-SNE"
+    try:
+        xy = TSNE(n_components=2, init="pca", perplexity=30, random_state=seed).fit_transform(z) if z.shape[1] > 2 \
+            else z
+    except Exception:  # pragma: no cover - t-SNE is optional sugar
+        xy, method = PCA(n_components=2).fit_transform(z), "PCA"
+    if z.shape[1] <= 2:
+        method = "bottleneck (2-D)"
+    return {"xy": xy.astype(np.float32), "label": y[take].astype(np.int8), "held_out": held[take], "method": method,
+            "bottleneck": int(settings.model.hidden[bottleneck])}
+
+
+def run_evaluation(settings: Settings, out_dir: Path, modes: tuple[str, ...] = MODES, echo=print,
+                   latent: bool = True) -> dict:
+    """Train and score every mode; write ``results.json`` and ``arrays.npz`` to ``out_dir``; return the results."""
+    torch.set_num_threads(1)
+    progress = Progress(echo)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    nodes = load_nodes(settings)
+    progress(f"data: {sum(len(n.experiments) for n in nodes.values())} experiment files in {len(nodes)} workers "
+             f"({', '.join(f'{w}: {len(n.experiments)}' for w, n in nodes.items())}); input width "
+             f"{settings.input_width}, model {settings.input_width}→{'→'.join(map(str, settings.model.hidden))}→"
+             f"{settings.input_width}")
+    trainers = {"federated": train_federated, "centralised": train_centralised, "local": train_local_only}
+    results: dict = {"settings": _settings_summary(settings), "modes": {}, "workers": list(nodes)}
+    arrays: dict[str, np.ndarray] = {}
+    for e_worker, node in nodes.items():
+        for i, e in enumerate(node.experiments):
+            arrays[f"labels/{e_worker}/{i}"] = e.labels
+    results["experiments"] = {w: [e.name for e in n.experiments] for w, n in nodes.items()}
+    with tempfile.TemporaryDirectory(prefix="fedad-eval-onnx-") as tmp:
+        for mode in modes:
+            trained = trainers[mode](settings, nodes, progress)
+            scored = score_trained(settings, nodes, trained, Path(tmp) / mode)
+            entry = {"train_seconds": round(trained.seconds, 1), "losses": trained.losses, "kinds": {}}
+            for kind in KINDS:
+                per_worker = {w: {**scored[w][kind]["metrics"], "threshold": scored[w][kind]["threshold"]}
+                              for w in nodes}
+                entry["kinds"][kind] = {"pooled": pooled(nodes, scored, kind), "workers": per_worker}
+                for w in nodes:
+                    for i, s in enumerate(scored[w][kind]["run_scores"]):
+                        arrays[f"scores/{mode}/{kind}/{w}/{i}"] = s.astype(np.float32)
+                    arrays[f"threshold/{mode}/{kind}/{w}"] = np.array([scored[w][kind]["threshold"]])
+            fp, q = entry["kinds"]["fp32"]["pooled"], entry["kinds"]["int8"]["pooled"]
+            first = next(iter(nodes))
+            entry["int8_vs_fp32"] = {
+                "roc_auc_difference": round(q["roc_auc"] - fp["roc_auc"], 4),
+                "decision_agreement": round(float(np.mean(np.concatenate(
+                    [(scored[w]["int8"]["held_scores"] > scored[w]["int8"]["threshold"])
+                     == (scored[w]["fp32"]["held_scores"] > scored[w]["fp32"]["threshold"]) for w in nodes]))), 4),
+                "bytes": {k: scored[first][k]["bytes"] for k in KINDS},
+            }
+            if mode == "federated":
+                entry["history"] = trained.history
+                rows = nodes[first].windows(trained.scalers[first], "held_out")
+                entry["timing"] = {k: timing(scored[first][k]["onnx"], rows) for k in KINDS}
+                if latent:
+                    view = latent_view(settings, trained.weights[first], nodes, trained.scalers[first])
+                    arrays.update({f"latent/{k}": v for k, v in view.items() if isinstance(v, np.ndarray)})
+                    entry["latent"] = {"method": view["method"], "bottleneck": view["bottleneck"]}
+            results["modes"][mode] = entry
+            progress(f"{mode}: " + "; ".join(
+                f"{k} F1 {entry['kinds'][k]['pooled']['f1']:.3f} FAR {entry['kinds'][k]['pooled']['far']:.2f}% "
+                f"MAR {entry['kinds'][k]['pooled']['mar']:.2f}% ROC-AUC {entry['kinds'][k]['pooled']['roc_auc']:.4f}"
+                for k in KINDS))
+    results["checks"] = acceptance(results)
+    results["seconds"] = round(time.time() - progress.started, 1)
+    (out_dir / "results.json").write_text(json.dumps(results, indent=1, default=_json_default))
+    np.savez_compressed(out_dir / "arrays.npz", **arrays)
+    progress(f"results in {out_dir}/results.json")
+    return results
+
+
+def acceptance(results: dict) -> dict:
+    """The issue's bar: federated F1 ≥ 0.80 with FAR ≤ 15 %, federated within 0.01 F1 of centralised, int8 within
+    0.005 ROC-AUC of fp32 (every mode evaluated)."""
+    modes = results["modes"]
+    checks = {}
+    if "federated" in modes:
+        fed = modes["federated"]["kinds"]
+        for kind in KINDS:
+            p = fed[kind]["pooled"]
+            checks[f"federated {kind}: F1 >= 0.80 and FAR <= 15 %"] = {
+                "value": f"F1 {p['f1']:.3f}, FAR {p['far']:.2f} %", "ok": p["f1"] >= 0.80 and p["far"] <= 15}
+        if "centralised" in modes:
+            for kind in KINDS:
+                gap = modes["centralised"]["kinds"][kind]["pooled"]["f1"] - fed[kind]["pooled"]["f1"]
+                checks[f"{kind}: federated within 0.01 F1 of centralised"] = {
+                    "value": f"centralised − federated = {gap:+.4f}", "ok": gap <= 0.01}
+    for mode, entry in modes.items():
+        diff = entry["int8_vs_fp32"]["roc_auc_difference"]
+        checks[f"{mode}: int8 within 0.005 ROC-AUC of fp32"] = {"value": f"{diff:+.4f}", "ok": abs(diff) <= 0.005}
+    return checks
+
+
+def _settings_summary(settings: Settings) -> dict:
+    return {
+        "data": {k: v for k, v in settings.data.model_dump(mode="json").items() if k != "dir"},
+        "model": settings.model.model_dump(mode="json"),
+        "federation": settings.federation.model_dump(mode="json"),
+        "threshold": settings.threshold.model_dump(mode="json"),
+        "input_width": settings.input_width,
+        "workers": {w.id: w.partition for w in settings.workers},
+    }
+
+
+def _json_default(value):
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")

@@ -1,0 +1,207 @@
+"""The pages and their JSON: the aggregator's dashboard at ``/``, each worker's page at ``/``, ``/metrics`` on both.
+
+The pages are static files of this package (HTML, CSS, JS and the vendored uPlot build): no CDN and no build step,
+because edge sites are often offline. Each page polls its service's ``GET /v1/dashboard`` every two seconds.
+``AggregatorObservability`` and ``WorkerObservability`` wire metrics, log context and routes into the apps, so the
+route modules only call them at the spots where something happens.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import orjson
+from fastapi import APIRouter, Depends, FastAPI, HTTPException
+from starlette.responses import Response
+
+from services import logs
+from services.config import Settings, WorkerSettings
+from services.observability.context import WorkerLogContext
+from services.observability.metrics import AggregatorMetrics, DetectStats, WorkerMetrics, metrics_response
+from services.observability.telemetry import Telemetry, TelemetryBoard, TelemetryReporter, finite_or_none
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
+          ".css": "text/css; charset=utf-8"}
+# The pages load only their own files and fetch only their own service.
+_CSP = "default-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; frame-ancestors 'none'"
+HISTORY_ROWS = 12  # closed rounds listed in the dashboard's table (the loss chart shows all)
+
+
+def _json(payload) -> Response:
+    """orjson: NaN becomes null instead of an error, numpy values serialise."""
+    return Response(orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS),
+                    media_type="application/json", headers={"Cache-Control": "no-store"})
+
+
+def static_router(page: str) -> APIRouter:
+    """``/`` serves ``page``; ``/static/<name>`` the package's static files, read once, from a fixed list."""
+    files = {p.name: (p.read_bytes(), _TYPES[p.suffix]) for p in STATIC_DIR.iterdir() if p.suffix in _TYPES}
+    html = files[page][0]
+    router = APIRouter()
+
+    @router.get("/", include_in_schema=False)
+    async def index():
+        return Response(html, media_type=_TYPES[".html"],
+                        headers={"Cache-Control": "no-cache", "Content-Security-Policy": _CSP})
+
+    @router.get("/static/{name}", include_in_schema=False)
+    async def static(name: str):
+        if name not in files:
+            raise HTTPException(404, f"no static file {name!r}")
+        body, media_type = files[name]
+        return Response(body, media_type=media_type, headers={"Cache-Control": "no-cache"})
+
+    return router
+
+
+# -- aggregator -------------------------------------------------------------------------------------------------------
+class AggregatorObservability:
+    def __init__(self, app: FastAPI, settings: Settings, federation, identify):
+        self.settings = settings
+        self.federation = federation
+        self.worker_ids = [w.id for w in settings.workers]
+        self.metrics = AggregatorMetrics(federation, self.worker_ids)
+        self.board = TelemetryBoard(self.worker_ids, settings.dashboard.telemetry_interval_s or 5.0)
+        federation.round_listeners.append(self.metrics.round_closed)
+        logs.bind_round(lambda: federation.rounds_done if federation.phase == "done" else federation.open_round)
+        app.add_middleware(WorkerLogContext, identify=identify)
+        app.state.observability = self
+
+    def refused(self, path: str, status: int, reason: str | None = None) -> None:
+        self.metrics.refused(path, status, reason)
+
+    def dashboard(self) -> dict:
+        f = self.federation
+        status = f.status()
+        history = status.pop("history")
+        status["history"] = history[-HISTORY_ROWS:]
+        telemetry = self.board.snapshot()
+        latest = telemetry.pop("latest")
+        workers = []
+        for worker_id in self.worker_ids:
+            known = status["workers"].get(worker_id, {})
+            t = latest.get(worker_id, {})
+            rows, anomalies = t.get("rows_scored"), t.get("anomalies_flagged")
+            workers.append({
+                "id": worker_id,
+                "joined": known.get("joined", False),
+                "sample_count": known.get("sample_count"),
+                "last_seen": known.get("last_seen"),
+                "last_loss": known.get("last_loss"),
+                "update_in_open_round": known.get("update_in_open_round", False),
+                "phase": t.get("phase"),
+                "model_round": t.get("model_round"),
+                "threshold": t.get("threshold"),
+                "detect_requests": t.get("detect_requests"),
+                "rows_scored": rows,
+                "anomalies_flagged": anomalies,
+                "anomaly_rate": anomalies / rows if rows else None,
+                "telemetry_at": t.get("received_at"),
+            })
+        losses = {"round": [h["round"] for h in history], "mean": [h["mean_loss"] for h in history],
+                  "workers": {w: [h["workers"].get(w, {}).get("loss") for h in history] for w in self.worker_ids}}
+        return {"now": time.time(), "telemetry_interval_s": self.settings.dashboard.telemetry_interval_s,
+                "status": status, "workers": workers, "losses": losses, "anomalies": telemetry}
+
+    def router(self, authenticate, responses: dict) -> APIRouter:
+        router = static_router("aggregator.html")
+
+        @router.get("/metrics", include_in_schema=False)
+        async def metrics():
+            return metrics_response(self.metrics.registry)
+
+        @router.get("/v1/dashboard", summary="Everything the dashboard page shows, in one document")
+        async def dashboard():
+            return _json(self.dashboard())
+
+        @router.post("/v1/workers/{worker_id}/telemetry", responses=responses,
+                     summary="A worker's /detect counts and model round, for the dashboard (counts only)")
+        async def telemetry(worker_id: str, body: Telemetry, caller: str = Depends(authenticate)):
+            if caller != worker_id:
+                from services.aggregator.rounds import RoundError  # logged and counted like every refusal
+
+                raise RoundError(403, f"this token belongs to worker {caller}, not {worker_id}", reason="wrong_worker")
+            self.federation.last_seen[worker_id] = self.federation.clock()
+            self.board.report(worker_id, body)
+            self.metrics.telemetry_reports.inc()
+            return {"accepted": True}
+
+        return router
+
+
+# -- worker -----------------------------------------------------------------------------------------------------------
+def worker_round(loop, detector) -> int:
+    """The round a worker's log line belongs to: the one it trains (or last trained), or the one it serves; 0 before
+    either (round 0 is the untrained starting model)."""
+    trained = (loop.progress or {}).get("round") or 0
+    served = detector.current.model_round if detector.current else 0
+    return max(trained, served)
+
+
+class WorkerObservability:
+    def __init__(self, app: FastAPI, settings: Settings, worker: WorkerSettings, loop, detector):
+        self.settings, self.worker, self.loop, self.detector = settings, worker, loop, detector
+        self.stats = DetectStats(settings.dashboard.recent_scores)
+        self.metrics = WorkerMetrics(worker.id, loop, detector, self.stats)
+        self.reporter: TelemetryReporter | None = None
+        logs.bind_round(lambda: worker_round(loop, detector))
+        app.state.observability = self
+
+    def telemetry(self) -> dict:
+        model, stats = self.detector.current, self.stats
+        trained = getattr(self.loop, "last_training", None) or {}
+        return {"boot_id": stats.boot_id, "phase": str(self.loop.phase)[:64],
+                "model_round": model.model_round if model else None,
+                "threshold": finite_or_none(model.threshold) if model else None,
+                "detect_requests": stats.requests, "rows_scored": stats.rows, "anomalies_flagged": stats.anomalies,
+                "training_loss": finite_or_none(trained.get("loss"))}
+
+    def start(self) -> None:
+        """Report to the aggregator every dashboard.telemetry_interval_s (0: never)."""
+        interval = self.settings.dashboard.telemetry_interval_s
+        if interval <= 0 or not self.worker.token:
+            return
+        from services.security.tls import client_context
+
+        self.reporter = TelemetryReporter(self.settings.aggregator.url, self.worker.id, self.worker.token, interval,
+                                          self.telemetry, verify=client_context(self.settings.tls, self.worker.id))
+        self.reporter.start()
+
+    def stop(self) -> None:
+        if self.reporter:
+            self.reporter.stop()
+
+    def dashboard(self) -> dict:
+        model, stats, loop = self.detector.current, self.stats, self.loop
+        state = loop.state
+        return {
+            "now": time.time(),
+            "worker_id": self.worker.id,
+            "phase": loop.phase,
+            "progress": loop.progress,
+            "model_round": model.model_round if model else None,
+            "rounds_total": loop.rounds_total,
+            "model": model.kind if model else None,
+            "threshold": model.threshold if model else None,
+            "detect": {"requests": stats.requests, "rows_scored": stats.rows, "anomalies_flagged": stats.anomalies,
+                       "by_status": {str(k): v for k, v in stats.by_status.items()}},
+            "recent": stats.recent(),
+            "history": state.history if state else [],
+            "evaluation": state.evaluation if state else None,
+            "last_error": loop.last_error,
+        }
+
+    def router(self) -> APIRouter:
+        router = static_router("worker.html")
+
+        @router.get("/metrics", include_in_schema=False)
+        async def metrics():
+            return metrics_response(self.metrics.registry)
+
+        @router.get("/v1/dashboard", summary="Everything this worker's page shows, in one document")
+        async def dashboard():
+            return _json(self.dashboard())
+
+        return router

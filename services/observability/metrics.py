@@ -1,0 +1,286 @@
+"""Prometheus metrics of both services, each app with its own registry (several apps may share a test process).
+
+Label values are closed sets: refusal reason codes chosen in the code (never messages), HTTP status codes the
+routes document, closing causes, worker ids from config.yaml. State that already lives in the federation or the
+worker (rounds done, phase, model round, threshold, held-out figures) is read at scrape time by a collector, so it
+cannot drift from what /v1/status says and survives restarts like that state does.
+
+The worker's /detect counters are plain integers incremented on the event loop (one thread, no lock) and turned
+into samples at scrape time: no prometheus-client object is touched on the hot path.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+import re
+import threading
+import time
+import uuid
+
+import numpy as np
+from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, ProcessCollector,
+                               disable_created_metrics, generate_latest)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, InfoMetricFamily
+from starlette.responses import Response
+
+disable_created_metrics()  # *_created series double every counter for no use here
+
+# Refusal reason by status when the code raising it named none (services.aggregator.rounds.RoundError.reason).
+DEFAULT_REASONS = {400: "unreadable_body", 401: "no_token", 403: "forbidden", 409: "conflict", 413: "too_large",
+                   415: "unsupported_media_type", 422: "invalid", 503: "storage_unavailable"}
+ENDPOINTS = (("updates", re.compile(r"^/v1/rounds/[^/]+/updates$")), ("join", re.compile(r"^/v1/workers/[^/]+/join$")),
+             ("telemetry", re.compile(r"^/v1/workers/[^/]+/telemetry$")), ("model", re.compile(r"^/v1/model$")))
+ROUND_BUCKETS = (1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800, 3600)
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+def endpoint_of(path: str) -> str:
+    for name, pattern in ENDPOINTS:
+        if pattern.match(path):
+            return name
+    return "other"
+
+
+def metrics_response(registry: CollectorRegistry) -> Response:
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+
+def _finite(value) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+
+def _gauge(name: str, doc: str, value, labels: dict[str, str] | None = None) -> GaugeMetricFamily:
+    family = GaugeMetricFamily(name, doc, labels=list(labels) if labels else None)
+    if _finite(value) is not None:
+        family.add_metric(list(labels.values()) if labels else [], float(value))
+    return family
+
+
+# -- aggregator -------------------------------------------------------------------------------------------------------
+class AggregatorMetrics:
+    def __init__(self, federation, worker_ids: list[str]):
+        self.registry = registry = CollectorRegistry()
+        ProcessCollector(registry=registry)
+        self.updates_accepted = Counter("fedad_aggregator_updates_accepted", "Updates accepted into the open round "
+                                        "(duplicate: the same bytes sent again, taken once)", ["duplicate"],
+                                        registry=registry)
+        self.updates_refused = Counter("fedad_aggregator_updates_refused", "Updates refused, by reason code",
+                                       ["reason"], registry=registry)
+        self.requests_refused = Counter("fedad_aggregator_requests_refused", "Requests refused, by endpoint and "
+                                        "HTTP status", ["endpoint", "status"], registry=registry)
+        self.update_bytes = Counter("fedad_aggregator_update_received_bytes", "Bytes of update bodies read",
+                                    registry=registry)
+        self.rounds_completed = Counter("fedad_aggregator_rounds_completed", "Rounds closed by this process, by "
+                                        "cause (min_workers | deadline)", ["closed_by"], registry=registry)
+        self.round_duration = Histogram("fedad_aggregator_round_duration_seconds", "Time from a round's opening to "
+                                        "its close", buckets=ROUND_BUCKETS, registry=registry)
+        self.telemetry_reports = Counter("fedad_aggregator_telemetry_reports", "Telemetry reports taken from "
+                                         "workers", registry=registry)
+        registry.register(FederationCollector(federation, worker_ids))
+
+    def refused(self, path: str, status: int, reason: str | None = None) -> None:
+        endpoint = endpoint_of(path)
+        self.requests_refused.labels(endpoint, str(status)).inc()
+        if endpoint == "updates":
+            self.updates_refused.labels(reason or DEFAULT_REASONS.get(status, "other")).inc()
+
+    def accepted(self, result: dict) -> None:
+        self.updates_accepted.labels("true" if result.get("duplicate") else "false").inc()
+
+    def round_closed(self, record: dict) -> None:
+        self.rounds_completed.labels(record["closed_by"]).inc()
+        self.round_duration.observe(record["duration_s"])
+
+
+class FederationCollector:
+    """The round state machine's own figures, read at each scrape."""
+
+    def __init__(self, federation, worker_ids: list[str]):
+        self.federation = federation
+        self.worker_ids = list(worker_ids)
+
+    def describe(self):
+        return []  # values appear and go with the state; nothing to check at registration
+
+    def collect(self):
+        f = self.federation
+        phase = f.phase
+        yield _gauge("fedad_aggregator_rounds_done", "Rounds closed and published in this run", f.rounds_done)
+        yield _gauge("fedad_aggregator_rounds_planned", "Rounds this run trains (federation.rounds)",
+                     f.fed.rounds)
+        phases = GaugeMetricFamily("fedad_aggregator_phase", "1 for the current phase", labels=["phase"])
+        for name in ("waiting", "training", "done"):
+            phases.add_metric([name], 1.0 if phase == name else 0.0)
+        yield phases
+        yield _gauge("fedad_aggregator_updates_in_open_round", "Updates received for the open round",
+                     len(f.pending))
+        yield _gauge("fedad_aggregator_round_deadline_seconds", "Seconds until the open round's deadline",
+                     f.deadline() - f.clock() if phase == "training" else None)
+        yield _gauge("fedad_aggregator_workers_joined", "Workers that joined this run", len(f.state["joined"]))
+        history = f.state["history"]
+        yield _gauge("fedad_aggregator_last_round_mean_loss", "Sample-weighted mean training loss of the last "
+                     "closed round", history[-1]["mean_loss"] if history else None)
+        yield _gauge("fedad_aggregator_storage_error", "1 while the state dir refuses writes",
+                     1.0 if f.storage_error else 0.0)
+        seen = GaugeMetricFamily("fedad_aggregator_worker_last_seen_timestamp_seconds", "When a worker last "
+                                 "called (join, update, telemetry), Unix time", labels=["worker"])
+        loss = GaugeMetricFamily("fedad_aggregator_worker_last_loss", "A worker's training loss in the last round "
+                                 "it contributed to", labels=["worker"])
+        last_loss = {}
+        for record in history:
+            for worker, update in record["workers"].items():
+                last_loss[worker] = update["loss"]
+        for worker in self.worker_ids:  # config's workers only: the label set is bounded by config.yaml
+            if worker in f.last_seen:
+                seen.add_metric([worker], f.last_seen[worker])
+            if _finite(last_loss.get(worker)) is not None:
+                loss.add_metric([worker], last_loss[worker])
+        yield seen
+        yield loss
+
+
+# -- worker -----------------------------------------------------------------------------------------------------------
+class DetectStats:
+    """/detect counters and the most recent scores, kept as plain Python values on the event loop.
+
+    ``scored`` costs /detect well under a microsecond (~0.4 µs on the development machine, ``flush`` amortised): an
+    integer add and two deque appends of references to arrays the handler computed anyway (the scores are copied
+    only when a batch is larger than the page shows). Counting
+    anomalies and bucketing latencies happen in ``flush``, at most every ``FLUSH_EVERY`` requests and before every
+    read (a scrape, a page, a telemetry report), in numpy over the whole backlog. Readers may be other threads (the
+    telemetry reporter): deque appends and pops are atomic, and ``flush`` takes a lock that ``scored`` never needs."""
+
+    FLUSH_EVERY = 1024
+
+    def __init__(self, keep: int = 500):
+        self.boot_id = uuid.uuid4().hex[:12]
+        self.keep = keep
+        self.by_status: dict[int, int] = {200: 0}
+        self.rows = 0
+        self._anomalies = 0
+        self.latency_counts = [0] * (len(LATENCY_BUCKETS) + 1)
+        self.latency_sum = 0.0
+        self._pending: collections.deque = collections.deque()  # (seconds, flags) not yet counted
+        self._lock = threading.Lock()
+        self._recent: collections.deque = collections.deque(maxlen=keep)  # (time, first row no., threshold, scores)
+
+    def scored(self, scores: np.ndarray, flags: np.ndarray, threshold: float, seconds: float) -> None:
+        first = self.rows
+        n = len(scores)
+        self.rows = first + n
+        self._pending.append((seconds, flags))
+        if len(self._pending) >= self.FLUSH_EVERY:
+            self.flush()
+        if n > self.keep:
+            first += n - self.keep
+            scores = scores[-self.keep:].copy()
+        self._recent.append((time.time(), first, threshold, scores))
+
+    def flush(self) -> None:
+        with self._lock:
+            taken = []
+            try:
+                while True:
+                    taken.append(self._pending.popleft())
+            except IndexError:
+                pass
+            if not taken:
+                return
+            seconds = np.fromiter((t[0] for t in taken), dtype=np.float64, count=len(taken))
+            buckets = np.bincount(np.searchsorted(LATENCY_BUCKETS, seconds, side="left"),
+                                  minlength=len(LATENCY_BUCKETS) + 1)
+            for i, count in enumerate(buckets.tolist()):
+                self.latency_counts[i] += count
+            self.latency_sum += float(seconds.sum())
+            self._anomalies += int(np.count_nonzero(np.concatenate([t[1] for t in taken])))
+            self.by_status[200] += len(taken)
+
+    def refused(self, status: int) -> None:
+        self.by_status[status] = self.by_status.get(status, 0) + 1
+
+    @property
+    def anomalies(self) -> int:
+        self.flush()
+        return self._anomalies
+
+    @property
+    def requests(self) -> int:
+        self.flush()
+        return sum(self.by_status.values())
+
+    def recent(self) -> dict:
+        """The last ``keep`` scored rows, oldest first: row number, time, score, threshold then in service."""
+        parts, n = [], 0
+        for entry in reversed(self._recent):
+            parts.append(entry)
+            n += len(entry[3])
+            if n >= self.keep:
+                break
+        row, t, score, threshold = [], [], [], []
+        for when, first, thr, scores in reversed(parts):
+            k = len(scores)
+            row.extend(range(first, first + k))
+            t.extend([when] * k)
+            score.extend(np.asarray(scores, dtype=np.float64).tolist())
+            threshold.extend([thr] * k)
+        cut = max(0, len(row) - self.keep)
+        return {"row": row[cut:], "time": t[cut:], "score": score[cut:], "threshold": threshold[cut:]}
+
+
+class WorkerMetrics:
+    def __init__(self, worker_id: str, loop, detector, stats: DetectStats):
+        self.registry = CollectorRegistry()
+        ProcessCollector(registry=self.registry)
+        self.registry.register(WorkerCollector(worker_id, loop, detector, stats))
+
+
+class WorkerCollector:
+    def __init__(self, worker_id: str, loop, detector, stats: DetectStats):
+        self.worker_id, self.loop, self.detector, self.stats = worker_id, loop, detector, stats
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        s, loop, model = self.stats, self.loop, self.detector.current
+        s.flush()
+        info = InfoMetricFamily("fedad_worker", "This edge node", labels=["worker", "model"])
+        info.add_metric([self.worker_id, model.kind if model else "none"], {})
+        yield info
+        requests = CounterMetricFamily("fedad_worker_detect_requests", "/detect requests by HTTP status",
+                                       labels=["status"])
+        for status, count in sorted(s.by_status.items()):
+            requests.add_metric([str(status)], count)
+        yield requests
+        yield CounterMetricFamily("fedad_worker_detect_rows_scored", "Rows scored by /detect", value=s.rows)
+        yield CounterMetricFamily("fedad_worker_detect_anomalies_flagged", "Rows /detect flagged as anomalies "
+                                  "(score above the threshold)", value=s.anomalies)
+        cumulative, buckets = 0, []
+        for bound, count in zip((*LATENCY_BUCKETS, math.inf), s.latency_counts):
+            cumulative += count
+            buckets.append(("+Inf" if bound == math.inf else repr(bound), cumulative))
+        yield HistogramMetricFamily("fedad_worker_detect_latency_seconds", "Time /detect took from reading the "
+                                    "body to a serialised answer", buckets=buckets, sum_value=s.latency_sum)
+        yield _gauge("fedad_worker_model_round", "Federated round of the model /detect serves",
+                     model.model_round if model else None)
+        yield _gauge("fedad_worker_threshold", "Anomaly threshold of the model in service",
+                     model.threshold if model else None)
+        trained = getattr(loop, "last_training", None) or {}
+        yield _gauge("fedad_worker_training_loss", "Mean training loss of the last epoch of the last local round",
+                     trained.get("loss"))
+        yield _gauge("fedad_worker_training_duration_seconds", "Time the last local round took to train",
+                     trained.get("seconds"))
+        yield CounterMetricFamily("fedad_worker_training_rounds", "Local rounds trained by this process",
+                                  value=getattr(loop, "rounds_trained", 0))
+        progress = loop.progress or {}
+        yield _gauge("fedad_worker_training_epoch_loss", "Loss of the latest epoch, live during training",
+                     progress.get("loss"))
+        evaluation = (loop.state.evaluation if loop.state else None) or {}
+        yield _gauge("fedad_worker_heldout_f1", "F1 of the served model on this node's held-out rows",
+                     evaluation.get("f1"))
+        far, mar = _finite(evaluation.get("far")), _finite(evaluation.get("mar"))
+        yield _gauge("fedad_worker_heldout_false_alarm_ratio", "False alarm rate on held-out rows (0-1)",
+                     far / 100 if far is not None else None)
+        yield _gauge("fedad_worker_heldout_missed_alarm_ratio", "Missed alarm rate on held-out rows (0-1)",
+                     mar / 100 if mar is not None else None)

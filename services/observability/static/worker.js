@@ -1,0 +1,84 @@
+/* A worker's page: polls /v1/dashboard; recent scores against the threshold in service when each was scored. */
+"use strict";
+
+(function () {
+  const f = window.fedad;
+
+  function renderCards(d) {
+    document.title = "fedad · " + d.worker_id;
+    f.text("worker-id", d.worker_id);
+    const phase = f.el("phase");
+    phase.textContent = d.phase;
+    phase.className = "pill " + (d.phase === "done" ? "done" : d.phase === "failed" ? "failed" : "training");
+    f.text("model-kind", d.model || "no");
+    f.text("model-round", d.model_round === null ? "–" : d.model_round);
+    f.text("rounds-total", d.rounds_total);
+    f.el("round-bar").style.width = (100 * (d.model_round || 0) / Math.max(1, d.rounds_total)) + "%";
+    const p = d.progress || {};
+    f.text("progress", d.phase === "training" && p.epoch
+      ? "training round " + p.round + ": epoch " + p.epoch + "/" + p.epochs : (d.last_error ? d.last_error : ""));
+    f.text("threshold", f.sig(d.threshold));
+    f.text("rows-scored", f.num(d.detect.rows_scored));
+    f.text("requests", f.num(d.detect.requests));
+    f.text("anomalies", f.num(d.detect.anomalies_flagged));
+    f.text("anomaly-rate", d.detect.rows_scored ? f.pct(d.detect.anomalies_flagged / d.detect.rows_scored) + " of rows" : "");
+    const e = d.evaluation || {};
+    f.text("f1", e.f1 === undefined ? "–" : f.num(e.f1, 3));
+    f.text("far-mar", e.far === undefined ? "" : "false alarms " + f.num(e.far, 1) + " %, missed " + f.num(e.mar, 1) + " %");
+  }
+
+  function renderHistory(d) {
+    const body = f.el("history").querySelector("tbody");
+    const rows = (d.history || []).slice().reverse();
+    if (!rows.length) {
+      body.innerHTML = "<tr><td colspan=\"6\" class=\"left muted\">no model installed yet</td></tr>";
+      return;
+    }
+    body.innerHTML = rows.map(function (h) {
+      return "<tr><td>" + h.round + "</td><td>" + f.sig(h.local_loss) + "</td><td>" + f.sig(h.threshold) + "</td>" +
+        "<td>" + f.num(h.f1, 3) + "</td><td>" + f.num(h.far, 1) + " %</td><td>" + f.num(h.mar, 1) + " %</td></tr>";
+    }).join("");
+  }
+
+  function scoreChart(d) {
+    const r = d.recent;
+    f.text("keep", r.row.length);
+    if (!r.row.length) return;
+    const normal = [], anomalous = [];
+    for (let i = 0; i < r.score.length; i++) {
+      const s = Math.max(r.score[i], 1e-9);  // log scale: a perfect reconstruction still shows
+      const above = r.score[i] > r.threshold[i];
+      normal.push(above ? null : s);
+      anomalous.push(above ? s : null);
+    }
+    const data = [r.row, normal, anomalous, r.threshold];
+    f.chart("score-chart", "scores", function (width) {
+      const dots = function () { return null; };
+      return {
+        width: width, height: 300,
+        series: [
+          { label: "row" },
+          { label: "score", stroke: "#2f6fde", paths: dots, points: { show: true, size: 4, fill: "#2f6fde" },
+            value: function (u, v) { return f.sig(v); } },
+          { label: "anomaly", stroke: "#d6453d", paths: dots, points: { show: true, size: 5, fill: "#d6453d" },
+            value: function (u, v) { return f.sig(v); } },
+          { label: "threshold", stroke: "#17202e", width: 2, dash: [6, 4], paths: uPlot.paths.stepped({ align: 1 }),
+            points: { show: false }, value: function (u, v) { return f.sig(v); } },
+        ],
+        scales: { x: { time: false }, y: { distr: 3 } },
+        legend: { live: false },
+        axes: [{ label: "row scored (#)" }, { label: "score (reconstruction error)", size: 70,
+          values: f.ticks }],
+      };
+    }, data);
+  }
+
+  function render(d) {
+    renderCards(d);
+    renderHistory(d);
+    scoreChart(d);
+    f.data = d;
+  }
+
+  f.poll("/v1/dashboard", render, 2000);
+})();

@@ -1,0 +1,36 @@
+"""SSL contexts for mutual TLS: the aggregator (uvicorn) asks for client certificates signed by the federation's
+CA; a worker (httpx) verifies the aggregator against the same CA and presents its own certificate."""
+
+from __future__ import annotations
+
+import ssl
+
+from services.config import ConfigError, TlsSettings
+
+
+def _check_files(tls: TlsSettings, node: str) -> None:
+    missing = [str(p) for p in (tls.ca, tls.cert(node), tls.key(node)) if not p.is_file()]
+    if missing:
+        raise ConfigError(f"tls.enabled is true but {', '.join(missing)} do not exist: create them with "
+                          f"`make certs` (or python -m services.security certs --dir {tls.dir})")
+
+
+def uvicorn_ssl_options(tls: TlsSettings) -> dict:
+    """Keyword arguments for uvicorn.run: server certificate, and the CA that client certificates must chain to."""
+    if not tls.enabled:
+        return {}
+    _check_files(tls, "aggregator")
+    return {"ssl_certfile": str(tls.cert("aggregator")), "ssl_keyfile": str(tls.key("aggregator")),
+            "ssl_ca_certs": str(tls.ca),
+            "ssl_cert_reqs": ssl.CERT_REQUIRED if tls.require_client_cert else ssl.CERT_OPTIONAL}
+
+
+def client_context(tls: TlsSettings, node: str) -> ssl.SSLContext | bool:
+    """For httpx's ``verify``: trust only the federation's CA and present ``node``'s certificate."""
+    if not tls.enabled:
+        return True
+    _check_files(tls, node)
+    context = ssl.create_default_context(cafile=str(tls.ca))
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(str(tls.cert(node)), str(tls.key(node)))
+    return context

@@ -1,0 +1,128 @@
+"""The benchmark scripts still run: each once with tiny sizes (real services on loopback), figures checked for
+shape and sanity, not speed. The fast paths they measure are checked for equality with the exact ones here too.
+Benchmarks are scripts (BENCHMARKS.md), not timed tests."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def run_script(name: str, tmp_path: Path, *args: str, timeout: int = 240) -> dict:
+    out = tmp_path / f"{name}.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FEDAD__")}
+    proc = subprocess.run([sys.executable, "-m", f"benchmarks.{name}", *args, "--json", str(out)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"benchmarks.{name} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    assert "# command: python -m benchmarks." in proc.stdout and "nproc=" in proc.stdout
+    assert "targets:" in proc.stdout or name == "resources"
+    return json.loads(out.read_text())
+
+
+def test_detect_script(tmp_path):
+    r = run_script("detect", tmp_path, "--worker", "valve2", "--batches", "1,16", "--duration", "1", "--repeat", "1",
+                   "--inproc-number", "16", "--inproc-repeat", "1", "--connections", "2", "--bulk-connections", "1")
+    http = r["http"]
+    assert set(http) == {"constant", "json 1", "binary 1", "json 16", "binary 16"}
+    for name, v in http.items():
+        assert v["req_per_s"] > 0 and v["errors"] == 0, (name, v)
+    assert http["json 16"]["rows_per_s"] == pytest.approx(16 * http["json 16"]["req_per_s"])
+    stages = r["in_process"]["batches"]["1"]
+    assert stages["ort_int8_raw"] > 0 and stages["torch_eager_forward"] > 0
+    assert {"batch1_json_vs_constant", "int8_vs_torch_batch1", "binary16_vs_floor"} <= set(r["ratios"])
+
+
+def test_aggregate_script(tmp_path):
+    r = run_script("aggregate", tmp_path, "--n", "10,20", "--large-width", "64", "--large-hidden", "32",
+                   "--repeat", "1")
+    rows = r["rows"]
+    assert [(x["model"], x["n"]) for x in rows] == [("default", 10), ("default", 20), ("large", 10), ("large", 20)]
+    for x in rows:
+        assert x["fedavg_s"] > 0 and x["fedavg_peak_mib"] > 0
+        assert x["max_abs_diff"] < 1e-6, "streaming FedAvg equals the stacked weighted mean"
+
+
+def test_round_script(tmp_path):
+    r = run_script("round", tmp_path, "--clients", "4", "--rounds", "2")
+    assert [x["clients"] for x in r["rows"]] == [4]
+    for x in r["rows"]:
+        assert [m["round"] for m in x["rounds"]] == [1, 2]
+        assert 0 < x["overhead_median_s"] < 30 and x["in_process_median_s"] > 0
+
+
+def test_resources_script(tmp_path):
+    r = run_script("resources", tmp_path, "--worker", "valve2", "--rounds", "1", "--epochs", "1",
+                   "--serve-seconds", "1", "--idle-seconds", "0.5", "--epoch-repeat", "1")
+    assert r["rss_idle_no_model_mib"] > 0 and r["rss_idle_with_model_mib"] > 0
+    assert r["onnx_bytes"]["fp32"] > 0 and r["onnx_bytes"]["int8"] > 0
+    assert r["bytes_up_per_round"] > r["update_body_bytes"], "the update body crossed the relay"
+    assert r["epoch_in_process"]["cpu_s"] > 0 and r["serving"]["1"]["req_per_s"] > 0
+
+
+# -- the fast paths the benchmarks measure read exactly what the exact paths read --------------------------------
+def test_running_window_stats_equal_the_sliding_window_ones():
+    from services.data.windows import window_stats
+    from services.worker.detector import running_window_stats
+
+    rng = np.random.default_rng(0)
+    for n in (1, 2, 5, 19, 20, 21, 40, 41, 300):
+        for window in (1, 2, 3, 20):
+            z = rng.standard_normal((n, 6)) * 3
+            z[:, 5] = -0.37  # a constant channel: std exactly 0 in the exact path
+            if n > 10:
+                z[n // 2, 2] = 1e4  # a spike: the quiet windows after it keep their small std
+            expected = window_stats(z, window, ("mean", "std", "slope"))
+            got = running_window_stats(z, window, ("mean", "std", "slope")).astype(np.float32)
+            np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5, err_msg=f"n={n} window={window}")
+
+
+def test_served_inputs_equal_the_preprocessing():
+    from services.data.windows import Preprocessing, Reference
+    from services.worker.detector import InputPipeline
+
+    class Data:  # config's data section: 3 of 4 columns, window statistics, standardised again
+        features, model_features, window, window_stats, baseline, train_rows = (
+            ["a", "b", "c", "d"], ["d", "a", "c"], 5, ["mean", "std", "slope"], "run", 50)
+
+    prep = Preprocessing.from_settings(Data)
+    rows = np.random.default_rng(1).standard_normal((200, 4)).astype(np.float32) * [1, 10, 100, 0.1] + [0, 5, 50, 1]
+    reference = prep.reference(rows[:50], None)
+    pipeline = InputPipeline(prep, Reference(**reference.model_dump()))
+    for n in (1, 2, 7, 200):
+        np.testing.assert_allclose(pipeline(rows[:n]), prep.inputs(rows[:n], reference), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("body", [
+    {"samples": [[1, 2.5, -3]] * 60},
+    {"samples": [[float(i), i / 3, -i] for i in range(100)]},
+    {"samples": [[18446744073709551615, 0, 1e-30]]},
+])
+def test_fast_json_rows_read_what_the_exact_parser_reads(body):
+    from services.worker.app import fast_json_rows, parse_detect
+
+    raw = orjson.dumps(body)
+    fast = fast_json_rows(raw, 3, 10000)
+    assert fast is not None
+    np.testing.assert_array_equal(fast, parse_detect(raw, ["a", "b", "c"], 10000)[0])
+
+
+@pytest.mark.parametrize("raw", [
+    b'{"samples": [[1,2],[3,4,5,6]]}', b'{"samples": [[1,[2],3],[4,5,6]]}', b'{"samples": [[[1,2,3]],[4,5,6]]}',
+    b'{"samples": [[1,2,3],7]}', b'{"samples": [[1,2,3],[4,5,true]]}', b'{"samples": [[1,2,3],[4,5,1e39]]}',
+    b'{"samples": [[1,2,3],[4,5,NaN]]}', b'{"samples": [[1,2,3]], "samples": [[4,5,6]]}', b'[[1,2,3]]', b'',
+    b'{"samples": [[],[1,2,3,4,5,6]]}', b'{"samples": [[1,2,3],{"a":1,"b":2,"c":3}]}',
+    b'{"samples": [[1,2,3]], "baseline": [[1,2,3],[1,2,3]]}',
+    orjson.dumps({"samples": [[1.0, 2.0, 3.0]] * 50 + [[1.0, 2.0], [1.0, 2.0, 3.0, 4.0]]}),
+    orjson.dumps({"samples": [[1.0, 2.0, 3.0]] * 50 + [[[1.0, 2.0, 3.0]]]}),
+])
+def test_fast_json_rows_leave_everything_else_to_the_exact_parser(raw):
+    from services.worker.app import fast_json_rows
+
+    assert fast_json_rows(raw, 3, 10000) is None

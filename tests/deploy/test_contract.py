@@ -1,0 +1,347 @@
+"""Contract tests: the rendered manifests against config.yaml, the services' code, the images and the playbooks.
+
+Each overlay is taken as rendered by the real render play (overlay + site layer), because that is what is
+applied. A container's environment is resolved the way the kubelet does it (literals, ConfigMap and Secret keys)
+and handed to the services' own config loader, with the ConfigMap's config.yaml as the config file.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path, PurePosixPath
+
+import pytest
+import yaml
+
+from services.config import load_settings
+from services.security.tokens import hash_token
+
+from .conftest import ANSIBLE_DIR, OVERLAYS, REPO, Rendered, container
+
+pytestmark = pytest.mark.deploy
+
+CONFIG = load_settings(REPO / "config.yaml", environ={})
+WORKER_IDS = [w.id for w in CONFIG.workers]
+# Measured RSS (MB) of the real services through a 3-round federation of the three SKAB workers and 300 /detect
+# calls afterwards (docs/deploy.md, "Resources"): requests must cover it, limits leave headroom.
+MEASURED_RSS_MB = {"aggregator": 247, "worker": 486}
+# environment variables the manifests may set outside FEDAD__*: each must be read by the services' code
+PLAIN_ENV_READERS = [REPO / "services", REPO / "docker" / "entrypoint.py"]
+
+
+# --- helpers ------------------------------------------------------------------------------------------------
+
+def resolve_env(r: Rendered, c: dict) -> dict[str, str]:
+    """The container's environment as the kubelet builds it from the rendered ConfigMaps and Secrets."""
+    env: dict[str, str] = {}
+    for ref in c.get("envFrom", []):
+        if "configMapRef" in ref:
+            env.update(r.get("ConfigMap", ref["configMapRef"]["name"])["data"])
+        else:
+            pytest.fail(f"{c['name']}: envFrom {ref} is not expected (a Secret would reach every container)")
+    for e in c.get("env", []):
+        if "value" in e:
+            env[e["name"]] = e["value"]
+        elif "configMapKeyRef" in e.get("valueFrom", {}):
+            ref = e["valueFrom"]["configMapKeyRef"]
+            env[e["name"]] = r.configmap_value(ref["name"], ref["key"])
+        elif "secretKeyRef" in e.get("valueFrom", {}):
+            ref = e["valueFrom"]["secretKeyRef"]
+            env[e["name"]] = r.secret_value(ref["name"], ref["key"])
+        else:
+            pytest.fail(f"{c['name']}: env {e['name']} has an unexpected source {e}")
+    return env
+
+
+def mounts(deployment: dict) -> dict[str, tuple[dict, dict]]:
+    """mountPath -> (volumeMount, volume)."""
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    return {m["mountPath"]: (m, volumes[m["name"]]) for m in container(deployment)["volumeMounts"]}
+
+
+def volume_at(deployment: dict, path: str | Path) -> tuple[dict, dict]:
+    """The mount whose mountPath holds ``path`` (the deepest one)."""
+    path = PurePosixPath(str(path))
+    found = [mp for mp in mounts(deployment) if path == PurePosixPath(mp) or PurePosixPath(mp) in path.parents]
+    assert found, f"{deployment['metadata']['name']}: nothing is mounted at {path}"
+    return mounts(deployment)[max(found, key=len)]
+
+
+def settings_in(r: Rendered, deployment: dict, tmp_path: Path, **extra_env: str):
+    """load_settings as the container runs it: its FEDAD_CONFIG from the mounted ConfigMap, its environment."""
+    env = resolve_env(r, container(deployment))
+    config_path = env["FEDAD_CONFIG"]
+    mount, volume = volume_at(deployment, config_path)
+    assert "configMap" in volume, f"{config_path} is not on a ConfigMap volume"
+    key = str(PurePosixPath(config_path).relative_to(mount["mountPath"]))
+    text = r.configmap_value(volume["configMap"]["name"], key)
+    local = tmp_path / deployment["metadata"]["name"] / "config.yaml"
+    local.parent.mkdir(parents=True, exist_ok=True)
+    local.write_text(text)
+    return load_settings(local, environ={**env, **extra_env}), env
+
+
+def fastapi_routes(app) -> set[tuple[str, str]]:
+    return {(route.path, method) for route in app.routes for method in getattr(route, "methods", None) or ()}
+
+
+def nodeport_base(group_vars) -> int:
+    return int(group_vars["fedad_aggregator_nodeport"])
+
+
+# --- workers and ports --------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_one_worker_deployment_per_configured_worker(rendered, overlay):
+    workers = rendered[overlay].workers()
+    assert sorted(workers) == sorted(WORKER_IDS), "deploy/base/workers/ must list exactly config.yaml's workers"
+    for wid, d in workers.items():
+        assert d["metadata"]["name"] == f"worker-{wid}"
+        assert d["spec"]["replicas"] == 1 and d["spec"]["strategy"]["type"] == "Recreate"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_container_and_service_ports_equal_config_yaml(rendered, overlay):
+    r = rendered[overlay]
+    expected = {"aggregator": CONFIG.aggregator.port} | {f"worker-{w.id}": w.port for w in CONFIG.workers}
+    for name, port in expected.items():
+        c = container(r.deployment(name))
+        assert [(p["name"], p["containerPort"]) for p in c["ports"]] == [("http", port)], name
+        service = r.get("Service", name)
+        assert [(p["port"], p["targetPort"]) for p in service["spec"]["ports"]] == [(port, "http")], name
+        labels = r.deployment(name)["spec"]["template"]["metadata"]["labels"]
+        assert service["spec"]["selector"].items() <= labels.items(), f"Service {name} selects no pod of {name}"
+
+
+def test_gcp_workers_reach_the_aggregator_nodeport(rendered, group_vars):
+    r = rendered["gcp-kubeedge"]
+    service = r.get("Service", "aggregator")
+    assert service["spec"]["type"] == "NodePort"
+    assert service["spec"]["ports"][0]["nodePort"] == nodeport_base(group_vars)
+    for wid, d in r.workers().items():
+        url = resolve_env(r, container(d))["FEDAD__AGGREGATOR__URL"]
+        assert url.endswith(f":{nodeport_base(group_vars)}"), url
+
+
+def test_single_node_workers_reach_the_aggregator_service_and_publish_nodeports(rendered):
+    r = rendered["k3s"]
+    for wid, d in r.workers().items():
+        url = resolve_env(r, container(d))["FEDAD__AGGREGATOR__URL"]
+        assert url == f"http://aggregator.fedad.svc:{CONFIG.aggregator.port}"
+        service = r.get("Service", f"worker-{wid}")
+        assert service["spec"]["ports"][0]["nodePort"] == CONFIG.worker(wid).port + 22000   # docs/deploy.md
+    assert r.get("Service", "aggregator")["spec"]["ports"][0]["nodePort"] == 30080
+
+
+# --- the services' code: probes and environment ----------------------------------------------------------------
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_probe_paths_are_routes_of_the_fastapi_apps(rendered, overlay, tmp_path):
+    from services.aggregator.app import create_app as aggregator_app
+    from services.worker.app import create_app as worker_app
+
+    r = rendered[overlay]
+    agg = r.deployment("aggregator")
+    settings, _ = settings_in(r, agg, tmp_path, FEDAD__AGGREGATOR__STATE_DIR=str(tmp_path / "agg"))
+    apps = {"aggregator": fastapi_routes(aggregator_app(settings))}
+    for wid, d in r.workers().items():
+        settings, _ = settings_in(r, d, tmp_path, **{f"FEDAD__WORKERS__{wid.upper()}__STATE_DIR": str(tmp_path / wid)})
+        apps[d["metadata"]["name"]] = fastapi_routes(worker_app(settings, settings.worker(wid), start_loop=False))
+    for name, routes in apps.items():
+        c = container(r.deployment(name))
+        probes = {kind: c[kind] for kind in ("startupProbe", "livenessProbe", "readinessProbe")}
+        assert probes["livenessProbe"]["httpGet"]["path"] == "/healthz"
+        assert probes["readinessProbe"]["httpGet"]["path"] == "/readyz"
+        for kind, probe in probes.items():
+            get = probe["httpGet"]
+            assert (get["path"], "GET") in routes, f"{name} {kind}: GET {get['path']} is not a route of the app"
+            assert get["port"] in [p["name"] for p in c["ports"]], f"{name} {kind} probes a port it does not open"
+    assert ("/detect", "POST") in apps["worker-valve1"], "the worker's /detect route (docs/deploy.md queries it)"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_env_var_is_one_the_services_read(rendered, overlay, tmp_path):
+    """FEDAD__* through the services' config loader (a misspelt key is a ConfigError); other names must occur
+    in the services' code or the image's entrypoint."""
+    sources = "\n".join(p.read_text() for root in PLAIN_ENV_READERS
+                        for p in ([root] if root.is_file() else root.rglob("*.py")))
+    r = rendered[overlay]
+    for d in r.of_kind("Deployment"):
+        settings, env = settings_in(r, d, tmp_path)   # raises ConfigError naming a bad key
+        for name in env:
+            if not name.startswith("FEDAD__"):
+                assert f'"{name}"' in sources, f"{d['metadata']['name']}: nothing in services/ reads {name}"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_deployed_settings_listen_everywhere_with_the_workers_own_tokens(rendered, overlay, tmp_path):
+    r = rendered[overlay]
+    settings, env = settings_in(r, r.deployment("aggregator"), tmp_path)
+    assert settings.aggregator.host == "0.0.0.0"
+    assert not any("secretKeyRef" in e.get("valueFrom", {}) for e in container(r.deployment("aggregator"))["env"])
+    assert all(w.token is None and w.token_sha256 for w in settings.workers), "the aggregator keeps digests only"
+    config_text = r.configmap_value("fedad-config", "config.yaml")
+    assert all("token" not in w and "token_sha256" in w for w in yaml.safe_load(config_text)["workers"])
+    assert "dev-token" not in config_text
+
+    for wid, d in r.workers().items():
+        settings, env = settings_in(r, d, tmp_path)
+        me = settings.worker(wid)
+        assert me.host == "0.0.0.0" and env["FEDAD_WORKER_ID"] == wid
+        assert me.token and hash_token(me.token) == me.token_sha256, "the Secret's token matches the config digest"
+        secrets = [e["valueFrom"]["secretKeyRef"]["name"] for e in container(d)["env"]
+                   if "secretKeyRef" in e.get("valueFrom", {})]
+        assert [s.rsplit("-", 1)[0] for s in secrets] == [f"fedad-token-{wid}"], "a worker gets its own token only"
+
+
+# --- volumes ------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_state_and_data_volumes_are_mounted_where_the_settings_point(rendered, overlay, tmp_path, group_vars):
+    r = rendered[overlay]
+    root = PurePosixPath(group_vars["fedad_root"])
+    agg = r.deployment("aggregator")
+    settings, _ = settings_in(r, agg, tmp_path)
+    mount, volume = volume_at(agg, settings.aggregator.state_dir)
+    assert mount["mountPath"] == str(settings.aggregator.state_dir) and not mount.get("readOnly")
+    assert volume["hostPath"] == {"path": str(root / "state" / "aggregator"), "type": "Directory"}
+
+    host_paths = set()
+    for wid, d in r.workers().items():
+        settings, env = settings_in(r, d, tmp_path)
+        state_dir = settings.worker(wid).state_dir
+        mount, volume = volume_at(d, state_dir)
+        assert mount["mountPath"] == str(state_dir) and not mount.get("readOnly"), "the worker writes its state"
+        assert volume["hostPath"] == {"path": str(root / "state" / wid), "type": "Directory"}
+        host_paths.add(volume["hostPath"]["path"])
+        data_mount, data_volume = volume_at(d, settings.data.dir)
+        assert str(settings.data.dir) == env["FEDAD_DATA_DIR"] == data_mount["mountPath"]
+        assert data_mount.get("readOnly") is True
+        assert data_volume["hostPath"] == {"path": str(root / "data"), "type": "Directory"}
+    assert len(host_paths) == len(WORKER_IDS), "every worker keeps its own state dir"
+
+    for d in r.of_kind("Deployment"):
+        c = container(d)
+        if c["securityContext"].get("readOnlyRootFilesystem"):
+            assert "emptyDir" in volume_at(d, "/tmp")[1], "a read-only root needs a writable /tmp"
+
+
+# --- node selection -----------------------------------------------------------------------------------------
+
+def _matches(expr: dict, labels: dict) -> bool:
+    key, op, values = expr["key"], expr["operator"], expr.get("values", [])
+    return {"In": key in labels and labels[key] in values, "NotIn": labels.get(key) not in values,
+            "Exists": key in labels, "DoesNotExist": key not in labels}[op]
+
+
+def _tolerates(toleration: dict, taint: dict) -> bool:
+    if toleration.get("effect") and toleration["effect"] != taint["effect"]:
+        return False
+    if toleration.get("operator", "Equal") == "Exists":
+        return not toleration.get("key") or toleration["key"] == taint["key"]
+    return toleration.get("key") == taint["key"] and toleration.get("value", "") == taint.get("value", "")
+
+
+def schedulable(pod: dict, node: dict) -> bool:
+    """The scheduler's node filters that matter here: nodeSelector, required node affinity, taints."""
+    labels = node["labels"]
+    if any(labels.get(k) != v for k, v in (pod.get("nodeSelector") or {}).items()):
+        return False
+    terms = (pod.get("affinity", {}).get("nodeAffinity", {})
+             .get("requiredDuringSchedulingIgnoredDuringExecution", {}).get("nodeSelectorTerms"))
+    if terms and not any(all(_matches(e, labels) for e in t.get("matchExpressions", [])) for t in terms):
+        return False
+    return all(any(_tolerates(t, taint) for t in pod.get("tolerations", []))
+               for taint in node["taints"] if taint["effect"] in ("NoSchedule", "NoExecute"))
+
+
+def gcp_nodes() -> dict[str, dict]:
+    """The example inventory's nodes with the labels and taints they get: kubeadm (control plane), keadm join
+    (node-role.kubernetes.io/edge), KubeEdge without a CNI (network-unavailable), ansible (worker label, taint)."""
+    inventory = yaml.safe_load((ANSIBLE_DIR / "inventory" / "gcp" / "hosts.yml").read_text())["all"]["children"]
+    nodes = {}
+    for name in inventory["cloud"]["hosts"]:
+        nodes[name] = {"labels": {"node-role.kubernetes.io/control-plane": "", "kubernetes.io/hostname": name},
+                       "taints": [{"key": "node-role.kubernetes.io/control-plane", "effect": "NoSchedule"}]}
+    for name, hostvars in inventory["edge"]["hosts"].items():
+        nodes[name] = {"labels": {"node-role.kubernetes.io/edge": "", "kubernetes.io/hostname": name,
+                                  f"fedad.io/worker-{hostvars['fedad_worker_id']}": "true"},
+                       "taints": [{"key": "node-role.kubernetes.io/edge", "effect": "NoSchedule"},
+                                  {"key": "node.kubernetes.io/network-unavailable", "effect": "NoSchedule"}]}
+    return nodes
+
+
+def test_ansible_gives_edge_nodes_the_labels_and_taint_the_test_assumes():
+    apply = (ANSIBLE_DIR / "roles" / "fedad_apply" / "tasks" / "main.yml").read_text()
+    join = (ANSIBLE_DIR / "roles" / "kubeedge_edge" / "tasks" / "main.yml").read_text()
+    assert "'fedad.io/worker-' ~ item.1: 'true'" in apply and "fedad.io/worker-{{ fedad_worker_id }}=true" in join
+    assert "key: node-role.kubernetes.io/edge\n        effect: NoSchedule" in apply
+
+
+def test_gcp_workers_run_only_on_their_edge_node_and_the_aggregator_only_on_the_cloud_node(rendered):
+    r = rendered["gcp-kubeedge"]
+    nodes = gcp_nodes()
+    inventory_worker = {n: next((k.split("-", 1)[1] for k in v["labels"] if k.startswith("fedad.io/worker-")), None)
+                        for n, v in nodes.items()}
+    agg = r.deployment("aggregator")["spec"]["template"]["spec"]
+    assert [n for n in nodes if schedulable(agg, nodes[n])] == [n for n, w in inventory_worker.items() if w is None]
+    for wid, d in r.workers().items():
+        pod = d["spec"]["template"]["spec"]
+        assert [n for n in nodes if schedulable(pod, nodes[n])] == [n for n, w in inventory_worker.items() if w == wid]
+        # an edge node without its worker label (a new node) or any cloud-side node never gets a worker
+        assert not schedulable(pod, {"labels": {"node-role.kubernetes.io/edge": ""}, "taints": []})
+        assert not schedulable(pod, {"labels": {f"fedad.io/worker-{wid}": "true"}, "taints": []})
+        assert pod["hostNetwork"] is True and pod["dnsPolicy"] == "Default"
+        # edge autonomy: a cut link to the cloud does not evict the worker
+        for key in ("node.kubernetes.io/unreachable", "node.kubernetes.io/not-ready"):
+            assert any(_tolerates(t, {"key": key, "effect": "NoExecute"}) and "tolerationSeconds" not in t
+                       for t in pod["tolerations"])
+    # the aggregator never lands on an edge node, whatever labels and taints that node has
+    assert not schedulable(agg, {"labels": {"node-role.kubernetes.io/edge": "",
+                                            "node-role.kubernetes.io/control-plane": ""}, "taints": []})
+
+
+@pytest.mark.parametrize("taints", [[], [{"key": "node-role.kubernetes.io/control-plane", "effect": "NoSchedule"}]],
+                         ids=["k3s", "kind"])
+def test_single_node_cluster_runs_everything_on_its_node(rendered, taints):
+    node = {"labels": {f"fedad.io/worker-{w}": "true" for w in WORKER_IDS}, "taints": taints}   # local.yml labels
+    for d in rendered["k3s"].of_kind("Deployment"):
+        assert schedulable(d["spec"]["template"]["spec"], node), d["metadata"]["name"]
+
+
+# --- images, users, resources -------------------------------------------------------------------------------
+
+def test_images_are_the_ones_docker_builds_and_run_their_entrypoint(rendered):
+    containers_mk = (REPO / "mk" / "containers.mk").read_text()
+    for service in ("aggregator", "worker"):
+        dockerfile = (REPO / "docker" / f"{service}.Dockerfile").read_text()
+        uid = int(re.search(r"^ARG UID=(\d+)", dockerfile, re.M).group(1))
+        assert re.search(r"^USER \$\{UID\}", dockerfile, re.M)
+        assert re.search(rf"^{service.upper()}_IMAGE \?= fedad-{service}:\$\(IMAGE_TAG\)", containers_mk, re.M)
+        for r in rendered.values():
+            for d in r.of_kind("Deployment"):
+                c = container(d)
+                if c["image"].split(":")[0] != f"fedad-{service}":
+                    continue
+                assert c["image"] == f"fedad-{service}:latest" and c["imagePullPolicy"] == "IfNotPresent"
+                assert "command" not in c and "args" not in c, "the image's entrypoint applies container defaults"
+                pod_security = d["spec"]["template"]["spec"]["securityContext"]
+                assert pod_security["runAsUser"] == uid and pod_security["runAsNonRoot"] is True
+    images = {container(d)["image"] for r in rendered.values() for d in r.of_kind("Deployment")}
+    assert images == {"fedad-aggregator:latest", "fedad-worker:latest"}
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_resources_cover_the_measured_memory(rendered, overlay):
+    units = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30}
+
+    def mb(q: str) -> float:
+        return int(q[:-2]) * units[q[-2:]] / 1e6
+
+    for d in rendered[overlay].of_kind("Deployment"):
+        c = container(d)
+        kind = "aggregator" if d["metadata"]["name"] == "aggregator" else "worker"
+        requests, limits = c["resources"]["requests"], c["resources"]["limits"]
+        assert mb(requests["memory"]) >= MEASURED_RSS_MB[kind], f"{d['metadata']['name']} requests less than it uses"
+        assert mb(limits["memory"]) >= 1.5 * MEASURED_RSS_MB[kind], f"{d['metadata']['name']}: no headroom"
+        assert "cpu" in requests and "cpu" in limits

@@ -1,0 +1,68 @@
+"""POST /detect with the binary body (application/octet-stream: rows of little-endian float32) on a real worker:
+the same scores as JSON, the baseline header, and every bad binary body refused with a message."""
+
+import numpy as np
+import pytest
+
+import httpx
+from services.config import load_settings
+
+SETTINGS = load_settings()
+FEATURES = SETTINGS.data.features
+ROW = [0.0265878, 0.0401113, 1.3302, 0.054711, 79.3366, 26.0199, 233.062, 32.0]
+BINARY = {"Content-Type": "application/octet-stream"}
+
+
+@pytest.fixture(scope="module")
+def client(trained_stack):
+    with httpx.Client(base_url=trained_stack.worker_url("valve1"), timeout=30) as c:
+        yield c
+
+
+def rows(n: int) -> np.ndarray:
+    rng = np.random.default_rng(n)
+    return (np.array(ROW) * (1 + 0.01 * rng.standard_normal((n, len(ROW))))).astype("<f4")
+
+
+@pytest.mark.parametrize("n", [1, 3, 300])
+def test_binary_body_scores_like_json(client, n):
+    batch = rows(n)
+    as_json = client.post("/detect", json={"samples": batch.tolist()})
+    as_binary = client.post("/detect", content=batch.tobytes(), headers=BINARY)
+    assert as_json.status_code == as_binary.status_code == 200, as_binary.text
+    assert as_binary.json()["scores"] == as_json.json()["scores"]
+    assert as_binary.json()["is_anomaly"] == as_json.json()["is_anomaly"]
+
+
+def test_binary_baseline_rows_header_matches_json_baseline(client):
+    batch = rows(40)
+    as_json = client.post("/detect", json={"baseline": batch[:25].tolist(), "samples": batch[25:].tolist()})
+    as_binary = client.post("/detect", content=batch.tobytes(), headers={**BINARY, "X-Baseline-Rows": "25"})
+    assert as_json.status_code == as_binary.status_code == 200, as_binary.text
+    assert len(as_binary.json()["scores"]) == 15
+    np.testing.assert_allclose(as_binary.json()["scores"], as_json.json()["scores"], rtol=1e-6)
+
+
+WIDTH = len(FEATURES) * 4
+BAD_BINARY = [
+    ("empty", b"", {}, 422, "binary body is empty"),
+    ("not whole rows", b"\0" * (WIDTH + 3), {}, 422, "not a whole number of rows"),
+    ("NaN", np.array([ROW[:7] + [np.nan]], "<f4").tobytes(), {}, 422, "is not a finite number"),
+    ("inf", np.array([[np.inf] + ROW[1:]], "<f4").tobytes(), {}, 422, "is not a finite number"),
+    ("baseline header not a number", rows(30).tobytes(), {"X-Baseline-Rows": "many"}, 422, "whole number of rows"),
+    ("baseline takes every row", rows(30).tobytes(), {"X-Baseline-Rows": "30"}, 422, "no samples are left"),
+    ("baseline too short", rows(30).tobytes(), {"X-Baseline-Rows": "1"}, 422, "at least"),
+    ("too many rows", b"\0" * WIDTH * (SETTINGS.serving.max_batch_rows + 1), {}, 413, "exceeds the limit"),
+]
+
+
+@pytest.mark.parametrize("name,body,headers,status,message", BAD_BINARY, ids=[b[0] for b in BAD_BINARY])
+def test_bad_binary_body_gets_4xx_with_a_message(client, name, body, headers, status, message):
+    r = client.post("/detect", content=body, headers={**BINARY, **headers})
+    assert r.status_code == status, r.text
+    assert message in r.json()["detail"]
+
+
+def test_openapi_documents_the_binary_body(client):
+    body = client.get("/openapi.json").json()["paths"]["/detect"]["post"]["requestBody"]["content"]
+    assert {"application/json", "application/octet-stream"} <= set(body)
