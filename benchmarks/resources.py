@@ -18,7 +18,6 @@ import asyncio
 import re
 import threading
 import time
-from pathlib import Path
 
 from benchmarks.common import (LOOPBACK, Federation, cpu_seconds, emit_json, free_port, get_json, peak_rss_mib,
                                print_header, rss_mib, workdir)

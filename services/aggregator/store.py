@@ -34,7 +34,7 @@ class AggregatorStore:
         self.dir = Path(state_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         atomic.remove_stale_temps(self.dir)
-        self._log: tuple[int, int, int] | None = None  # open round's log: (round, fd, end of its complete records)
+        self._log: tuple[int, int] | None = None  # the open round's log: (round, end of its complete records)
 
     def load(self, n_params: int) -> tuple[dict, np.ndarray] | None:
         """The last committed state and its global weights, or None on a first start."""
@@ -50,15 +50,20 @@ class AggregatorStore:
         return atomic.commit_snapshot(self.dir, state["rounds_done"], {"global.f32": body}, state)
 
     def save_update(self, round_no: int, worker_id: str, body: bytes, meta: dict) -> None:
-        """Append the update to its round's log and fdatasync it: durable when this returns, or OSError."""
-        _, fd, end = self._open_log(round_no)
+        """Append the update to its round's log and fdatasync it: durable when this returns, or OSError. The file
+        is not kept open between updates (an open file would keep its disk from being remounted read-only)."""
+        end = self._log_end(round_no)
         header = json.dumps({"worker": worker_id, **meta, "bytes": len(body)}, sort_keys=True).encode() + b"\n"
         record = header + body
-        written = 0
-        while written < len(record):
-            written += os.pwrite(fd, record[written:], end + written)
-        _sync(fd)
-        self._log = (round_no, fd, end + len(record))
+        fd = os.open(self._log_path(round_no), os.O_WRONLY)
+        try:
+            written = 0
+            while written < len(record):
+                written += os.pwrite(fd, record[written:], end + written)
+            _sync(fd)
+        finally:
+            os.close(fd)
+        self._log = (round_no, end + len(record))
 
     def pending_updates(self, round_no: int, n_params: int) -> list[tuple[str, np.ndarray, dict]]:
         """Updates accepted for ``round_no`` before a restart, so no completed upload is lost."""
@@ -80,7 +85,6 @@ class AggregatorStore:
 
     def drop_pending(self, up_to_round: int) -> None:
         if self._log is not None and self._log[0] <= up_to_round:
-            os.close(self._log[1])
             self._log = None
         for entry in (self.dir / "pending").glob("*"):
             name = entry.name.removesuffix(".log")
@@ -97,28 +101,21 @@ class AggregatorStore:
     def _log_path(self, round_no: int) -> Path:
         return self.dir / "pending" / f"{round_no}.log"
 
-    def _open_log(self, round_no: int) -> tuple[int, int, int]:
+    def _log_end(self, round_no: int) -> int:
+        """Where the round's next record goes: after its last complete one (the log is created if need be)."""
         if self._log is not None and self._log[0] == round_no:
-            return self._log
-        if self._log is not None:
-            os.close(self._log[1])
-            self._log = None
+            return self._log[1]
+        self._log = None
         path = self._log_path(round_no)
-        folder_is_new = not path.parent.exists()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if folder_is_new:
+        if not path.parent.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
             _sync_folder(self.dir)
-        existed = path.exists()
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            if not existed:
-                _sync_folder(path.parent)  # the log's name is durable before any record in it is acknowledged
-            records = self._read_log(round_no, None)
-        except BaseException:
-            os.close(fd)
-            raise
-        self._log = (round_no, fd, records[-1][3] if records else 0)
-        return self._log
+        if not path.exists():
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o644))
+            _sync_folder(path.parent)  # the log's name is durable before any record in it is acknowledged
+        records = self._read_log(round_no, None)
+        self._log = (round_no, records[-1][3] if records else 0)
+        return self._log[1]
 
     def _read_log(self, round_no: int, n_params: int | None) -> list[tuple[str, np.ndarray | None, dict, int]]:
         """The complete records of a round's log: (worker, weights or None, meta, offset after the record)."""
