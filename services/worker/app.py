@@ -153,7 +153,8 @@ def fast_json_rows(body: bytes, width: int, max_rows: int) -> np.ndarray | None:
         elif not _rows_have_width(body, n, width):
             return None
         flat = np.frombuffer(samples.as_buffer(of_type="d"), dtype=np.float64)
-    except (ValueError, TypeError):  # not JSON, a non-number leaf, a number out of range: the exact path says so
+    except (ValueError, TypeError, RuntimeError):  # not JSON, a non-number leaf, a number out of range (simdjson
+        # raises RuntimeError for integers beyond 64 bits): the exact path says so
         return None
     finally:
         del doc, samples  # the parser is reused only once no proxy of its document is left
