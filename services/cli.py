@@ -76,6 +76,7 @@ def follow_training(stack: Stack, settings: Settings, client: httpx.Client) -> N
     started, printed, last_phase = time.time(), 0, None
     while True:
         stack.check_alive()
+        stop_on_failed_worker(settings, client)
         status = _get(client, f"{agg}/v1/status")
         if status is None:
             if time.time() - started > START_TIMEOUT_S:
@@ -96,6 +97,14 @@ def follow_training(stack: Stack, settings: Settings, client: httpx.Client) -> N
                     print(f"training done in {time.time() - started:.0f}s", flush=True)
                     return
         time.sleep(POLL_S)
+
+
+def stop_on_failed_worker(settings: Settings, client: httpx.Client) -> None:
+    """A worker whose loop stopped for good (no data, refused by the aggregator) never finishes: say why, now."""
+    for w in settings.workers:
+        status = _get(client, f"{_worker_url(w)}/v1/status")
+        if status and status.get("phase") == "failed":
+            raise SystemExit(f"worker {w.id} stopped: {status.get('last_error')}")
 
 
 def print_results(settings: Settings, client: httpx.Client) -> None:

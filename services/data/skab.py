@@ -47,13 +47,16 @@ def _manifest() -> dict[str, str]:
 
 
 def find_data_dir(configured: Path | None = None) -> Path:
-    """The folder holding ``skab/``: config, else $FEDAD_DATA_DIR, else ../shared/data, else a verified download."""
-    candidates = [configured, os.environ.get("FEDAD_DATA_DIR"), REPO_ROOT.parent / "shared" / "data"]
-    for candidate in candidates:
-        if candidate and (Path(candidate) / "skab").is_dir():
-            return Path(candidate)
-    if configured or os.environ.get("FEDAD_DATA_DIR"):
-        raise DataError(f"no skab/ folder in the configured data dir {configured or os.environ['FEDAD_DATA_DIR']}")
+    """The folder holding ``skab/``: config, else $FEDAD_DATA_DIR, else ../shared/data, else a verified download.
+    A folder the user named is used or refused, never silently replaced by another one."""
+    named = configured or os.environ.get("FEDAD_DATA_DIR")
+    if named:
+        if (Path(named) / "skab").is_dir():
+            return Path(named)
+        raise DataError(f"no skab/ folder in the configured data dir {named}")
+    shared = REPO_ROOT.parent / "shared" / "data"
+    if (shared / "skab").is_dir():
+        return shared
     return download_skab(_cache_dir())
 
 

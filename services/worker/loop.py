@@ -23,7 +23,7 @@ from services import faults
 from services.config import Settings, WorkerSettings
 from services.data.scaling import FeatureStats, Scaler
 from services.data.local import LocalData
-from services.data.skab import find_data_dir, load_partition
+from services.data.skab import DataError, find_data_dir, load_partition
 from services.data.windows import Preprocessing, Reference
 from services.model.autoencoder import count_parameters, spec_hash
 from services.model.pipeline import calibrate, evaluate, export_models, train_round
@@ -100,7 +100,7 @@ class WorkerLoop:
                               headers={"Authorization": f"Bearer {self.worker.token}"}) as client:
                 self.client = client
                 self._federate()
-        except Fatal as exc:
+        except (Fatal, DataError) as exc:  # nothing to retry: say why in one line, keep serving what we have
             self.phase, self.last_error = "failed", str(exc)
             log.error("stopped: %s", exc)
         except Exception as exc:  # the service must keep serving the last model even if the loop dies
