@@ -4,6 +4,8 @@ series the issue lists with the values the run must have produced, and bounded l
 from __future__ import annotations
 
 import math
+import re
+from pathlib import Path
 
 import httpx
 import pytest
@@ -11,6 +13,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from observability.helpers import ROUNDS
 from services.model.autoencoder import count_parameters
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def scrape(url: str) -> dict[str, dict[tuple, float]]:
@@ -111,3 +115,24 @@ def test_dashboard_json_counts_match_the_workers(observed_stack):
     assert d["losses"]["round"] == list(range(1, ROUNDS + 1))
     assert sum(sum(series) for series in d["anomalies"]["anomalies"].values()) == sum(
         t["anomalies"] for t in observed_stack.traffic.values())
+
+
+def documented_metrics(section: str) -> set[str]:
+    """Metric names in the table under ``### <section>`` of docs/observability.md."""
+    text = (REPO / "docs" / "observability.md").read_text()
+    table = text.split(f"### {section}\n", 1)[1].strip().split("\n\n", 1)[0]
+    return set(re.findall(r"^\| `(fedad_[a-z0-9_]+)`", table, flags=re.M))
+
+
+def exposed_families(url: str) -> set[str]:
+    """Family names as the text format declares them (# TYPE), counters with their _total."""
+    text = httpx.get(f"{url}/metrics", timeout=5).text
+    families = set()
+    for name, kind in re.findall(r"^# TYPE (fedad_\S+) (\S+)", text, flags=re.M):
+        families.add(name + "_total" if kind == "counter" and not name.endswith("_total") else name)
+    return families
+
+
+def test_docs_list_exactly_the_metrics_served(observed_stack):
+    assert exposed_families(observed_stack.agg_url) == documented_metrics("Aggregator")
+    assert exposed_families(observed_stack.worker_url(observed_stack.workers[0])) == documented_metrics("Worker")
