@@ -10,16 +10,19 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Callable
 
 import orjson
 from fastapi import APIRouter, Depends, FastAPI, HTTPException
 from starlette.responses import Response
 
 from services import logs
+from services.aggregator.rounds import RoundError
 from services.config import Settings, WorkerSettings
 from services.observability.context import WorkerLogContext
 from services.observability.metrics import AggregatorMetrics, DetectStats, WorkerMetrics, metrics_response
 from services.observability.telemetry import Telemetry, TelemetryBoard, TelemetryReporter, finite_or_none
+from services.security.tls import client_context
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 _TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
@@ -35,8 +38,9 @@ def _json(payload) -> Response:
                     media_type="application/json", headers={"Cache-Control": "no-store"})
 
 
-def static_router(page: str) -> APIRouter:
-    """``/`` serves ``page``; ``/static/<name>`` the package's static files, read once, from a fixed list."""
+def page_router(page: str, registry, document: Callable[[], dict], summary: str) -> APIRouter:
+    """``/`` serves ``page``; ``/static/<name>`` the package's static files, read once, from a fixed list;
+    ``/v1/dashboard`` the page's data (``document()``); ``/metrics`` the service's ``registry``."""
     files = {p.name: (p.read_bytes(), _TYPES[p.suffix]) for p in STATIC_DIR.iterdir() if p.suffix in _TYPES}
     html = files[page][0]
     router = APIRouter()
@@ -52,6 +56,14 @@ def static_router(page: str) -> APIRouter:
             raise HTTPException(404, f"no static file {name!r}")
         body, media_type = files[name]
         return Response(body, media_type=media_type, headers={"Cache-Control": "no-cache"})
+
+    @router.get("/v1/dashboard", summary=summary)
+    async def dashboard():
+        return _json(document())
+
+    @router.get("/metrics", include_in_schema=False)
+    async def metrics():
+        return metrics_response(registry)
 
     return router
 
@@ -106,22 +118,13 @@ class AggregatorObservability:
                 "status": status, "workers": workers, "losses": losses, "anomalies": telemetry}
 
     def router(self, authenticate, responses: dict) -> APIRouter:
-        router = static_router("aggregator.html")
-
-        @router.get("/metrics", include_in_schema=False)
-        async def metrics():
-            return metrics_response(self.metrics.registry)
-
-        @router.get("/v1/dashboard", summary="Everything the dashboard page shows, in one document")
-        async def dashboard():
-            return _json(self.dashboard())
+        router = page_router("aggregator.html", self.metrics.registry, self.dashboard,
+                             "Everything the dashboard page shows, in one document")
 
         @router.post("/v1/workers/{worker_id}/telemetry", responses=responses,
                      summary="A worker's /detect counts and model round, for the dashboard (counts only)")
         async def telemetry(worker_id: str, body: Telemetry, caller: str = Depends(authenticate)):
             if caller != worker_id:
-                from services.aggregator.rounds import RoundError  # logged and counted like every refusal
-
                 raise RoundError(403, f"this token belongs to worker {caller}, not {worker_id}", reason="wrong_worker")
             self.federation.last_seen[worker_id] = self.federation.clock()
             self.board.report(worker_id, body)
@@ -163,8 +166,6 @@ class WorkerObservability:
         interval = self.settings.dashboard.telemetry_interval_s
         if interval <= 0 or not self.worker.token:
             return
-        from services.security.tls import client_context
-
         self.reporter = TelemetryReporter(self.settings.aggregator.url, self.worker.id, self.worker.token, interval,
                                           self.telemetry, verify=client_context(self.settings.tls, self.worker.id))
         self.reporter.start()
@@ -173,35 +174,14 @@ class WorkerObservability:
         if self.reporter:
             self.reporter.stop()
 
-    def dashboard(self) -> dict:
-        model, stats, loop = self.detector.current, self.stats, self.loop
-        state = loop.state
-        return {
-            "now": time.time(),
-            "worker_id": self.worker.id,
-            "phase": loop.phase,
-            "progress": loop.progress,
-            "model_round": model.model_round if model else None,
-            "rounds_total": loop.rounds_total,
-            "model": model.kind if model else None,
-            "threshold": model.threshold if model else None,
-            "detect": {"requests": stats.requests, "rows_scored": stats.rows, "anomalies_flagged": stats.anomalies,
-                       "by_status": {str(k): v for k, v in stats.by_status.items()}},
-            "recent": stats.recent(),
-            "history": state.history if state else [],
-            "evaluation": state.evaluation if state else None,
-            "last_error": loop.last_error,
-        }
+    def dashboard(self, status: dict) -> dict:
+        """The worker's /v1/status document plus its /detect counts and recent scores."""
+        stats = self.stats
+        return {**status, "now": time.time(),
+                "detect": {"requests": stats.requests, "rows_scored": stats.rows, "anomalies_flagged": stats.anomalies,
+                           "by_status": {str(k): v for k, v in stats.by_status.items()}},
+                "recent": stats.recent()}
 
-    def router(self) -> APIRouter:
-        router = static_router("worker.html")
-
-        @router.get("/metrics", include_in_schema=False)
-        async def metrics():
-            return metrics_response(self.metrics.registry)
-
-        @router.get("/v1/dashboard", summary="Everything this worker's page shows, in one document")
-        async def dashboard():
-            return _json(self.dashboard())
-
-        return router
+    def router(self, status: Callable[[], dict]) -> APIRouter:
+        return page_router("worker.html", self.metrics.registry, lambda: self.dashboard(status()),
+                           "Everything this worker's page shows, in one document")

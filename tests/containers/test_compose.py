@@ -18,6 +18,8 @@ import httpx
 import pytest
 import yaml
 
+from support import wait_until
+
 from .conftest import REPO, RUN_ID, TIMINGS, compose_command, free_loopback_ports, run
 
 pytestmark = pytest.mark.docker
@@ -104,13 +106,10 @@ class Stack:
             TIMINGS["compose logs"] = str(self.workdir / "compose.log")
 
     def wait_for(self, what: str, predicate, timeout: float, interval: float = 0.25):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            value = predicate()
-            if value:
-                return value
-            time.sleep(interval)
-        raise AssertionError(f"timed out after {timeout} s waiting for {what}\n--- logs ---\n{self.logs()}")
+        try:
+            return wait_until(predicate, timeout, what, interval)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n--- logs ---\n{self.logs()}") from None
 
     def done(self) -> dict | None:
         s = self.status("aggregator")
