@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from observability.helpers import ROUNDS
+from support import Stack
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = Path(os.environ.get("FEDAD_ARTIFACTS", REPO / "build" / "artifacts"))
@@ -149,3 +150,39 @@ def test_worker_page_shows_recent_scores_against_the_threshold(observed_stack, b
         page.assert_self_contained()
     finally:
         page.close()
+
+
+def test_dashboard_while_waiting_for_a_missing_worker(tmp_path, browser):
+    """What an operator sees when one edge node never comes up: the federation waiting, that node "never" seen, the
+    others online, no round yet, charts empty but no script error; a worker's page before its first model too."""
+    started = ["valve1", "valve2"]
+    stack = Stack(tmp_path, workers=started, min_workers=3,
+                  overrides={"FEDAD__DASHBOARD__TELEMETRY_INTERVAL_S": "1"}).start()
+    try:
+        page = Page(browser, stack.agg_url + "/")
+        try:
+            p = page.page
+            page.wait_for("() => window.fedad && window.fedad.updates >= 1 && "
+                          "document.querySelectorAll('#workers .pill.online').length === 2 && "
+                          "[...document.querySelectorAll('#workers td:last-child')].filter("
+                          "td => td.textContent.startsWith('waiting')).length === 2",
+                          "both running workers to show online, with the phase their telemetry reports")
+            states = p.eval_on_selector_all(
+                "#workers tbody tr", "rows => rows.map(r => [r.dataset.worker, r.querySelector('.pill').textContent])")
+            assert states == [["valve1", "online"], ["valve2", "online"], ["other", "never"]], states
+            assert p.inner_text("#phase") == "waiting"
+            assert "no round closed yet" in p.inner_text("#rounds")
+            page.screenshot("dashboard-waiting.png")
+            page.assert_self_contained()
+        finally:
+            page.close()
+        page = Page(browser, stack.worker_url("valve1") + "/")
+        try:
+            page.wait_for("() => window.fedad && window.fedad.updates >= 1", "the worker page to load its data")
+            assert page.page.inner_text("#worker-id") == "valve1"
+            assert page.page.inner_text("#model-round") in ("–", "-", "")
+            page.assert_self_contained()
+        finally:
+            page.close()
+    finally:
+        stack.stop()
