@@ -13,7 +13,7 @@ FROM ${BASE_IMAGE} AS build
 # ORT_DISABLE_TELEMETRY: recent onnxruntime Linux wheels (1.32 here) ship 1DS telemetry (a device id, an event store,
 # HTTPS uploads to Microsoft) unless this is set before it initialises; an edge node must not phone home.
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1 ORT_DISABLE_TELEMETRY=1
-# Distributions from pyproject.toml the aggregator does not import (it averages weights; no ONNX, no metrics).
+# Distributions from pyproject.toml the aggregator does not import (it averages weights: no ONNX, no scikit-learn).
 ARG EXCLUDE="onnx onnxscript onnxruntime scikit-learn"
 COPY docker/requirements.py pyproject.toml /src/
 COPY build/wheels /wheels

@@ -7,9 +7,11 @@ and handed to the services' own config loader, with the ConfigMap's config.yaml 
 
 from __future__ import annotations
 
+import asyncio
 import re
 from pathlib import Path, PurePosixPath
 
+import httpx
 import pytest
 import yaml
 
@@ -85,6 +87,14 @@ def fastapi_routes(app) -> set[tuple[str, str]]:
     return {(route.path, method) for route in app.routes for method in getattr(route, "methods", None) or ()}
 
 
+def asgi_get(app, path: str) -> httpx.Response:
+    """GET from the app in-process (no server, no lifespan)."""
+    async def get():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://app") as client:
+            return await client.get(path)
+    return asyncio.run(get())
+
+
 def nodeport_base(group_vars) -> int:
     return int(group_vars["fedad_aggregator_nodeport"])
 
@@ -136,19 +146,24 @@ def test_single_node_workers_reach_the_aggregator_service_and_publish_nodeports(
 # --- the services' code: probes and environment ----------------------------------------------------------------
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_probe_paths_are_routes_of_the_fastapi_apps(rendered, overlay, tmp_path):
+def test_probe_and_metrics_paths_are_routes_of_the_fastapi_apps(rendered, overlay, tmp_path):
     from services.aggregator.app import create_app as aggregator_app
     from services.worker.app import create_app as worker_app
 
     r = rendered[overlay]
     agg = r.deployment("aggregator")
     settings, _ = settings_in(r, agg, tmp_path, FEDAD__AGGREGATOR__STATE_DIR=str(tmp_path / "agg"))
-    apps = {"aggregator": fastapi_routes(aggregator_app(settings))}
+    apps = {"aggregator": aggregator_app(settings)}
     for wid, d in r.workers().items():
         settings, _ = settings_in(r, d, tmp_path, **{f"FEDAD__WORKERS__{wid.upper()}__STATE_DIR": str(tmp_path / wid)})
-        apps[d["metadata"]["name"]] = fastapi_routes(worker_app(settings, settings.worker(wid), start_loop=False))
-    for name, routes in apps.items():
+        apps[d["metadata"]["name"]] = worker_app(settings, settings.worker(wid), start_loop=False)
+    for name, app in apps.items():
+        routes = fastapi_routes(app)
         c = container(r.deployment(name))
+        scrape = r.deployment(name)["spec"]["template"]["metadata"].get("annotations", {})
+        assert scrape.get("prometheus.io/scrape") == "true", f"{name} is not annotated for Prometheus"
+        scraped = asgi_get(app, scrape["prometheus.io/path"])
+        assert scraped.status_code == 200 and "# TYPE fedad_" in scraped.text, f"{name}: nothing to scrape"
         probes = {kind: c[kind] for kind in ("startupProbe", "livenessProbe", "readinessProbe")}
         assert probes["livenessProbe"]["httpGet"]["path"] == "/healthz"
         assert probes["readinessProbe"]["httpGet"]["path"] == "/readyz"
@@ -156,7 +171,7 @@ def test_probe_paths_are_routes_of_the_fastapi_apps(rendered, overlay, tmp_path)
             get = probe["httpGet"]
             assert (get["path"], "GET") in routes, f"{name} {kind}: GET {get['path']} is not a route of the app"
             assert get["port"] in [p["name"] for p in c["ports"]], f"{name} {kind} probes a port it does not open"
-    assert ("/detect", "POST") in apps["worker-valve1"], "the worker's /detect route (docs/deploy.md queries it)"
+    assert ("/detect", "POST") in fastapi_routes(apps["worker-valve1"]), "the worker's /detect route (docs/deploy.md queries it)"
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
