@@ -249,6 +249,16 @@ def test_each_worker_detects_from_the_host(stack):
         assert bad.status_code == 422, (w, bad.text)
         wide = stack.http.post(stack.url(w, "/detect"), json={"samples": [rows[0] + [1.0]]})
         assert wide.status_code == 422, (w, wide.text)
+    # the dashboard and /metrics ship in the images: pages and their data, and Prometheus text counting that traffic
+    for path in ("/", "/static/uPlot.iife.min.js"):
+        r = stack.http.get(stack.url("aggregator", path))
+        assert r.status_code == 200 and len(r.content) > 1000, (path, r.status_code)
+    workers = {w["id"]: w for w in stack.http.get(stack.url("aggregator", "/v1/dashboard")).json()["workers"]}
+    assert set(workers) == {w["id"] for w in stack.settings["workers"]}
+    for worker in stack.settings["workers"]:
+        metrics = stack.http.get(stack.url(worker["id"], "/metrics")).text
+        assert 'fedad_worker_detect_requests_total{status="422"} 2.0' in metrics, metrics[:2000]
+    assert "fedad_aggregator_rounds_done " in stack.http.get(stack.url("aggregator", "/metrics")).text
     # onnxruntime's telemetry is off in the images (else, on a read-only root, it logs that it cannot persist
     # the device id it would send)
     assert "persist telemetry device id" not in stack.logs(tail=100000).lower()

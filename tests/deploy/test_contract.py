@@ -171,7 +171,8 @@ def test_probe_and_metrics_paths_are_routes_of_the_fastapi_apps(rendered, overla
             get = probe["httpGet"]
             assert (get["path"], "GET") in routes, f"{name} {kind}: GET {get['path']} is not a route of the app"
             assert get["port"] in [p["name"] for p in c["ports"]], f"{name} {kind} probes a port it does not open"
-    assert ("/detect", "POST") in fastapi_routes(apps["worker-valve1"]), "the worker's /detect route (docs/deploy.md queries it)"
+    assert ("/detect", "POST") in fastapi_routes(apps["worker-valve1"]), \
+        "the worker's /detect route (docs/deploy.md queries it)"
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
