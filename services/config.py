@@ -252,7 +252,9 @@ def _describe(error: ValidationError) -> str:
     lines = []
     for e in error.errors():
         key = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        lines.append(f"  {key}: {e['msg']}" + (f" (got {e['input']!r})" if e["type"] != "missing" else ""))
+        # echo a scalar value, never a whole section or a token (config errors end up in logs)
+        shown = e["type"] != "missing" and not isinstance(e["input"], (dict, list)) and "token" not in key
+        lines.append(f"  {key}: {e['msg']}" + (f" (got {e['input']!r})" if shown else ""))
     return "\n".join(lines)
 
 

@@ -63,3 +63,11 @@ def test_worker_with_unknown_id_is_refused():
     done = subprocess.run([sys.executable, "-m", "services.worker", "--id", "pump9"], cwd=REPO, capture_output=True,
                           text=True, timeout=60, env={"PATH": "/usr/bin:/bin"})
     assert done.returncode == 2 and "no worker with id 'pump9'" in done.stderr
+
+
+def test_config_errors_echo_values_but_never_a_token():
+    with pytest.raises(ConfigError) as refused:
+        load_settings(environ={"FEDAD__WORKERS__VALVE1__TOKEN_SHA256": "ab" * 32, "FEDAD__FEDERATION__ROUNDS": "zero"})
+    message = str(refused.value)
+    assert "token_sha256 is not the SHA-256 of token" in message and "(got 'zero')" in message
+    assert load_settings().worker("valve1").token not in message
