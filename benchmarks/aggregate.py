@@ -29,7 +29,7 @@ TARGET_S = 1.0  # 1000 updates of the default model
 
 
 def model_size(width: int, hidden: list[int]) -> int:
-    from services.model.autoencoder import count_parameters
+    from services.model.layout import count_parameters
 
     return count_parameters(width, hidden)
 

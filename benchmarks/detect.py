@@ -119,7 +119,8 @@ def in_process(settings, state_dir: Path, rows: np.ndarray, batches: list[int], 
     import torch
 
     from services.data.windows import Preprocessing, Reference
-    from services.model.autoencoder import build_autoencoder, count_parameters, set_flat_weights
+    from services.model.autoencoder import build_autoencoder, set_flat_weights
+    from services.model.layout import count_parameters
     from services.model.onnx_export import INPUT_NAME
     from services.worker.app import _rows, fast_json_rows, parse_binary
     from services.worker.detector import ServedModel

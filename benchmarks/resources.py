@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> dict:
     machine = print_header("edge sizing: worker memory, training time, model sizes, bytes per round", argv)
 
     from services.config import load_settings
-    from services.model.autoencoder import count_parameters
+    from services.model.layout import count_parameters
 
     settings = load_settings()
     epochs = args.epochs or settings.model.local_epochs

@@ -99,7 +99,7 @@ def prepared_updates(n: int, n_params: int, seed: int = 0) -> list[tuple[bytes, 
 
 def join_request(settings, seed: int) -> dict:
     from services.data.scaling import FeatureStats
-    from services.model.autoencoder import spec_hash
+    from services.model.layout import spec_hash
 
     rows = np.random.default_rng(seed).standard_normal((50, len(settings.data.features)))
     stats = FeatureStats.from_rows(rows)
@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> dict:
     machine = print_header("round overhead: N light clients posting prepared updates to the real aggregator", argv)
 
     from services.config import load_settings
-    from services.model.autoencoder import count_parameters
+    from services.model.layout import count_parameters
 
     rows = []
     profile = None

@@ -13,19 +13,18 @@ FROM ${BASE_IMAGE} AS build
 # ORT_DISABLE_TELEMETRY: recent onnxruntime Linux wheels (1.32 here) ship 1DS telemetry (a device id, an event store,
 # HTTPS uploads to Microsoft) unless this is set before it initialises; an edge node must not phone home.
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1 ORT_DISABLE_TELEMETRY=1
-# Distributions from pyproject.toml the aggregator does not import (it averages weights: no ONNX, no scikit-learn).
-ARG EXCLUDE="onnx onnxscript onnxruntime scikit-learn"
+# Distributions from pyproject.toml the aggregator does not import: it averages flat float32 vectors and seeds the
+# first one with numpy (services/model/layout.py), so no torch, no ONNX, no scikit-learn (tests/test_layout.py).
+ARG EXCLUDE="torch onnx onnxscript onnxruntime scikit-learn"
 COPY docker/requirements.py pyproject.toml /src/
 COPY build/wheels /wheels
 RUN python3 -m venv /opt/venv \
  && python3 /src/requirements.py /src/pyproject.toml --exclude ${EXCLUDE} > /src/requirements.txt \
  && /opt/venv/bin/pip install -q --no-index --find-links /wheels --no-compile -r /src/requirements.txt \
  && /opt/venv/bin/pip uninstall -y -q pip setuptools
-# Not needed to run: C++ headers, CMake files, C++ test binaries and libraries, protoc, test suites, sources/stubs.
+# Not needed to run: test suites, sources and stubs.
 WORKDIR /opt/venv/lib/python3.11/site-packages
-RUN rm -rf torch/include torch/share torch/test torch/bin/*Test torch/bin/test_* torch/bin/protoc* \
-           torch/lib/*_test.so torch/lib/libaoti_custom_ops.so torch/lib/libbackend_with_compiler.so \
- && find . -depth -type d -name tests -exec rm -rf {} + \
+RUN find . -depth -type d -name tests -exec rm -rf {} + \
  && find . -type f \( -name '*.pyx' -o -name '*.pxd' -o -name '*.pyi' -o -name '*.c' -o -name '*.cpp' \
            -o -name '*.h' -o -name '*.hpp' \) -delete
 COPY services /app/services

@@ -55,7 +55,7 @@ class ModelSettings(_Section):
     local_epochs: int = Field(5, ge=1)
     batch_size: int = Field(64, ge=1)
     learning_rate: float = Field(0.005, gt=0)
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**32)  # initial weights; torch and numpy's MT19937 both take 32 bits
 
     @field_validator("hidden")
     @classmethod

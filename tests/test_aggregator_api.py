@@ -9,7 +9,7 @@ import pytest
 from services.config import load_settings
 from services.data.scaling import FeatureStats
 from services.data.skab import find_data_dir, load_partition
-from services.model.autoencoder import count_parameters, spec_hash
+from services.model.layout import count_parameters, spec_hash
 from services.protocol.codec import content_hash, decode_weights, encode_weights
 from support import Stack
 

@@ -5,13 +5,13 @@ import json
 import httpx
 import numpy as np
 import pytest
-import torch
 
 from services.config import load_settings
 from services.data.scaling import Scaler
 from services.data.skab import find_data_dir, load_partition
 from services.data.local import LocalData
-from services.model.autoencoder import build_autoencoder, count_parameters, set_flat_weights
+from services.model.autoencoder import build_autoencoder, set_flat_weights
+from services.model.layout import count_parameters
 from services.model.scoring import calibrate_threshold
 from services.model.training import reconstruction_scores
 from services.protocol.codec import decode_weights

@@ -20,7 +20,7 @@ from services.aggregator.store import AggregatorStore
 from services.aggregator.strategies import make_strategy
 from services.config import Settings
 from services.data.scaling import FeatureStats, Scaler
-from services.model.autoencoder import build_autoencoder, count_parameters, get_flat_weights, spec_hash
+from services.model.layout import count_parameters, initial_weights, spec_hash
 from services.protocol.codec import content_hash, decode_weights
 from services.protocol.messages import JoinRequest, JoinResponse, TrainingPlan
 from services.security.accountant import GaussianAccountant
@@ -72,12 +72,12 @@ class Federation:
         self.round_listeners: list = []  # called with each closed round's record once it is published (metrics)
         loaded = store.load(self.n_params)
         if loaded is None:
-            initial = build_autoencoder(settings.input_width, settings.model.hidden, seed=settings.model.seed)
+            initial = initial_weights(settings.input_width, settings.model.hidden, settings.model.seed)
             self.state = store.commit(
                 {"run_id": uuid.uuid4().hex[:12], "rounds_done": 0, "scaler": None, "joined": {}, "history": []},
-                get_flat_weights(initial),
+                initial,
             )
-            self.global_weights = get_flat_weights(initial)
+            self.global_weights = initial
         else:
             self.state, self.global_weights = loaded
         self.accountant.load_state_dict(self.state.get("privacy"))

@@ -32,7 +32,8 @@ from services.config import Settings
 from services.data.local import LocalData
 from services.data.scaling import FeatureStats, Scaler
 from services.data.skab import find_data_dir, load_partition
-from services.model.autoencoder import build_autoencoder, get_flat_weights, set_flat_weights
+from services.model.autoencoder import build_autoencoder, set_flat_weights
+from services.model.layout import initial_weights
 from services.model.metrics import detection_metrics
 from services.model.pipeline import calibrate, evaluate, export_models, train_round
 from services.model.scoring import session_scores
@@ -122,7 +123,7 @@ def train_federated(settings: Settings, nodes: dict[str, LocalData], progress: P
 
 
 def _initial_weights(settings: Settings) -> np.ndarray:
-    return get_flat_weights(build_autoencoder(settings.input_width, settings.model.hidden, seed=settings.model.seed))
+    return initial_weights(settings.input_width, settings.model.hidden, settings.model.seed)
 
 
 def _per_round(epoch_losses: list[float], epochs_per_round: int) -> list[float]:

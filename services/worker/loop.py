@@ -25,7 +25,7 @@ from services.data.scaling import FeatureStats, Scaler
 from services.data.local import LocalData
 from services.data.skab import DataError, find_data_dir, load_partition
 from services.data.windows import Preprocessing, Reference
-from services.model.autoencoder import count_parameters, spec_hash
+from services.model.layout import count_parameters, spec_hash
 from services.model.pipeline import calibrate, evaluate, export_models, train_round
 from services.protocol.codec import CONTENT_TYPE, content_hash, decode_weights, encode_weights
 from services.protocol.messages import H_LOSS, H_ROUND, H_SAMPLES, H_SHA256, JoinRequest, JoinResponse

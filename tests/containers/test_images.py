@@ -51,6 +51,14 @@ def test_image_has_no_build_tools_caches_or_tests(images, service):
     assert lines[1:] == [] or set(lines[1:]) <= {"has-pip", "has-pip3"}, lines  # the base image's own pip, if any
 
 
+
+@pytest.mark.parametrize("service", ["aggregator", "worker"])
+def test_only_the_worker_image_carries_torch_and_onnxruntime(images, service):
+    """The aggregator averages weights and seeds the first model with numpy: torch would be most of its image."""
+    probe = "import importlib.util as u; print(*[m for m in ('torch', 'onnxruntime', 'sklearn') if u.find_spec(m)])"
+    found = in_image(getattr(images, service), "-c", probe).split()
+    assert found == ([] if service == "aggregator" else ["torch", "onnxruntime", "sklearn"])
+
 def test_config_baked_then_env_then_mounted_file(images, tmp_path):
     repo = yaml.safe_load((REPO / "config.yaml").read_text())
     rounds, epochs = repo["federation"]["rounds"], repo["model"]["local_epochs"]

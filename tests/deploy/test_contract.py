@@ -26,7 +26,7 @@ CONFIG = load_settings(REPO / "config.yaml", environ={})
 WORKER_IDS = [w.id for w in CONFIG.workers]
 # Measured RSS (MB) of the real services through a 3-round federation of the three SKAB workers and 300 /detect
 # calls afterwards (docs/deploy.md, "Resources"): requests must cover it, limits leave headroom.
-MEASURED_RSS_MB = {"aggregator": 247, "worker": 486}
+MEASURED_RSS_MB = {"aggregator": 78, "worker": 486}
 # environment variables the manifests may set outside FEDAD__*: each must be read by the services' code
 PLAIN_ENV_READERS = [REPO / "services", REPO / "docker" / "entrypoint.py"]
 

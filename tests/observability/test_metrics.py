@@ -12,7 +12,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from observability.helpers import ROUNDS
-from services.model.autoencoder import count_parameters
+from services.model.layout import count_parameters
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -20,7 +20,7 @@ from schemathesis.checks import (content_type_conformance, not_a_server_error, r
 
 from services.config import load_settings
 from services.data.scaling import FeatureStats
-from services.model.autoencoder import spec_hash
+from services.model.layout import spec_hash
 from support import Stack
 
 SETTINGS = load_settings()
