@@ -123,6 +123,9 @@ def test_dashboard_lists_workers_rounds_and_draws_charts(observed_stack, browser
         loss_points = page.wait_for("() => window.fedad.pointsWithData('loss-chart')", "loss chart data")
         assert loss_points >= ROUNDS * len(observed_stack.workers)
         assert page.wait_for("() => window.fedad.pointsWithData('anomaly-chart')", "anomaly chart data") > 0
+        # A short run spans a few seconds: the time axis still covers a minute, so its ticks are seconds, not ms.
+        span = p.evaluate("() => { const x = window.fedad.charts['anomaly-chart'].plot.scales.x; return x.max - x.min; }")
+        assert span >= 60, f"anomaly chart spans {span} s"
         size = p.evaluate("() => { const c = document.querySelector('#loss-chart canvas'); "
                           "return c ? [c.width, c.height] : null; }")
         assert size and size[0] > 200 and size[1] > 100, size

@@ -110,13 +110,17 @@
     const data = [A.time].concat(ids.map(function (id) { return A.anomalies[id]; }));
     f.chart("anomaly-chart", ids.join(","), function (width) {
       return {
-        width: width, height: 260,
+        width: width, height: 260, padding: [12, 30, 0, 0],  // right: room for the last time label
         series: [{ label: "time" }].concat(ids.map(function (id, i) {
           return { label: id, stroke: f.colour(i), fill: f.colour(i) + "14", width: 1.8,
             paths: uPlot.paths.stepped({ align: 1 }), points: { show: false } };
         })),
-        scales: { y: { range: function (u, min, max) { return [0, Math.max(4, max * 1.15)]; } } },
-        axes: [{}, { label: "anomalies", size: 55 }],
+        scales: {
+          // at least a minute (or 12 buckets) wide: a few seconds of data would get millisecond ticks
+          x: { time: true, range: function (u, min, max) { return [Math.min(min, max - Math.max(60, 12 * A.bucket_s)), max + A.bucket_s]; } },
+          y: { range: function (u, min, max) { return [0, Math.max(4, max * 1.15)]; } },
+        },
+        axes: [{ space: 70, values: function (u, vals) { return vals.map(f.clock); } }, { label: "anomalies", size: 55 }],
         legend: { live: false },
       };
     }, data);

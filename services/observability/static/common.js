@@ -66,6 +66,11 @@ fedad.chart = function (id, key, makeOpts, data) {
   return plot;
 };
 
+/* Time-axis ticks as wall-clock time of day (uPlot's default adds a second row of dates that overlap). */
+fedad.clock = function (t) {
+  return new Date(t * 1000).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", second: "2-digit", hour12: false });
+};
+
 /* Points actually drawn: a test (and a person) can tell an empty chart from one with data. */
 fedad.pointsWithData = function (id) {
   const c = fedad.charts[id];
