@@ -103,16 +103,17 @@ def free_port() -> int:
 
 
 def wait_until(predicate, timeout: float, what: str, interval: float = 0.1):
+    """``predicate()``'s first truthy result, polled every ``interval`` s; TimeoutError naming ``what`` after that."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         result = predicate()
         if result:
             return result
         time.sleep(interval)
-    raise RuntimeError(f"timed out after {timeout:.0f}s waiting for {what}")
+    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
-def get_json(url: str, timeout: float = 2.0):
+def get_json(url: str, timeout: float = 5.0):
     try:
         r = httpx.get(url, timeout=timeout)
         return r.json() if r.status_code == 200 else None
@@ -121,7 +122,10 @@ def get_json(url: str, timeout: float = 2.0):
 
 
 class Process:
-    """A service process with its output in a log file; stopped (SIGTERM, then SIGKILL) on exit."""
+    """A service process with its output in a log file; stopped (SIGTERM, then SIGKILL) on exit.
+
+    The tests' harness (tests/support.py) uses it too: one way to start, probe and stop a service.
+    """
 
     def __init__(self, name: str, argv: list[str], env: dict[str, str], log_dir: Path, url: str):
         self.name, self.argv, self.env, self.url = name, argv, env, url
@@ -153,6 +157,12 @@ class Process:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(timeout=10)
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        """``sig`` and wait: SIGKILL is a crash, SIGTERM a graceful stop."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(timeout=20)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-4000:] if self.log_path.exists() else ""
@@ -219,7 +229,7 @@ class Federation:
             return ws if ok else None
         try:
             return wait_until(done, timeout, "the federation to finish", interval=0.25)
-        except RuntimeError:
+        except TimeoutError:
             raise RuntimeError("federation did not finish; logs:\n" + "\n".join(
                 f"--- {p.name}\n{p.log()}" for p in [self.aggregator, *self.services.values()])) from None
 

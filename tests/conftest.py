@@ -6,7 +6,7 @@ import pytest
 
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")  # before anything imports onnxruntime
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parent.parent)]  # support, benchmarks
 
 from support import RecordingProxy, Stack  # noqa: E402
 

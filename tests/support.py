@@ -4,72 +4,17 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
-import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import httpx
 import uvicorn
 
+from benchmarks.common import Process, free_port, get_json, wait_until  # one harness for tests and benchmarks
+
 REPO = Path(__file__).resolve().parent.parent
 WORKER_IDS = ("valve1", "valve2", "other")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_until(predicate, timeout: float, what: str, interval: float = 0.2):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        result = predicate()
-        if result:
-            return result
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
-def get_json(url: str, timeout: float = 5):
-    try:
-        r = httpx.get(url, timeout=timeout)
-        return r.json() if r.status_code == 200 else None
-    except httpx.HTTPError:
-        return None
-
-
-class Service:
-    """One service process; its output goes to a log file the test can show on failure."""
-
-    def __init__(self, name: str, argv: list[str], env: dict[str, str], log_dir: Path, url: str):
-        self.name, self.argv, self.env, self.url = name, argv, env, url
-        self.log_path = log_dir / f"{name}.log"
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> "Service":
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(self.argv, env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
-        return self
-
-    def wait_healthy(self, timeout: float = 60) -> "Service":
-        def healthy():
-            if self.proc.poll() is not None:
-                raise AssertionError(f"{self.name} exited {self.proc.returncode}:\n{self.log()}")
-            return get_json(f"{self.url}/healthz", timeout=1)
-        wait_until(healthy, timeout, f"{self.name} /healthz")
-        return self
-
-    def kill(self, sig=signal.SIGKILL) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            self.proc.wait(timeout=20)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-4000:] if self.log_path.exists() else ""
 
 
 class Stack:
@@ -98,12 +43,12 @@ class Stack:
             env[f"FEDAD__WORKERS__{w.upper()}__STATE_DIR"] = str(tmp / w)
         env.update(overrides or {})
         self.env = env
-        self.aggregator = Service("aggregator", [sys.executable, "-m", "services.aggregator"], env, tmp,
+        self.aggregator = Process("aggregator", [sys.executable, "-m", "services.aggregator"], env, tmp,
                                   self.agg_url)
         self.worker_services = {w: self._worker(w) for w in self.workers}
 
-    def _worker(self, w: str) -> Service:
-        return Service(w, [sys.executable, "-m", "services.worker", "--id", w], self.env, self.tmp, self.worker_url(w))
+    def _worker(self, w: str) -> Process:
+        return Process(w, [sys.executable, "-m", "services.worker", "--id", w], self.env, self.tmp, self.worker_url(w))
 
     def worker_url(self, w: str) -> str:
         return f"http://127.0.0.1:{self.worker_ports[w]}"
@@ -117,7 +62,7 @@ class Stack:
             s.wait_healthy()
         return self
 
-    def restart_worker(self, w: str) -> Service:
+    def restart_worker(self, w: str) -> Process:
         self.worker_services[w] = self._worker(w).start().wait_healthy()
         return self.worker_services[w]
 
@@ -136,7 +81,7 @@ class Stack:
             return s if all(x and x["model_round"] == s["rounds_total"] and x["phase"] == "done" for x in ws) else None
         try:
             return wait_until(done, timeout, "the federation to finish", interval=0.5)
-        except AssertionError:
+        except TimeoutError:
             raise AssertionError("federation did not finish; logs:\n" + self.logs()) from None
 
     def logs(self) -> str:

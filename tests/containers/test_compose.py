@@ -108,7 +108,7 @@ class Stack:
     def wait_for(self, what: str, predicate, timeout: float, interval: float = 0.25):
         try:
             return wait_until(predicate, timeout, what, interval)
-        except AssertionError as exc:
+        except TimeoutError as exc:
             raise AssertionError(f"{exc}\n--- logs ---\n{self.logs()}") from None
 
     def done(self) -> dict | None:

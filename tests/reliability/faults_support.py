@@ -6,18 +6,18 @@ import json
 import subprocess
 from pathlib import Path
 
-from support import Service, Stack, wait_until
+from support import Process, Stack, wait_until
 
 
-def with_fault(stack: Stack, service: Service, spec: str | None) -> Service:
-    """A fresh Service like ``service`` whose process gets FEDAD_FAULT=spec (or none)."""
+def with_fault(stack: Stack, service: Process, spec: str | None) -> Process:
+    """A fresh Process like ``service`` whose process gets FEDAD_FAULT=spec (or none)."""
     env = {k: v for k, v in stack.env.items() if k != "FEDAD_FAULT"}
     if spec:
         env["FEDAD_FAULT"] = spec
-    return Service(service.name, service.argv, env, stack.tmp, service.url)
+    return Process(service.name, service.argv, env, stack.tmp, service.url)
 
 
-def wait_for_log(service: Service, text: str, timeout: float = 120) -> None:
+def wait_for_log(service: Process, text: str, timeout: float = 120) -> None:
     def seen():
         if service.proc.poll() is not None:
             raise AssertionError(f"{service.name} exited {service.proc.returncode}:\n{service.log()}")
