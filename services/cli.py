@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import shutil
 import signal
@@ -17,6 +18,7 @@ from services.data.skab import DataError, find_data_dir, load_partition
 from services.model.metrics import pooled_metrics
 
 POLL_S = 1.0
+_LIBC = ctypes.CDLL(None) if sys.platform.startswith("linux") else None  # loaded before any fork
 START_TIMEOUT_S = 60
 
 
@@ -36,8 +38,9 @@ class Stack:
             self._spawn(w.id, [sys.executable, "-m", "services.worker", "--id", w.id, *self.config])
 
     def _spawn(self, name: str, argv: list[str]) -> None:
-        log = open(self.log_dir / f"{name}.log", "ab")
-        self.procs[name] = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+        with open(self.log_dir / f"{name}.log", "ab") as log:
+            self.procs[name] = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
+                                                preexec_fn=_die_with_parent)
 
     def check_alive(self) -> None:
         for name, proc in self.procs.items():
@@ -55,6 +58,17 @@ class Stack:
                 proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 proc.kill()
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGTERM when this CLI dies, even by SIGKILL, so no service outlives it holding
+    its port (Linux; elsewhere the stop path below is all there is)."""
+    if _LIBC is not None:
+        _LIBC.prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt  # SIGTERM (kill, systemd) and SIGHUP (a closed terminal) stop like Ctrl-C
 
 
 def _get(client: httpx.Client, url: str) -> dict | None:
@@ -142,10 +156,12 @@ def cmd_run(args) -> None:
           f"{settings.model.local_epochs} local epochs; logs in {settings.aggregator.state_dir.parent / 'logs'}",
           flush=True)
     stack = Stack(settings, args.config)
-    stack.start()
-    print(f"dashboard: {settings.aggregator.url}/  (live; each worker's page is at its own address, e.g. "
-          f"{_worker_url(settings.workers[0])}/)", flush=True)
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _interrupt)
     try:
+        stack.start()
+        print(f"dashboard: {settings.aggregator.url}/  (live; each worker's page is at its own address, e.g. "
+              f"{_worker_url(settings.workers[0])}/)", flush=True)
         with httpx.Client() as client:
             follow_training(stack, settings, client)
             print_results(settings, client)
@@ -162,6 +178,8 @@ def cmd_run(args) -> None:
     except KeyboardInterrupt:
         print("\nstopping ...")
     finally:
+        for signum in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(signum, signal.SIG_IGN)  # a second kill must not cut the stop short
         stack.stop()
 
 

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import re
+import signal
+import socket
 import subprocess
 import sys
 import time
+
+import pytest
 
 from support import REPO, Stack
 
@@ -39,3 +44,65 @@ def test_a_worker_without_data_stops_the_run_with_its_reason(tmp_path):
     assert f"stopped: no skab/ folder in the configured data dir {empty}" in done.stderr, done.stdout + done.stderr
     assert "Traceback" not in done.stderr, done.stderr
     assert time.monotonic() - started < 60, "the run should stop as soon as a worker says why, not time out"
+
+
+def start_serving(stack: Stack) -> subprocess.Popen:
+    """`fedad run` in the background, returned once it serves (its services' pids are in their /v1/status)."""
+    proc = subprocess.Popen([sys.executable, "-m", "services.cli", "run", "--fresh"], env=stack.env, cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for line in proc.stdout:
+        if line.startswith("Ctrl-C stops."):
+            return proc
+    raise AssertionError(f"fedad run exited {proc.wait()} before serving")
+
+
+def service_pids(stack: Stack) -> list[int]:
+    out = subprocess.run(["pgrep", "-f", r"services\.(aggregator|worker)"], capture_output=True, text=True).stdout
+    ours = []
+    for pid in map(int, out.split()):
+        try:
+            environ = open(f"/proc/{pid}/environ", "rb").read()
+        except OSError:
+            continue
+        if f"FEDAD__AGGREGATOR__PORT={stack.agg_port}".encode() in environ:
+            ours.append(pid)
+    return ours
+
+
+def wait_gone(pids: list[int], timeout: float) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        alive = [p for p in pids if os.path.exists(f"/proc/{p}") and "Z" not in stat_state(p)]
+        if not alive:
+            return []
+        time.sleep(0.2)
+    return alive
+
+
+def stat_state(pid: int) -> str:
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "Z"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP, signal.SIGKILL])
+def test_stopping_the_cli_any_way_stops_every_service(tmp_path, sig):
+    """`kill`, a closed terminal or a kill -9 of `fedad run` must not leave services holding ports 8080–8083."""
+    stack = Stack(tmp_path, rounds=1, epochs=1)
+    proc = start_serving(stack)
+    pids = service_pids(stack)
+    assert len(pids) == 4, pids  # the aggregator and three workers
+    proc.send_signal(sig)
+    rest = proc.stdout.read()
+    proc.wait(timeout=30)
+    left = wait_gone(pids, 30)
+    for pid in left:  # do not leak them into the rest of the suite
+        os.kill(pid, signal.SIGKILL)
+    assert left == [], f"services still running after {sig.name} to fedad run"
+    if sig != signal.SIGKILL:
+        assert "stopping ..." in rest and "Traceback" not in rest, rest
+    for port in [stack.agg_port, *stack.worker_ports.values()]:
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: TIME_WAIT is no listener
+            s.bind(("127.0.0.1", port))  # nobody listens there any more
