@@ -18,8 +18,8 @@ from services.data.skab import DataError, find_data_dir, load_partition
 from services.model.metrics import pooled_metrics
 
 POLL_S = 1.0
-_LIBC = ctypes.CDLL(None) if sys.platform.startswith("linux") else None  # loaded before any fork
 START_TIMEOUT_S = 60
+_LIBC = ctypes.CDLL(None) if sys.platform.startswith("linux") else None  # loaded before any fork
 
 
 class Stack:

@@ -38,4 +38,3 @@ def set_flat_weights(model: nn.Module, flat: np.ndarray) -> None:
         state[name] = torch.from_numpy(np.array(flat[offset:offset + n], dtype=np.float32).reshape(tensor.shape))
         offset += n
     model.load_state_dict(state)
-

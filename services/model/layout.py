@@ -37,8 +37,7 @@ def spec_hash(input_width: int, hidden: list[int]) -> str:
 
 
 def count_parameters(input_width: int, hidden: list[int]) -> int:
-    sizes = layer_sizes(input_width, hidden)
-    return sum(a * b + b for a, b in zip(sizes, sizes[1:]))
+    return sum(math.prod(shape) for _, shape in parameter_shapes(input_width, hidden))
 
 
 def initial_weights(input_width: int, hidden: list[int], seed: int) -> np.ndarray:
