@@ -14,7 +14,8 @@ import time
 import httpx
 
 from services.config import Settings, load_or_exit
-from services.data.skab import DataError, find_data_dir, load_partition
+from services.data.source import DataError
+from services.data.sources import load_node
 from services.model.metrics import pooled_metrics
 
 POLL_S = 1.0
@@ -121,12 +122,22 @@ def stop_on_failed_worker(settings: Settings, client: httpx.Client) -> None:
 
 
 def print_results(settings: Settings, client: httpx.Client) -> None:
-    print("\nheld-out detection (SKAB protocol: rows after the first "
+    statuses = {w.id: _get(client, f"{_worker_url(w)}/v1/status") for w in settings.workers}
+    if not all(s["evaluation"].get("labels", True) for s in statuses.values()):
+        print("\nheld-out rows (no labels, so no F1: the share of rows each worker flags)")
+        print(f"  {'worker':<10} {'rows':>6} {'alarms %':>9}  model  /detect")
+        for w in settings.workers:
+            s = statuses[w.id]
+            e = s["evaluation"]
+            print(f"  {w.id:<10} {e['rows']:>6} {e.get('alarm_rate', float('nan')):>9.2f}  {s['model']:<5}  "
+                  f"{_worker_url(w)}/detect")
+        return
+    print("\nheld-out detection (rows that do not train; SKAB's protocol: rows after the first "
           f"{settings.data.train_rows} of each experiment file)")
     print(f"  {'worker':<10} {'rows':>6} {'F1':>6} {'FAR %':>7} {'MAR %':>7} {'ROC-AUC':>8}  model  /detect")
     counts = []
     for w in settings.workers:
-        status = _get(client, f"{_worker_url(w)}/v1/status")
+        status = statuses[w.id]
         e = status["evaluation"]
         counts.append(e["counts"])
         print(f"  {w.id:<10} {e['rows']:>6} {e['f1']:>6.3f} {e['far']:>7.2f} {e['mar']:>7.2f} "
@@ -138,8 +149,9 @@ def print_results(settings: Settings, client: httpx.Client) -> None:
 def curl_example(settings: Settings) -> str:
     w = settings.workers[0]
     try:
-        experiment = load_partition(find_data_dir(settings.data.dir), w.partition, settings.data.features)[0]
-        rows = experiment.values[settings.data.train_rows:settings.data.train_rows + 2].tolist()
+        node = load_node(settings, w)
+        run, mask = node.runs[0], node.masks[0]
+        rows = run.values[~mask][:2].tolist()
     except DataError:
         rows = [[0.0] * len(settings.data.features)]
     body = json.dumps({"samples": [[round(v, 6) for v in row] for row in rows]})

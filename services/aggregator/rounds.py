@@ -109,9 +109,7 @@ class Federation:
         return self.round_opened_at + self.fed.round_deadline_s
 
     def plan(self) -> TrainingPlan:
-        m = self.settings.model
-        return TrainingPlan(local_epochs=m.local_epochs, batch_size=m.batch_size, learning_rate=m.learning_rate,
-                            fedprox_mu=self.fed.fedprox_mu)
+        return TrainingPlan.from_settings(self.settings)
 
     def join_response(self) -> JoinResponse:
         return JoinResponse(run_id=self.state["run_id"], phase=self.phase, round=self.open_round,

@@ -18,27 +18,12 @@ import numpy as np
 
 from services.atomic import write_bytes
 from services.config import REPO_ROOT
+from services.data.source import DataError, Run
 
 SKAB_COMMIT = "b2c0d46c2971dcbfe71e26087b6d231998bb91c2"
 SKAB_URL = f"https://raw.githubusercontent.com/waico/SKAB/{SKAB_COMMIT}/data"
 MANIFEST = Path(__file__).with_name("skab_files.sha256")
 LABEL_COLUMN = "anomaly"
-
-
-class DataError(RuntimeError):
-    """The data cannot be found, fetched or read; the message says what to do."""
-
-
-@dataclass(frozen=True)
-class Experiment:
-    """One run of the machine: raw sensor rows in config's feature order, per-row anomaly labels."""
-
-    name: str
-    values: np.ndarray  # (n, features) float32
-    labels: np.ndarray  # (n,) int8, 1 = anomaly
-
-    def train_part(self, train_rows: int) -> np.ndarray:
-        return self.values[:train_rows]
 
 
 def _manifest() -> dict[str, str]:
@@ -96,8 +81,8 @@ def _natural_key(path: Path) -> tuple:
     return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(path)))
 
 
-def read_experiment(path: Path, features: list[str], name: str | None = None) -> Experiment:
-    """Read one ;-separated SKAB CSV; rows in file order, columns in ``features`` order."""
+def read_experiment(path: Path, features: list[str], name: str | None = None) -> Run:
+    """Read one ;-separated SKAB CSV; rows in file order, columns in ``features`` order, labels if it has them."""
     try:
         with open(path) as f:
             header = f.readline().rstrip("\n").split(";")
@@ -111,22 +96,33 @@ def read_experiment(path: Path, features: list[str], name: str | None = None) ->
     except (OSError, ValueError) as exc:
         raise DataError(f"cannot read {path}: {exc}") from None
     values = table[:, : len(columns)].astype(np.float32)
-    labels = table[:, -1].astype(np.int8) if label is not None else np.zeros(len(values), np.int8)
-    return Experiment(name=name or Path(path).name, values=values, labels=labels)
+    labels = table[:, -1].astype(np.int8) if label is not None else None
+    return Run(name=name or Path(path).name, values=values, labels=labels)
 
 
-def load_partition(data_dir: Path, partition: list[str], features: list[str]) -> list[Experiment]:
-    """An edge node's local data: the SKAB folders and/or files named in its partition, in natural order."""
-    root = Path(data_dir) / "skab"
-    files: list[Path] = []
-    for entry in partition:
-        path = root / entry
-        if path.is_dir():
-            files.extend(sorted(path.glob("*.csv"), key=_natural_key))
-        elif path.is_file():
-            files.append(path)
-        else:
-            raise DataError(f"partition entry {entry!r}: no such folder or file under {root}")
-    if not files:
-        raise DataError(f"partition {partition} holds no CSV files under {root}")
-    return [read_experiment(f, features, name=str(f.relative_to(root))) for f in files]
+@dataclass(frozen=True)
+class SkabSource:
+    """An edge node's SKAB folders and/or files (its partition), in natural order; each file is one run."""
+
+    data_dir: Path
+    partition: list[str]
+    features: list[str]
+
+    def runs(self) -> list[Run]:
+        root = Path(self.data_dir) / "skab"
+        files: list[Path] = []
+        for entry in self.partition:
+            path = root / entry
+            if path.is_dir():
+                files.extend(sorted(path.glob("*.csv"), key=_natural_key))
+            elif path.is_file():
+                files.append(path)
+            else:
+                raise DataError(f"partition entry {entry!r}: no such folder or file under {root}")
+        if not files:
+            raise DataError(f"partition {self.partition} holds no CSV files under {root}")
+        return [read_experiment(f, self.features, name=str(f.relative_to(root))) for f in files]
+
+
+def load_partition(data_dir: Path, partition: list[str], features: list[str]) -> list[Run]:
+    return SkabSource(Path(data_dir), partition, features).runs()

@@ -3,15 +3,16 @@
 Every path uses the code the services run:
 - **federated**: the aggregator's ``Federation`` state machine (join with scaling statistics, rounds that close when
   ``min_workers`` updates arrived, the configured strategy and update filters, persistence in a temporary state
-  dir) driven in-process; each worker's update comes from ``pipeline.train_round`` with the worker's own seed rule,
-  through the wire codec, exactly as ``WorkerLoop._train``/``_push`` produce it (client-side privacy filters too).
+  dir) driven in-process; each worker's update comes from ``AnomalyDetector.partial_fit`` with the worker's own
+  seed and the aggregator's training plan, through the wire codec, as ``WorkerLoop._train``/``_push`` produce it
+  (client-side privacy filters too).
 - **centralised**: all workers' training inputs pooled in one place, one model trained for the same number of
   epochs (rounds × local epochs): the reference that federated learning should match.
 - **local-only**: each worker trains alone for the same number of epochs, no federation.
-Then for every trained model and every worker, as ``WorkerLoop._install`` does: fp32 ONNX export, static int8
-quantisation on the worker's training inputs, threshold calibrated on the served model's own scores of the
-worker's training inputs, scores of the held-out rows. SKAB's protocol: the first ``data.train_rows`` rows of each
-experiment file train (and calibrate), the rest is scored; F1 / FAR / MAR pooled over all files.
+Then for every trained model and every worker, as ``WorkerLoop._install`` does: ``AnomalyDetector.calibrate``
+(fp32 ONNX export, static int8 quantisation and the threshold on the served model's own scores of the worker's
+training inputs), scores of the held-out rows. The data's training selection says which rows train (SKAB: the first
+``data.train_rows`` of each run), the rest is scored; F1 / FAR / MAR pooled over all runs.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from __future__ import annotations
 import json
 import tempfile
 import time
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,16 +29,16 @@ import torch
 from services.aggregator.rounds import Federation
 from services.aggregator.store import AggregatorStore
 from services.config import Settings
-from services.data.local import LocalData
+from services.data.source import DataError
+from services.data.node import NodeData
 from services.data.scaling import FeatureStats, Scaler
-from services.data.skab import find_data_dir, load_partition
+from services.data.sources import load_node
 from services.model.autoencoder import build_autoencoder, set_flat_weights
-from services.model.layout import initial_weights
+from services.model.detector import AnomalyDetector, DetectorSpec, node_seed
 from services.model.metrics import detection_metrics
-from services.model.pipeline import calibrate, evaluate, export_models, train_round
 from services.model.scoring import session_scores
 from services.protocol.codec import content_hash, encode_weights
-from services.protocol.messages import JoinRequest
+from services.protocol.messages import JoinRequest, TrainingPlan
 
 MODES = ("federated", "centralised", "local")
 KINDS = ("fp32", "int8")
@@ -69,15 +69,15 @@ class Trained:
     history: list = field(default_factory=list)
 
 
-def load_nodes(settings: Settings) -> dict[str, LocalData]:
-    data_dir = find_data_dir(settings.data.dir)
-    return {w.id: LocalData.from_settings(load_partition(data_dir, w.partition, settings.data.features), settings.data)
-            for w in settings.workers}
+def load_nodes(settings: Settings) -> dict[str, NodeData]:
+    return {w.id: load_node(settings, w) for w in settings.workers}
 
 
-def worker_seed(settings: Settings, worker_id: str) -> int:
-    """The worker's seed rule (WorkerLoop._seed): model.seed + crc32(worker id); round r trains with seed + r."""
-    return settings.model.seed + zlib.crc32(worker_id.encode())
+def _train(settings: Settings, inputs: np.ndarray, start: np.ndarray, seed: int, epochs: int | None = None):
+    """Weights after local training from ``start``, and the TrainResult."""
+    detector = AnomalyDetector(DetectorSpec.from_settings(settings), start)
+    result = detector.partial_fit(inputs, TrainingPlan.from_settings(settings), seed, epochs)
+    return detector.get_weights(), result
 
 
 def _simulation_settings(settings: Settings, n_workers: int) -> Settings:
@@ -107,8 +107,8 @@ def train_federated(settings: Settings, nodes: dict[str, LocalData], progress: P
         while fed.phase == "training":
             round_no, start = fed.open_round, fed.global_weights.copy()
             for worker_id, node in nodes.items():
-                weights, result = train_round(settings, inputs[worker_id], start,
-                                              worker_seed(settings, worker_id) + round_no)
+                weights, result = _train(settings, inputs[worker_id], start,
+                                         node_seed(settings.model.seed, worker_id) + round_no)
                 if outbound:
                     weights = apply(outbound, weights, FilterContext(reference=start))
                 body = encode_weights(weights)
@@ -123,7 +123,7 @@ def train_federated(settings: Settings, nodes: dict[str, LocalData], progress: P
 
 
 def _initial_weights(settings: Settings) -> np.ndarray:
-    return initial_weights(settings.input_width, settings.model.hidden, settings.model.seed)
+    return AnomalyDetector(DetectorSpec.from_settings(settings)).get_weights()
 
 
 def _per_round(epoch_losses: list[float], epochs_per_round: int) -> list[float]:
@@ -137,7 +137,7 @@ def train_centralised(settings: Settings, nodes: dict[str, LocalData], progress:
     scaler = FeatureStats.from_rows(np.concatenate([n.train_raw() for n in nodes.values()])).scaler()
     pooled = np.concatenate([node.windows(scaler, "train") for node in nodes.values()])
     epochs = settings.federation.rounds * settings.model.local_epochs
-    weights, result = train_round(settings, pooled, _initial_weights(settings), settings.model.seed, epochs=epochs)
+    weights, result = _train(settings, pooled, _initial_weights(settings), settings.model.seed, epochs=epochs)
     progress(f"centralised: {epochs} epochs on {len(pooled)} pooled inputs, loss {result.loss:.4f}")
     losses = {"all": _per_round(result.epoch_losses, settings.model.local_epochs)}
     return Trained({w: weights for w in nodes}, {w: scaler for w in nodes}, losses, time.time() - started)
@@ -149,9 +149,9 @@ def train_local_only(settings: Settings, nodes: dict[str, LocalData], progress: 
     epochs = settings.federation.rounds * settings.model.local_epochs
     for worker_id, node in nodes.items():
         scalers[worker_id] = FeatureStats.from_rows(node.train_raw()).scaler()
-        weights[worker_id], result = train_round(settings, node.windows(scalers[worker_id], "train"),
-                                                 _initial_weights(settings), worker_seed(settings, worker_id),
-                                                 epochs=epochs)
+        weights[worker_id], result = _train(settings, node.windows(scalers[worker_id], "train"),
+                                            _initial_weights(settings), node_seed(settings.model.seed, worker_id),
+                                            epochs=epochs)
         losses[worker_id] = _per_round(result.epoch_losses, settings.model.local_epochs)
         progress(f"local-only {worker_id}: {epochs} epochs, loss {result.loss:.4f}")
     return Trained(weights, scalers, losses, time.time() - started)
@@ -163,15 +163,18 @@ def score_trained(settings: Settings, nodes: dict[str, LocalData], trained: Trai
     for worker_id, node in nodes.items():
         scaler = trained.scalers[worker_id]
         train_inputs = node.windows(scaler, "train")
-        fp32, int8 = export_models(settings, trained.weights[worker_id], train_inputs, workdir / worker_id)
+        workdir.mkdir(parents=True, exist_ok=True)
+        calibrated = AnomalyDetector(DetectorSpec.from_settings(settings), trained.weights[worker_id]).calibrate(
+            train_inputs, node.default_reference(scaler), workdir=workdir)
         per_kind = {}
-        for kind, onnx_bytes in (("fp32", fp32), ("int8", int8)):
-            detector = calibrate(onnx_bytes, train_inputs, settings)
-            metrics, held_scores = evaluate(detector, node.windows(scaler, "held_out"), node.held_out_labels())
-            runs = [session_scores(detector.session, x) for x in node.run_inputs(scaler)]
-            per_kind[kind] = {"threshold": detector.threshold, "metrics": metrics, "held_scores": held_scores,
-                              "run_scores": runs, "bytes": len(onnx_bytes), "onnx": onnx_bytes,
-                              "train_scores": np.concatenate([r[:node.train_rows] for r in runs])}
+        for kind in KINDS:
+            detector = calibrated.served_as(kind, train_inputs)
+            metrics, held_scores = detector.evaluate(node.windows(scaler, "held_out"), node.held_out_labels())
+            runs = [detector.score_inputs(x) for x in node.run_inputs(scaler)]
+            per_kind[kind] = {"threshold": detector.threshold_, "metrics": metrics, "held_scores": held_scores,
+                              "run_scores": runs, "bytes": len(detector.served_onnx), "onnx": detector.served_onnx,
+                              "train_scores": np.concatenate([r[m] for r, m in zip(runs, node.masks)]),
+                              "flags": detector.is_anomaly(held_scores)}
         out[worker_id] = per_kind
     return out
 
@@ -206,7 +209,7 @@ def timing(onnx_bytes: bytes, rows: np.ndarray) -> dict:
             "us_per_row_batch256": round(per_row_batch * 1e6, 3)}
 
 
-def latent_view(settings: Settings, weights: np.ndarray, nodes: dict[str, LocalData], scaler, seed: int = 0) -> dict:
+def latent_view(settings: Settings, weights: np.ndarray, nodes: dict[str, NodeData], scaler, seed: int = 0) -> dict:
     """The bottleneck activations of held-out and training inputs, embedded in 2-D by t-SNE (PCA if t-SNE fails)."""
     from sklearn.decomposition import PCA
     from sklearn.manifold import TSNE
@@ -217,10 +220,10 @@ def latent_view(settings: Settings, weights: np.ndarray, nodes: dict[str, LocalD
     encoder = model[: 2 * (bottleneck + 1)]  # Linear+ReLU pairs up to the narrowest layer
     xs, labels, parts = [], [], []
     for node in nodes.values():
-        for e, x in zip(node.experiments, node.run_inputs(scaler)):
+        for run, x, mask in zip(node.runs, node.run_inputs(scaler), node.masks):
             xs.append(x)
-            labels.append(e.labels)
-            parts.append(np.arange(len(x)) >= node.train_rows)
+            labels.append(run.labels)
+            parts.append(~mask)
     x, y, held = np.concatenate(xs), np.concatenate(labels), np.concatenate(parts)
     rng = np.random.default_rng(seed)
     take = np.sort(rng.choice(len(x), size=min(LATENT_POINTS, len(x)), replace=False))
@@ -246,17 +249,21 @@ def run_evaluation(settings: Settings, out_dir: Path, modes: tuple[str, ...] = M
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     nodes = load_nodes(settings)
-    progress(f"data: {sum(len(n.experiments) for n in nodes.values())} experiment files in {len(nodes)} workers "
-             f"({', '.join(f'{w}: {len(n.experiments)}' for w, n in nodes.items())}); input width "
+    unlabelled = [w for w, n in nodes.items() if not n.labelled]
+    if unlabelled:
+        raise DataError(f"no labels: the data of {', '.join(unlabelled)} has no label column, so there is no F1 to "
+                        "report; `fedad data check` shows score distributions and alarm rates instead")
+    progress(f"data: {sum(len(n.runs) for n in nodes.values())} runs in {len(nodes)} workers "
+             f"({', '.join(f'{w}: {len(n.runs)}' for w, n in nodes.items())}); input width "
              f"{settings.input_width}, model {settings.input_width}→{'→'.join(map(str, settings.model.hidden))}→"
              f"{settings.input_width}")
     trainers = {"federated": train_federated, "centralised": train_centralised, "local": train_local_only}
     results: dict = {"settings": _settings_summary(settings), "modes": {}, "workers": list(nodes)}
     arrays: dict[str, np.ndarray] = {}
     for e_worker, node in nodes.items():
-        for i, e in enumerate(node.experiments):
-            arrays[f"labels/{e_worker}/{i}"] = e.labels
-    results["experiments"] = {w: [e.name for e in n.experiments] for w, n in nodes.items()}
+        for i, run in enumerate(node.runs):
+            arrays[f"labels/{e_worker}/{i}"] = run.labels
+    results["experiments"] = {w: [run.name for run in n.runs] for w, n in nodes.items()}
     with tempfile.TemporaryDirectory(prefix="fedad-eval-onnx-") as tmp:
         for mode in modes:
             trained = trainers[mode](settings, nodes, progress)
@@ -275,8 +282,7 @@ def run_evaluation(settings: Settings, out_dir: Path, modes: tuple[str, ...] = M
             entry["int8_vs_fp32"] = {
                 "roc_auc_difference": round(q["roc_auc"] - fp["roc_auc"], 4),
                 "decision_agreement": round(float(np.mean(np.concatenate(
-                    [(scored[w]["int8"]["held_scores"] > scored[w]["int8"]["threshold"])
-                     == (scored[w]["fp32"]["held_scores"] > scored[w]["fp32"]["threshold"]) for w in nodes]))), 4),
+                    [scored[w]["int8"]["flags"] == scored[w]["fp32"]["flags"] for w in nodes]))), 4),
                 "bytes": {k: scored[first][k]["bytes"] for k in KINDS},
             }
             if mode == "federated":

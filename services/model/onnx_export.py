@@ -17,8 +17,8 @@ from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantTy
 from onnxruntime.quantization.shape_inference import quant_pre_process
 from torch import nn
 
-INPUT_NAME = "x"
-OUTPUT_NAME = "reconstruction"
+from services.model.scoring import INPUT_NAME, OUTPUT_NAME
+
 OPSET = 17
 
 

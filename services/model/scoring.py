@@ -8,9 +8,9 @@ import onnxruntime as ort
 from onnx import TensorProto, helper
 
 from services.config import ThresholdSettings
-from services.model.onnx_export import INPUT_NAME, OUTPUT_NAME
-
-SCORE_NAME = "score"
+INPUT_NAME = "x"  # the served graph's input (model inputs, one row each) ...
+OUTPUT_NAME = "reconstruction"  # ... its reconstruction
+SCORE_NAME = "score"  # ... and the per-row score added by with_score_output
 
 
 def with_score_output(onnx_bytes: bytes) -> bytes:

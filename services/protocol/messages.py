@@ -22,10 +22,19 @@ class JoinRequest(BaseModel):
 
 
 class TrainingPlan(BaseModel):
+    """How every worker trains a round: sent by the aggregator in the join answer and used as sent, so one config
+    (the aggregator's) decides it for the whole federation."""
+
     local_epochs: int
     batch_size: int
     learning_rate: float
     fedprox_mu: float
+
+    @classmethod
+    def from_settings(cls, settings) -> "TrainingPlan":
+        m = settings.model
+        return cls(local_epochs=m.local_epochs, batch_size=m.batch_size, learning_rate=m.learning_rate,
+                   fedprox_mu=settings.federation.fedprox_mu)
 
 
 class JoinResponse(BaseModel):

@@ -16,7 +16,7 @@ from starlette.routing import Route
 
 from services.config import Settings, WorkerSettings
 from services.observability.dashboard import WorkerObservability
-from services.worker.detector import Detector
+from services.worker.serving import ModelSlot
 from services.worker.loop import WorkerLoop
 
 try:  # parses a JSON array of numbers straight into a float64 buffer, with no Python object per value
@@ -219,7 +219,7 @@ def parse_binary(body: bytes, features: list[str], max_rows: int, baseline_rows:
 
 
 def create_app(settings: Settings, worker: WorkerSettings, start_loop: bool = True) -> FastAPI:
-    detector = Detector()
+    detector = ModelSlot()
     loop = WorkerLoop(settings, worker, detector)
     features = settings.data.features
     max_rows = settings.serving.max_batch_rows
@@ -307,7 +307,7 @@ def create_app(settings: Settings, worker: WorkerSettings, start_loop: bool = Tr
         else:
             rows, baseline = parse_detect(await request.body(), features, max_rows, min_baseline)
         scores = model.score(rows, baseline)
-        flags = scores > model.threshold
+        flags = model.detector.is_anomaly(scores)
         body = orjson.dumps({"scores": scores, "is_anomaly": flags, "threshold": model.threshold,
                              "model_round": model.model_round, "model": model.kind}, option=orjson.OPT_SERIALIZE_NUMPY)
         stats.scored(scores, flags, model.threshold, time.perf_counter() - started)

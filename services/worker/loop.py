@@ -9,11 +9,8 @@ retries with capped exponential backoff.
 from __future__ import annotations
 
 import logging
-import tempfile
 import threading
 import time
-import zlib
-from pathlib import Path
 
 import httpx
 import numpy as np
@@ -21,18 +18,18 @@ import torch
 
 from services import faults
 from services.config import Settings, WorkerSettings
+from services.data.node import NodeData
 from services.data.scaling import FeatureStats, Scaler
-from services.data.local import LocalData
-from services.data.skab import DataError, find_data_dir, load_partition
-from services.data.windows import Preprocessing, Reference
-from services.model.layout import count_parameters, spec_hash
-from services.model.pipeline import calibrate, evaluate, export_models, train_round
+from services.data.source import DataError
+from services.data.sources import load_node
+from services.data.windows import Reference
+from services.model.detector import AnomalyDetector, DetectorSpec, node_seed
 from services.protocol.codec import CONTENT_TYPE, content_hash, decode_weights, encode_weights
-from services.protocol.messages import H_LOSS, H_ROUND, H_SAMPLES, H_SHA256, JoinRequest, JoinResponse
+from services.protocol.messages import H_LOSS, H_ROUND, H_SAMPLES, H_SHA256, JoinRequest, JoinResponse, TrainingPlan
 from services.security.accountant import GaussianAccountant
 from services.security.filters import FilterContext, apply, client_privacy_filters
 from services.security.tls import client_context
-from services.worker.detector import Detector, ServedModel
+from services.worker.serving import ModelSlot, ServedModel
 from services.worker.state import WorkerState, WorkerStore
 
 log = logging.getLogger("fedad.worker")
@@ -49,13 +46,14 @@ class Fatal(Exception):
 
 
 class WorkerLoop:
-    def __init__(self, settings: Settings, worker: WorkerSettings, detector: Detector):
+    def __init__(self, settings: Settings, worker: WorkerSettings, slot: ModelSlot):
         self.settings = settings
         self.worker = worker
-        self.detector = detector
+        self.slot = slot
         self.store = WorkerStore(worker.state_dir)
-        self.spec_hash = spec_hash(settings.input_width, settings.model.hidden)
-        self.n_params = count_parameters(settings.input_width, settings.model.hidden)
+        self.spec = DetectorSpec.from_settings(settings)
+        self.spec_hash = self.spec.spec_hash
+        self.n_params = self.spec.n_params
         self.stop_event = threading.Event()
         self.phase = "starting"
         self.progress: dict = {}
@@ -64,9 +62,10 @@ class WorkerLoop:
         self.last_error: str | None = None
         self.rounds_total = settings.federation.rounds
         self.state: WorkerState | None = None
-        self.data: LocalData | None = None
+        self.data: NodeData | None = None
+        self.plan: TrainingPlan | None = None  # the aggregator's, from the join answer: every worker trains alike
         self._backoff = 0.5
-        self._seed = settings.model.seed + zlib.crc32(worker.id.encode())
+        self._seed = node_seed(settings.model.seed, worker.id)
         self.outbound = client_privacy_filters(settings.privacy)  # client-side DP: clip + noise before upload
 
     # -- lifecycle ------------------------------------------------------------------------------------------------
@@ -92,9 +91,7 @@ class WorkerLoop:
         torch.set_num_threads(1)
         try:
             self.restore()
-            data_dir = find_data_dir(self.settings.data.dir)
-            self.data = LocalData.from_settings(
-                load_partition(data_dir, self.worker.partition, self.settings.data.features), self.settings.data)
+            self.data = load_node(self.settings, self.worker)
             with httpx.Client(base_url=self.settings.aggregator.url, timeout=LONG_POLL_S + 15,
                               verify=client_context(self.settings.tls, self.worker.id),
                               headers={"Authorization": f"Bearer {self.worker.token}"}) as client:
@@ -115,6 +112,7 @@ class WorkerLoop:
             joined = self._retrying(self._join)
         scaler = joined.scaler
         self.rounds_total = joined.rounds_total
+        self.plan = joined.plan
         if self.state is not None and self.state.run_id != joined.run_id:
             log.warning("aggregator runs a new federation (%s, was %s): retraining", joined.run_id, self.state.run_id)
             self.state = None
@@ -158,14 +156,16 @@ class WorkerLoop:
     def _train(self, scaler: Scaler, round_no: int, start_weights: np.ndarray) -> tuple[np.ndarray, float]:
         self.phase = "training"
         faults.point("worker.train")
-        plan = self.settings.model
+        plan = self.plan
         inputs = self.data.windows(scaler, "train")
         started = time.time()
 
         def on_epoch(epoch: int, loss: float) -> None:
             self.progress = {"round": round_no, "epoch": epoch, "epochs": plan.local_epochs, "loss": loss}
 
-        weights, result = train_round(self.settings, inputs, start_weights, self._seed + round_no, on_epoch=on_epoch)
+        detector = AnomalyDetector(self.spec, start_weights)
+        result = detector.partial_fit(inputs, plan, self._seed + round_no, on_epoch=on_epoch)
+        weights = detector.get_weights()
         log.info("round %d: trained %d epochs on %d windows in %.1fs, loss %.5f", round_no, plan.local_epochs,
                  len(inputs), time.time() - started, result.loss)
         self._last_loss = result.loss
@@ -200,43 +200,44 @@ class WorkerLoop:
         self.phase = "installing model"
         started = time.time()
         train_inputs = self.data.windows(scaler, "train")
-        with tempfile.TemporaryDirectory(dir=self.store.dir) as work:
-            fp32, int8 = export_models(self.settings, weights, train_inputs, Path(work))
-        served = self.settings.serving.model
-        detector = calibrate(int8 if served == "int8" else fp32, train_inputs, self.settings)
-        session, threshold = detector.session, detector.threshold
-        evaluation, _ = evaluate(detector, self.data.windows(scaler, "held_out"), self.data.held_out_labels())
+        reference = self.data.default_reference(scaler)
+        detector = AnomalyDetector(self.spec, weights).calibrate(train_inputs, reference, workdir=self.store.dir)
+        threshold = detector.threshold_
+        evaluation, _ = detector.evaluate(self.data.windows(scaler, "held_out"), self.data.held_out_labels())
         loss = getattr(self, "_last_loss", None)
         history = [*(self.state.history if self.state else []),
                    {"round": model_round, "local_loss": loss, "threshold": threshold, **evaluation}]
         state = WorkerState(run_id=run_id, model_round=model_round, threshold=threshold,
-                            scaler=scaler.model_dump(), spec_hash=self.spec_hash, served=served, weights=weights,
-                            onnx_fp32=fp32, onnx_int8=int8, history=history, evaluation=evaluation,
-                            reference=self.data.default_reference(scaler).model_dump())
+                            scaler=scaler.model_dump(), spec_hash=self.spec_hash, served=self.spec.served,
+                            weights=weights, onnx_fp32=detector.onnx_fp32_, onnx_int8=detector.onnx_int8_,
+                            history=history, evaluation=evaluation, reference=reference.model_dump())
         try:
             self.store.save(state)
         except OSError as exc:  # full or read-only state disk: serve the new model, keep the last persisted one
             self.last_error = f"cannot persist round {model_round} to {self.store.dir}: {exc.strerror or exc}"
             log.error("%s; serving it from memory, a restart falls back to the last persisted round", self.last_error)
         self.state = state
-        self._serve(state, session)
-        log.info("round %d installed in %.1fs: %s model, threshold %.5f, held-out F1 %.3f FAR %.1f%% MAR %.1f%%",
-                 model_round, time.time() - started, served, threshold, evaluation["f1"], evaluation["far"],
-                 evaluation["mar"])
+        self.slot.swap(ServedModel(detector, model_round))
+        if evaluation["labels"]:
+            figures = f"held-out F1 {evaluation['f1']:.3f} FAR {evaluation['far']:.1f}% MAR {evaluation['mar']:.1f}%"
+        else:
+            figures = f"no labels: held-out alarm rate {evaluation['alarm_rate']:.1f}%"
+        log.info("round %d installed in %.1fs: %s model, threshold %.5f, %s", model_round, time.time() - started,
+                 self.spec.served, threshold, figures)
 
-    def _serve(self, state: WorkerState, session=None) -> None:
-        prep = Preprocessing.from_settings(self.settings.data)
+    def _serve(self, state: WorkerState) -> None:
+        """Serve a persisted model as it was calibrated."""
         reference = (Reference(**state.reference) if state.reference
-                     else prep.reference(None, Scaler(**state.scaler)) if prep.baseline == "federation" else None)
+                     else self.spec.prep.reference(None, Scaler(**state.scaler))
+                     if self.spec.prep.baseline == "federation" else None)
         if reference is None:  # persisted by a version without references: rebuilt once local data is loaded
             log.warning("persisted model has no reference scaling: not served until the next round is installed")
             return
-        if session is None:
-            model = ServedModel.build(state.served_onnx, prep, reference, state.threshold, state.model_round,
-                                      state.served)
-        else:
-            model = ServedModel(session, prep, reference, state.threshold, state.model_round, state.served)
-        self.detector.swap(model)
+        spec = self.spec if state.served == self.spec.served else DetectorSpec(
+            self.spec.prep, self.spec.hidden, self.spec.threshold, state.served, self.spec.seed)
+        detector = AnomalyDetector.restore(spec, state.weights, state.onnx_fp32, state.onnx_int8, reference,
+                                           state.threshold)
+        self.slot.swap(ServedModel(detector, state.model_round))
 
     # -- HTTP with retries ------------------------------------------------------------------------------------------
     def _call(self, method: str, path: str, accept: tuple[int, ...] = (), **kwargs) -> httpx.Response:

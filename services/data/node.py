@@ -1,0 +1,64 @@
+"""An edge node's local data and its model inputs, shared by the worker service and the evaluation
+(services/evaluation) so both train, calibrate and score on exactly the same inputs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from services.data.scaling import Scaler
+from services.data.selection import TrainingSelection
+from services.data.source import Run
+from services.data.windows import Preprocessing, Reference
+
+
+@dataclass
+class NodeData:
+    """The node's own runs; rows never leave this object except as aggregates."""
+
+    runs: list[Run]
+    prep: Preprocessing
+    selection: TrainingSelection
+    _cache: dict = field(default_factory=dict, repr=False)
+
+    def __post_init__(self):
+        self.masks = [self.selection.mask(run) for run in self.runs]
+
+    @property
+    def labelled(self) -> bool:
+        """Every run has labels: only then are detection figures (F1, FAR, ...) meaningful."""
+        return bool(self.runs) and all(run.labelled for run in self.runs)
+
+    def train_raw(self) -> np.ndarray:
+        """Raw rows that train (the node's normal rows), all runs."""
+        return np.concatenate([run.values[mask] for run, mask in zip(self.runs, self.masks)])
+
+    def reference(self, run: Run, mask: np.ndarray, scaler: Scaler | None) -> Reference:
+        """The scaling of one run: its own training rows (``run`` baseline) or the federation's scaler."""
+        return self.prep.reference(run.values[mask] if self.prep.baseline == "run" else None, scaler)
+
+    def run_inputs(self, scaler: Scaler | None) -> list[np.ndarray]:
+        """Model inputs of every run, each scaled by its reference (cached per scaler)."""
+        key = None if scaler is None else (tuple(scaler.mean), tuple(scaler.std))
+        if self._cache.get("key") != key or "inputs" not in self._cache:
+            self._cache.clear()
+            inputs = [self.prep.inputs(run.values, self.reference(run, mask, scaler))
+                      for run, mask in zip(self.runs, self.masks)]
+            self._cache.update(key=key, inputs=inputs)
+        return self._cache["inputs"]
+
+    def windows(self, scaler: Scaler | None, part: str) -> np.ndarray:
+        """``train``: inputs of the rows that train; ``held_out``: of the rest."""
+        keep = (lambda m: m) if part == "train" else (lambda m: ~m)
+        return np.concatenate([x[keep(m)] for x, m in zip(self.run_inputs(scaler), self.masks)])
+
+    def held_out_labels(self) -> np.ndarray | None:
+        """Labels of the held-out rows, or None when any run is unlabelled."""
+        if not self.labelled:
+            return None
+        return np.concatenate([run.labels[~m] for run, m in zip(self.runs, self.masks)])
+
+    def default_reference(self, scaler: Scaler | None) -> Reference:
+        """What /detect scales with when a request brings no reference rows of its own: all local training rows."""
+        return self.prep.reference(self.train_raw() if self.prep.baseline == "run" else None, scaler)

@@ -1,0 +1,205 @@
+"""The detector object: what a trained edge node *is* — preprocessing, autoencoder, threshold, served session.
+
+Shaped like scikit-learn / PyOD estimators: parameters in the constructor (a ``DetectorSpec`` built from config),
+learned state in trailing-underscore attributes (``weights_``, ``reference_``, ``threshold_``, ``decision_scores_``),
+``fit`` / ``decision_function`` / ``predict``. Federation sees only ``get_weights`` / ``set_weights``. The worker,
+the evaluation and the benchmarks all go through this class, so what is evaluated is what is served.
+
+The steps, each usable alone (the worker runs them one federated round at a time):
+- ``partial_fit(inputs, plan, seed)``: local training from the current weights (torch, imported only here);
+- ``calibrate(train_inputs)``: ONNX export, static int8 quantisation on an even sample of the node's own normal
+  inputs, a session of the served kind, and ``threshold_`` from that very session's scores of those inputs;
+- ``decision_function(rows)`` / ``score_inputs(inputs)`` / ``predict(rows)``: scores and flags.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import zlib
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from services.config import Settings, ThresholdSettings
+from services.data.windows import InputPipeline, Preprocessing, Reference
+from services.model.layout import count_parameters, initial_weights, spec_hash
+from services.model.metrics import detection_metrics
+from services.model.scoring import INPUT_NAME, SCORE_NAME, calibrate_threshold, make_session
+from services.protocol.messages import TrainingPlan
+
+SCORE_OUTPUT = [SCORE_NAME]
+CALIBRATION_ROWS = 2000  # int8 activation ranges: an even sample of the node's own training inputs
+
+
+def node_seed(base_seed: int, node_id: str) -> int:
+    """Each node's training seed: the federation's seed + crc32(node id); round r trains with node_seed + r."""
+    return base_seed + zlib.crc32(node_id.encode())
+
+
+@dataclass(frozen=True)
+class DetectorSpec:
+    """The detector's parameters: how rows become inputs, the autoencoder's hidden sizes, the threshold rule and
+    which model is served (int8 or fp32)."""
+
+    prep: Preprocessing
+    hidden: tuple[int, ...]
+    threshold: ThresholdSettings
+    served: str = "int8"
+    seed: int = 0
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "DetectorSpec":
+        return cls(Preprocessing.from_settings(settings.data), tuple(settings.model.hidden), settings.threshold,
+                   settings.serving.model, settings.model.seed)
+
+    @property
+    def width(self) -> int:
+        return self.prep.width
+
+    @property
+    def spec_hash(self) -> str:
+        return spec_hash(self.width, list(self.hidden))
+
+    @property
+    def n_params(self) -> int:
+        return count_parameters(self.width, list(self.hidden))
+
+
+class AnomalyDetector:
+    """One node's detector. Build a fresh one per installed model: a served detector is not changed afterwards, so
+    a request always sees one consistent session, reference and threshold."""
+
+    def __init__(self, spec: DetectorSpec, weights: np.ndarray | None = None):
+        self.spec = spec
+        self.weights_ = initial_weights(spec.width, list(spec.hidden), spec.seed) if weights is None else weights
+        self.reference_: Reference | None = None
+        self.threshold_: float | None = None
+        self.decision_scores_: np.ndarray | None = None  # scores of the calibration (training) inputs
+        self.onnx_fp32_: bytes | None = None
+        self.onnx_int8_: bytes | None = None
+        self.session_ = None
+        self.pipeline_: InputPipeline | None = None
+
+    # -- the federated surface -----------------------------------------------------------------------------------
+    def get_weights(self) -> np.ndarray:
+        return self.weights_
+
+    def set_weights(self, weights: np.ndarray) -> "AnomalyDetector":
+        weights = np.asarray(weights, dtype=np.float32)
+        if weights.size != self.spec.n_params:
+            raise ValueError(f"weight vector has {weights.size} values, the model has {self.spec.n_params}")
+        self.weights_ = weights
+        return self
+
+    # -- training --------------------------------------------------------------------------------------------------
+    def partial_fit(self, inputs: np.ndarray, plan: TrainingPlan, seed: int, epochs: int | None = None,
+                    on_epoch=None):
+        """``plan.local_epochs`` (or ``epochs``) of local training from the current weights; returns TrainResult."""
+        from services.model.autoencoder import build_autoencoder, get_flat_weights, set_flat_weights
+        from services.model.training import train_local
+
+        model = build_autoencoder(self.spec.width, list(self.spec.hidden))
+        set_flat_weights(model, self.weights_)
+        result = train_local(model, inputs, epochs or plan.local_epochs, plan.batch_size, plan.learning_rate,
+                             seed=seed, fedprox_mu=plan.fedprox_mu, on_epoch=on_epoch)
+        self.weights_ = get_flat_weights(model)
+        return result
+
+    def fit(self, rows: np.ndarray, plan: TrainingPlan, epochs: int | None = None) -> "AnomalyDetector":
+        """Standalone use, one run of normal rows: its own reference, training from the current weights,
+        calibration on the same rows."""
+        self.reference_ = self.spec.prep.reference(rows if self.spec.prep.baseline == "run" else None,
+                                                   None if self.spec.prep.baseline == "run" else _own_scaler(rows))
+        inputs = self.spec.prep.inputs(rows, self.reference_)
+        self.partial_fit(inputs, plan, self.spec.seed, epochs)
+        return self.calibrate(inputs, self.reference_)
+
+    def calibrate(self, train_inputs: np.ndarray, reference: Reference | None = None,
+                  workdir: Path | None = None) -> "AnomalyDetector":
+        """Export ONNX, quantise to int8 on the node's own normal inputs, open the served session, and set
+        ``threshold_`` from that session's scores of those inputs (quantisation moves the scores of normal rows)."""
+        from services.model.onnx_export import export_onnx, quantize_int8
+        from services.model.autoencoder import build_autoencoder, set_flat_weights
+
+        model = build_autoencoder(self.spec.width, list(self.spec.hidden))
+        set_flat_weights(model, self.weights_)
+        self.onnx_fp32_ = export_onnx(model, self.spec.width)
+        take = np.linspace(0, len(train_inputs) - 1, min(CALIBRATION_ROWS, len(train_inputs)), dtype=int)
+        with tempfile.TemporaryDirectory(dir=workdir) as work:
+            self.onnx_int8_ = quantize_int8(self.onnx_fp32_, train_inputs[take], Path(work))
+        self._open(self.served_onnx, reference if reference is not None else self.reference_)
+        self._set_threshold(train_inputs)
+        return self
+
+    @classmethod
+    def restore(cls, spec: DetectorSpec, weights: np.ndarray, onnx_fp32: bytes, onnx_int8: bytes,
+                reference: Reference, threshold: float) -> "AnomalyDetector":
+        """A detector calibrated before (persisted state), served again without recalibration."""
+        detector = cls(spec, weights)
+        detector.onnx_fp32_, detector.onnx_int8_, detector.threshold_ = onnx_fp32, onnx_int8, threshold
+        detector._open(detector.served_onnx, reference)
+        return detector
+
+    def served_as(self, served: str, train_inputs: np.ndarray) -> "AnomalyDetector":
+        """The same exported models served as ``served`` (int8 or fp32), its threshold calibrated on the same
+        inputs: the evaluation compares both."""
+        other = AnomalyDetector(replace(self.spec, served=served), self.weights_)
+        other.onnx_fp32_, other.onnx_int8_ = self.onnx_fp32_, self.onnx_int8_
+        other._open(other.served_onnx, self.reference_)
+        other._set_threshold(train_inputs)
+        return other
+
+    def _set_threshold(self, train_inputs: np.ndarray) -> None:
+        self.decision_scores_ = self.score_inputs(train_inputs)
+        self.threshold_ = calibrate_threshold(self.decision_scores_, self.spec.threshold)
+
+    def _open(self, onnx_bytes: bytes, reference: Reference | None) -> None:
+        self.session_ = make_session(onnx_bytes)
+        self.reference_ = reference
+        self.pipeline_ = InputPipeline(self.spec.prep, reference) if reference is not None else None
+
+    @property
+    def served_onnx(self) -> bytes:
+        return self.onnx_int8_ if self.spec.served == "int8" else self.onnx_fp32_
+
+    # -- scoring ---------------------------------------------------------------------------------------------------
+    def inputs(self, rows: np.ndarray, reference_rows: np.ndarray | None = None) -> np.ndarray:
+        """Raw sensor rows (consecutive, in feature order) → model inputs, one per row. With ``reference_rows``
+        (``run`` baseline) the rows are scaled by them and windows reach back into them."""
+        if reference_rows is None or self.spec.prep.baseline != "run":
+            return self.pipeline_(rows)
+        pipeline = InputPipeline(self.spec.prep, self.spec.prep.reference(reference_rows, None))
+        return pipeline(np.concatenate([reference_rows, rows]))[len(reference_rows):]
+
+    def score_inputs(self, inputs: np.ndarray) -> np.ndarray:
+        """Scores of ready model inputs: per-row mean squared reconstruction error (float32), computed inside the
+        session (services/model/scoring.with_score_output)."""
+        return self.session_.run(SCORE_OUTPUT, {INPUT_NAME: np.ascontiguousarray(inputs, dtype=np.float32)})[0]
+
+    def decision_function(self, rows: np.ndarray, reference_rows: np.ndarray | None = None) -> np.ndarray:
+        return self.score_inputs(self.inputs(rows, reference_rows))
+
+    def is_anomaly(self, scores: np.ndarray) -> np.ndarray:
+        """The one place a score becomes a verdict."""
+        return np.asarray(scores) > self.threshold_
+
+    def predict(self, rows: np.ndarray, reference_rows: np.ndarray | None = None) -> np.ndarray:
+        return self.is_anomaly(self.decision_function(rows, reference_rows))
+
+    def evaluate(self, inputs: np.ndarray, labels: np.ndarray | None) -> tuple[dict, np.ndarray]:
+        """Held-out figures and scores. Without labels there is no F1: the alarm rate and score spread instead."""
+        scores = self.score_inputs(inputs)
+        flags = self.is_anomaly(scores)
+        if labels is None:
+            return {"labels": False, "rows": int(len(scores)), "alarm_rate": round(100 * float(flags.mean()), 2)
+                    if len(scores) else 0.0,
+                    "score_p50": float(np.median(scores)) if len(scores) else None,
+                    "score_p99": float(np.quantile(scores, 0.99)) if len(scores) else None}, scores
+        return {"labels": True, **detection_metrics(labels, flags, scores)}, scores
+
+
+def _own_scaler(rows: np.ndarray):
+    from services.data.scaling import FeatureStats
+
+    return FeatureStats.from_rows(rows).scaler()
