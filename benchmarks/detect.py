@@ -79,11 +79,10 @@ def drive(kind: str, url: str, body_file: Path, content_type: str, connections: 
 # -- bodies ------------------------------------------------------------------------------------------------------------
 def held_out_rows(settings, worker_id: str, n: int) -> np.ndarray:
     """The worker's own held-out SKAB rows (after the first train_rows of each file), at least ``n`` of them."""
-    from services.data.skab import find_data_dir, load_partition
+    from services.data.sources import load_node
 
-    worker = settings.worker(worker_id)
-    experiments = load_partition(find_data_dir(settings.data.dir), worker.partition, settings.data.features)
-    rows = np.concatenate([e.values[settings.data.train_rows:] for e in experiments])
+    node = load_node(settings, settings.worker(worker_id))
+    rows = np.concatenate([run.values[~mask] for run, mask in zip(node.runs, node.masks)])
     if len(rows) < n:
         rows = np.concatenate([rows] * (n // len(rows) + 1))
     return rows[:n].astype(np.float32)
@@ -121,16 +120,19 @@ def in_process(settings, state_dir: Path, rows: np.ndarray, batches: list[int], 
     from services.data.windows import Preprocessing, Reference
     from services.model.autoencoder import build_autoencoder, set_flat_weights
     from services.model.layout import count_parameters
-    from services.model.onnx_export import INPUT_NAME
+    from services.model.scoring import INPUT_NAME
     from services.worker.app import _rows, fast_json_rows, parse_binary
-    from services.worker.detector import ServedModel
+    from services.model.detector import AnomalyDetector, DetectorSpec
+    from services.worker.serving import ServedModel
     from services.worker.state import WorkerStore
 
     torch.set_num_threads(1)
     state = WorkerStore(state_dir).load(count_parameters(settings.input_width, settings.model.hidden))
     prep = Preprocessing.from_settings(settings.data)
     reference = Reference(**state.reference)
-    served = ServedModel.build(state.served_onnx, prep, reference, state.threshold, state.model_round, state.served)
+    detector = AnomalyDetector.restore(DetectorSpec.from_settings(settings), state.weights, state.onnx_fp32,
+                                       state.onnx_int8, reference, state.threshold)
+    served = ServedModel(detector, state.model_round)
 
     def raw_session(onnx_bytes: bytes):  # the exported model as it is stored, with the worker's session options
         options = ort.SessionOptions()
@@ -148,7 +150,7 @@ def in_process(settings, state_dir: Path, rows: np.ndarray, batches: list[int], 
                  "hidden": settings.model.hidden, "batches": {}}
     for n in batches:
         part = rows[:n]
-        x = served.inputs(part)
+        x = detector.inputs(part)
         xt = torch.from_numpy(x)
         body, raw = json_body(part), binary_body(part)
         calls = max(1, number // n)
@@ -165,14 +167,14 @@ def in_process(settings, state_dir: Path, rows: np.ndarray, batches: list[int], 
             "ort_fp32_raw": t(lambda: fp32.run(None, {INPUT_NAME: x})),
             "torch_eager_forward": torch_forward,
             "torch_eager_scores": torch_scores,
-            "served_session_scores": t(lambda: served.score_inputs(x)),
+            "served_session_scores": t(lambda: detector.score_inputs(x)),
             "parse_json_exact": t(lambda: _rows(orjson.loads(body)["samples"], features, "row")),
             "parse_json_fast": t(lambda: fast_json_rows(body, len(features), 10**9)),
             "parse_binary": t(lambda: parse_binary(raw, features, 10**9, None)),
             "inputs_preprocessing": t(lambda: prep.inputs(part, reference)),
-            "inputs_served_pipeline": t(lambda: served.inputs(part)),
+            "inputs_served_pipeline": t(lambda: detector.inputs(part)),
             "answer_orjson": t(lambda: orjson.dumps(
-                {"scores": scores, "is_anomaly": scores > served.threshold, "threshold": served.threshold,
+                {"scores": scores, "is_anomaly": detector.is_anomaly(scores), "threshold": served.threshold,
                  "model_round": served.model_round, "model": served.kind}, option=orjson.OPT_SERIALIZE_NUMPY)),
             "served_score_total": t(lambda: served.score(part)),
         }

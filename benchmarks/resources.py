@@ -107,23 +107,21 @@ def epoch_cost(settings, worker_id: str, repeat: int = 3) -> dict:
     wall and CPU seconds, best of ``repeat``. CPU time is what an otherwise idle edge box would also need."""
     import torch
 
-    from services.data.local import LocalData
     from services.data.scaling import FeatureStats
-    from services.data.skab import find_data_dir, load_partition
-    from services.model.autoencoder import build_autoencoder, get_flat_weights
-    from services.model.pipeline import train_round
+    from services.data.sources import load_node
+    from services.model.detector import AnomalyDetector, DetectorSpec
+    from services.protocol.messages import TrainingPlan
 
     torch.set_num_threads(1)
-    worker = settings.worker(worker_id)
-    data = LocalData.from_settings(load_partition(find_data_dir(settings.data.dir), worker.partition,
-                                                  settings.data.features), settings.data)
+    data = load_node(settings, settings.worker(worker_id))
     scaler = FeatureStats.from_rows(data.train_raw()).scaler()
     inputs = data.windows(scaler, "train")
-    start = get_flat_weights(build_autoencoder(settings.input_width, settings.model.hidden, seed=0))
+    spec, plan = DetectorSpec.from_settings(settings), TrainingPlan.from_settings(settings)
     wall, cpu = [], []
     for i in range(repeat):
+        detector = AnomalyDetector(spec)
         w0, c0 = time.perf_counter(), time.process_time()
-        train_round(settings, inputs, start, seed=i, epochs=1)
+        detector.partial_fit(inputs, plan, seed=i, epochs=1)
         wall.append(time.perf_counter() - w0)
         cpu.append(time.process_time() - c0)
     return {"windows": len(inputs), "wall_s": min(wall), "cpu_s": min(cpu)}

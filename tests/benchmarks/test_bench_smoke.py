@@ -66,39 +66,6 @@ def test_resources_script(tmp_path):
     assert r["epoch_in_process"]["cpu_s"] > 0 and r["serving"]["1"]["req_per_s"] > 0
 
 
-# -- the fast paths the benchmarks measure read exactly what the exact paths read --------------------------------
-def test_running_window_stats_equal_the_sliding_window_ones():
-    from services.data.windows import window_stats
-    from services.worker.detector import running_window_stats
-
-    rng = np.random.default_rng(0)
-    for n in (1, 2, 5, 19, 20, 21, 40, 41, 300):
-        for window in (1, 2, 3, 20):
-            z = rng.standard_normal((n, 6)) * 3
-            z[:, 5] = -0.37  # a constant channel: std exactly 0 in the exact path
-            if n > 10:
-                z[n // 2, 2] = 1e4  # a spike: the quiet windows after it keep their small std
-            expected = window_stats(z, window, ("mean", "std", "slope"))
-            got = running_window_stats(z, window, ("mean", "std", "slope")).astype(np.float32)
-            np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5, err_msg=f"n={n} window={window}")
-
-
-def test_served_inputs_equal_the_preprocessing():
-    from services.data.windows import Preprocessing, Reference
-    from services.worker.detector import InputPipeline
-
-    class Data:  # config's data section: 3 of 4 columns, window statistics, standardised again
-        features, model_features, window, window_stats, baseline, train_rows = (
-            ["a", "b", "c", "d"], ["d", "a", "c"], 5, ["mean", "std", "slope"], "run", 50)
-
-    prep = Preprocessing.from_settings(Data)
-    rows = np.random.default_rng(1).standard_normal((200, 4)).astype(np.float32) * [1, 10, 100, 0.1] + [0, 5, 50, 1]
-    reference = prep.reference(rows[:50], None)
-    pipeline = InputPipeline(prep, Reference(**reference.model_dump()))
-    for n in (1, 2, 7, 200):
-        np.testing.assert_allclose(pipeline(rows[:n]), prep.inputs(rows[:n], reference), rtol=1e-5, atol=1e-5)
-
-
 @pytest.mark.parametrize("body", [
     {"samples": [[1, 2.5, -3]] * 60},
     {"samples": [[float(i), i / 3, -i] for i in range(100)]},

@@ -8,7 +8,7 @@ import time
 import httpx
 
 from services.config import Settings
-from services.data.skab import find_data_dir, load_partition
+from services.data.sources import load_node
 
 # Rounds the observed stack trains, and /detect batches it sends afterwards (a batch per second once there are more
 # than 4, so the anomalies chart shows time). `make dashboard-screenshot` raises both for the docs' picture.
@@ -21,10 +21,8 @@ def send_detect_traffic(settings: Settings, worker_urls: dict[str, str], batches
     """POST ``batches`` rounds of one batch of ``rows`` consecutive held-out rows (with the run's first rows as
     baseline) to each worker's /detect; returns per worker the requests, rows scored and anomalies flagged, as the
     answers said."""
-    data_dir = find_data_dir(settings.data.dir)
     train_rows = settings.data.train_rows
-    experiments = {w.id: load_partition(data_dir, w.partition, settings.data.features)
-                   for w in settings.workers if w.id in worker_urls}
+    experiments = {w.id: load_node(settings, w).runs for w in settings.workers if w.id in worker_urls}
     sent = {w: {"requests": 0, "rows": 0, "anomalies": 0} for w in experiments}
     with httpx.Client(timeout=30) as client:
         for b in range(batches):

@@ -19,7 +19,6 @@ import functools
 import sys
 import tempfile
 import time
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,15 +32,17 @@ from services.aggregator.rounds import Federation  # noqa: E402
 from services.aggregator.store import AggregatorStore  # noqa: E402
 from services.config import Settings, load_settings  # noqa: E402
 from services.data.scaling import FeatureStats  # noqa: E402
+from services.data.node import NodeData  # noqa: E402
 from services.data.skab import find_data_dir, load_partition  # noqa: E402
-from services.data.local import LocalData  # noqa: E402
+from services.data.sources import training_selection  # noqa: E402
+from services.data.windows import Preprocessing  # noqa: E402
 from services.model.autoencoder import build_autoencoder, set_flat_weights  # noqa: E402
 from services.model.metrics import pooled_metrics  # noqa: E402
-from services.model.pipeline import train_round  # noqa: E402
+from services.model.detector import AnomalyDetector, DetectorSpec, node_seed  # noqa: E402
 from services.model.scoring import calibrate_threshold  # noqa: E402
 from services.model.training import reconstruction_scores  # noqa: E402
 from services.protocol.codec import encode_weights  # noqa: E402
-from services.protocol.messages import JoinRequest  # noqa: E402
+from services.protocol.messages import JoinRequest, TrainingPlan  # noqa: E402
 from services.security.filters import FilterContext, apply, client_privacy_filters  # noqa: E402
 
 ATTACKER = "other-a"
@@ -56,12 +57,16 @@ def _experiments(folder: str):
     return load_partition(find_data_dir(settings.data.dir), [folder], settings.data.features)
 
 
-def load_nodes(settings: Settings, layout: str = "mixed") -> dict[str, LocalData]:
+def _node(runs, settings: Settings) -> NodeData:
+    return NodeData(list(runs), Preprocessing.from_settings(settings.data), training_selection(settings))
+
+
+def load_nodes(settings: Settings, layout: str = "mixed") -> dict[str, NodeData]:
     """``mixed``: five nodes each with every fifth file of all folders (alike honest nodes, the setting robust
     aggregation is made for); ``folders``: valve1 and other split in two, valve2 whole (strongly non-IID)."""
     if layout == "mixed":
         experiments = [e for folder in ("valve1", "valve2", "other") for e in _experiments(folder)]
-        return {name: LocalData.from_settings(experiments[k::len(MIXED)], settings.data)
+        return {name: _node(experiments[k::len(MIXED)], settings)
                 for k, name in enumerate(MIXED)}
     nodes = {}
     for folder in ("valve1", "valve2", "other"):
@@ -69,7 +74,7 @@ def load_nodes(settings: Settings, layout: str = "mixed") -> dict[str, LocalData
         parts = [experiments] if folder == "valve2" else [experiments[0::2], experiments[1::2]]
         for suffix, part in zip("ab", parts):
             name = folder if folder == "valve2" else f"{folder}-{suffix}"
-            nodes[name] = LocalData.from_settings(part, settings.data)
+            nodes[name] = _node(part, settings)
     return nodes
 
 
@@ -126,11 +131,14 @@ def simulate(strategy: str = "fedavg", attack: str | None = None, rounds: int = 
                                        stats=FeatureStats.from_rows(raw)))
         scaler = fed.scaler
         inputs = {name: node.windows(scaler, "train") for name, node in nodes.items()}
+        spec, plan = DetectorSpec.from_settings(settings), TrainingPlan.from_settings(settings)
         while fed.phase == "training":
             round_no, start = fed.open_round, fed.global_weights.copy()
             for name, node in nodes.items():
-                worker_seed = settings.model.seed + zlib.crc32(name.encode()) + 1000 * seed  # WorkerLoop's rule
-                weights, result = train_round(settings, inputs[name], start, worker_seed + round_no)
+                worker_seed = node_seed(settings.model.seed, name) + 1000 * seed  # WorkerLoop's rule
+                detector = AnomalyDetector(spec, start)
+                result = detector.partial_fit(inputs[name], plan, worker_seed + round_no)
+                weights = detector.get_weights()
                 if client_filters:
                     weights = apply(client_filters, weights, FilterContext(reference=start))
                 if attack and name == ATTACKER:
@@ -141,7 +149,7 @@ def simulate(strategy: str = "fedavg", attack: str | None = None, rounds: int = 
                        fed.state["history"])
 
 
-def evaluate(settings: Settings, weights: np.ndarray, scaler, nodes: dict[str, LocalData], inputs) -> dict:
+def evaluate(settings: Settings, weights: np.ndarray, scaler, nodes: dict[str, NodeData], inputs) -> dict:
     model = build_autoencoder(settings.input_width, settings.model.hidden)
     set_flat_weights(model, weights)
     counts = []

@@ -22,7 +22,7 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE.parents[1])]
 
 from services.config import load_settings  # noqa: E402
-from services.data.skab import find_data_dir, load_partition  # noqa: E402
+from services.data.sources import load_node  # noqa: E402
 from support import Stack, wait_until  # noqa: E402
 
 
@@ -35,8 +35,8 @@ def rss_mb(pid: int) -> float:
 
 def held_out_rows(batch: int) -> list[list[float]]:
     settings = load_settings()
-    experiment = load_partition(find_data_dir(settings.data.dir), ["valve1"], settings.data.features)[0]
-    return experiment.values[settings.data.train_rows:settings.data.train_rows + batch].astype(float).tolist()
+    node = load_node(settings, settings.worker("valve1"))
+    return node.runs[0].values[~node.masks[0]][:batch].astype(float).tolist()
 
 
 def run_soak(seconds: float, concurrency: int = 4, batch: int = 16, workdir: Path | None = None,

@@ -1,9 +1,8 @@
-"""SKAB's figures against hand-computed cases, and the window features the detector uses."""
+"""Detection figures (F1, FAR, MAR, ROC-AUC, PR-AUC) against hand-computed cases."""
 
 import numpy as np
 import pytest
 
-from services.data.windows import Preprocessing, window_stats
 from services.model.metrics import detection_metrics, pooled_metrics
 
 
@@ -35,25 +34,3 @@ def test_pooling_adds_confusion_counts_like_skab():
 def test_null_detector_scores_zero_f1_and_full_mar():
     m = detection_metrics(np.array([0, 1, 1]), np.array([0, 0, 0]))
     assert m["f1"] == 0 and m["far"] == 0 and m["mar"] == 100
-
-
-def test_window_stats_mean_std_slope_by_hand():
-    rows = np.array([[0.0], [1.0], [2.0], [4.0]])
-    out = window_stats(rows, 3, ("mean", "std", "slope"))
-    # row 0's window is [0, 0, 0] (padded with the first row), row 3's is [1, 2, 4]
-    np.testing.assert_allclose(out[0], [0, 0, 0], atol=1e-6)
-    np.testing.assert_allclose(out[3], [7 / 3, np.std([1, 2, 4]), (4 - 1) / 2], rtol=1e-5)
-    np.testing.assert_allclose(out[2], [1, np.std([0, 1, 2]), 1], rtol=1e-5)
-
-
-def test_run_baseline_scales_each_run_by_its_own_reference_rows():
-    prep = Preprocessing(columns=(0, 2), window=4, stats=("mean", "std"), baseline="run", train_rows=50)
-    rng = np.random.default_rng(0)
-    run = rng.normal([10, 5, -3], [1, 1, 2], size=(80, 3))
-    shifted = run + [100, 0, 40]  # the same run at another operating point
-    x, _ = prep.run_inputs(run, None)
-    y, _ = prep.run_inputs(shifted, None)
-    assert x.shape == (80, 4)  # 2 channels × 2 statistics; column 1 is not a model feature
-    np.testing.assert_allclose(x, y, atol=1e-4)  # the operating point is gone
-    np.testing.assert_allclose(x[:50].mean(0), 0, atol=1e-5)  # reference rows standardised
-    np.testing.assert_allclose(x[:50].std(0), 1, atol=1e-4)
