@@ -1,0 +1,47 @@
+"""Static int8 quantisation of an fp32 ONNX model, with onnxruntime alone (no torch): a detect-only node calibrates
+its own int8 scales from the global weights.
+
+Static (QDQ) rather than dynamic quantisation: dynamic int8 computes activation scales per call, so a row's score
+would depend on the other rows in its batch. Static scales are calibrated once on the node's own normal rows.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+from onnxruntime.quantization.shape_inference import quant_pre_process
+
+from services.model.scoring import INPUT_NAME
+
+
+class _Rows(CalibrationDataReader):
+    def __init__(self, rows: np.ndarray, batch: int = 256):
+        self._batches = iter([{INPUT_NAME: rows[i:i + batch]} for i in range(0, len(rows), batch)])
+
+    def get_next(self):
+        return next(self._batches, None)
+
+
+def quantize_int8(fp32_onnx: bytes, calibration_rows: np.ndarray, workdir: Path) -> bytes:
+    """Static QDQ int8 (per-channel weights, uint8 activations) calibrated on ``calibration_rows``."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    raw, src, dst = workdir / "raw.fp32.onnx", workdir / "prep.fp32.onnx", workdir / "calib.int8.onnx"
+    raw.write_bytes(fp32_onnx)
+    quant_pre_process(str(raw), str(src))  # shape inference + graph optimisation, as onnxruntime recommends
+    quantize_static(
+        str(src),
+        str(dst),
+        _Rows(np.ascontiguousarray(calibration_rows, dtype=np.float32)),
+        quant_format=QuantFormat.QDQ,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        per_channel=True,
+    )
+    data = dst.read_bytes()
+    onnx.checker.check_model(onnx.load_from_string(data))
+    for f in (raw, src, dst):
+        f.unlink(missing_ok=True)
+    return data
