@@ -8,6 +8,7 @@ import pytest
 
 from services.config import load_settings
 from services.data.scaling import FeatureStats
+from services.data.selection import FirstRows
 from services.data.skab import find_data_dir, load_partition
 from services.model.layout import count_parameters, spec_hash
 from services.protocol.codec import content_hash, decode_weights, encode_weights
@@ -24,8 +25,8 @@ def auth(worker):
 
 
 def join_body(worker):
-    rows = np.concatenate([e.train_part(400) for e in load_partition(find_data_dir(), SETTINGS.worker(worker).partition,
-                                                                     SETTINGS.data.features)])
+    runs = load_partition(find_data_dir(), SETTINGS.worker(worker).partition, SETTINGS.data.features)
+    rows = np.concatenate([run.values[FirstRows(400).mask(run)] for run in runs])
     return {"spec_hash": SPEC, "sample_count": len(rows), "stats": FeatureStats.from_rows(rows).model_dump()}
 
 
@@ -54,7 +55,8 @@ def test_auth_and_join(aggregator):
     assert first["phase"] == "waiting" and first["scaler"] is None
     second = c.post("/v1/workers/other/join", json=join_body("other"), headers=auth("other")).json()
     assert second["phase"] == "training" and second["round"] == 1 and len(second["scaler"]["mean"]) == 8
-    assert c.get("/v1/model").status_code == 401
+    refused = c.get("/v1/model")
+    assert (refused.status_code, refused.json()["code"]) == (401, "missing_token")
 
 
 def test_updates_are_checked_and_the_round_closes_with_fedavg(aggregator):
@@ -71,7 +73,8 @@ def test_updates_are_checked_and_the_round_closes_with_fedavg(aggregator):
     assert push(c, "valve2", 1, a, samples=100).json() == {"accepted": True, "duplicate": False, "round": 1}
     assert push(c, "valve2", 1, a, samples=100).json()["duplicate"] is True  # a retried upload is harmless
     r = push(c, "valve2", 1, b, samples=100)
-    assert r.status_code == 409 and "already sent a different update" in r.json()["detail"]
+    assert (r.status_code, r.json()["code"]) == (409, "conflicting_update")
+    assert "already sent a different update" in r.json()["detail"]
     assert c.get("/v1/status").json()["updates_in_open_round"] == ["valve2"]
 
     assert push(c, "other", 1, b, samples=300).status_code == 200

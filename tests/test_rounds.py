@@ -48,7 +48,7 @@ def test_round_closes_at_deadline_with_quorum_and_refuses_the_straggler(federati
     np.testing.assert_allclose(fed.global_weights, 2.5)
     with pytest.raises(RoundError) as late:
         fed.submit("other", 1, body(fed, 9.0), 10, 0.1, None)
-    assert late.value.status == 409 and "already closed" in late.value.detail
+    assert (late.value.status, late.value.code) == (409, "stale_round") and "already closed" in late.value.detail
 
 
 def test_pending_updates_survive_a_restart(federation, tmp_path):
@@ -67,5 +67,34 @@ def test_federation_is_done_after_the_configured_rounds(federation):
         for w in ("valve1", "valve2", "other"):
             fed.submit(w, r, body(fed, r), 10, 0.1, None)
     assert fed.phase == "done" and fed.rounds_done == 2
-    with pytest.raises(RoundError, match="federation is done"):
+    with pytest.raises(RoundError, match="federation is done") as refused:
         fed.submit("valve1", 3, body(fed, 1.0), 10, 0.1, None)
+    assert (refused.value.status, refused.value.code) == (409, "no_open_round")
+
+
+@pytest.mark.parametrize("submit,status,code", [
+    (lambda fed: fed.submit("ghost", 1, body(fed, 1.0), 10, 0.1, None), 409, "not_joined"),
+    (lambda fed: fed.submit("valve1", 2, body(fed, 1.0), 10, 0.1, None), 409, "future_round"),
+    (lambda fed: fed.submit("valve1", 1, body(fed, 1.0), 0, 0.1, None), 422, "invalid_request"),
+    (lambda fed: fed.submit("valve1", 1, body(fed, 1.0), 51, 0.1, None), 422, "too_many_samples"),
+    (lambda fed: fed.submit("valve1", 1, body(fed, 1.0), 10, float("inf"), None), 422, "non_finite"),
+    (lambda fed: fed.submit("valve1", 1, body(fed, 1.0)[:-4], 10, 0.1, None), 422, "invalid_update"),
+    (lambda fed: fed.submit("valve1", 1, body(fed, 1.0), 10, 0.1, "0" * 64), 422, "hash_mismatch"),
+    (lambda fed: fed.submit("valve1", 1, body(fed, float("nan")), 10, 0.1, None), 422, "non_finite"),
+    (lambda fed: fed.join("valve1", JoinRequest(spec_hash="0" * 16, sample_count=5, stats=FeatureStats.from_rows(
+        np.zeros((5, 8))))), 409, "spec_mismatch"),
+])
+def test_each_refusal_carries_its_status_and_code(federation, submit, status, code):
+    with pytest.raises(RoundError) as refused:
+        submit(federation)
+    assert (refused.value.status, refused.value.code) == (status, code), refused.value.detail
+    assert federation.pending == {} and federation.rounds_done == 0, "a refusal changes nothing"
+
+
+def test_a_different_second_update_is_a_conflict_and_the_same_one_a_duplicate(federation):
+    fed = federation
+    assert fed.submit("valve1", 1, body(fed, 1.0), 10, 0.1, None)["duplicate"] is False
+    assert fed.submit("valve1", 1, body(fed, 1.0), 10, 0.1, None)["duplicate"] is True
+    with pytest.raises(RoundError) as refused:
+        fed.submit("valve1", 1, body(fed, 2.0), 10, 0.1, None)
+    assert (refused.value.status, refused.value.code) == (409, "conflicting_update")

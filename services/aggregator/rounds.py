@@ -4,6 +4,9 @@ waiting  → workers join with their scaling statistics; once ``min_workers`` ha
 training → round r (= rounds_done + 1) is open; it closes when ``min_workers`` updates arrived, or at the deadline
            with at least ``quorum``; the new global model is persisted, then published (rounds_done += 1)
 done     → all rounds done; the last global model stays published
+
+Detect-only workers (``JoinRequest.role``) only pull the published models: they are listed in the status, never
+counted for ``min_workers`` or ``quorum``, never merged into the scaler, and their updates are refused.
 """
 
 from __future__ import annotations
@@ -21,23 +24,19 @@ from services.aggregator.strategies import make_strategy
 from services.config import Settings
 from services.data.scaling import FeatureStats, Scaler
 from services.model.layout import count_parameters, initial_weights, spec_hash
-from services.protocol.codec import content_hash, decode_weights
+from services.protocol import errors
+from services.protocol.codec import CodecError, content_hash, decode_weights
+from services.protocol.errors import ProtocolError
 from services.protocol.messages import JoinRequest, JoinResponse, TrainingPlan
 from services.security.accountant import GaussianAccountant
-from services.security.filters import FilterContext, GaussianNoise, apply, update_filters
+from services.security.filters import Filter, FilterContext, GaussianNoise, apply, update_filters
 
 log = logging.getLogger("fedad.aggregator")
 
 
-class RoundError(Exception):
-    """A request the round state refuses; ``status`` is the HTTP status that says why, ``reason`` a short fixed code
-    for metrics (services/observability/metrics.py counts refusals by it; None: derived from the status)."""
-
-    def __init__(self, status: int, detail: str, reason: str | None = None):
-        super().__init__(detail)
-        self.status = status
-        self.detail = detail
-        self.reason = reason
+class RoundError(ProtocolError):
+    """A request the round state refuses: its stable ``code`` (services/protocol/errors.py) and HTTP ``status`` say
+    why, for the worker and for metrics alike; ``detail`` says it to people."""
 
 
 @dataclass(frozen=True)
@@ -63,12 +62,15 @@ class Federation:
         clip = self.fed.clip_norm
         if self.server_dp:
             clip = min(clip or privacy.clip_norm, privacy.clip_norm)
+        self.update_clip_norm = clip or None
         self.inbound = update_filters(clip)  # every update, before the strategy sees it
-        self.outbound = [GaussianNoise(privacy.noise_multiplier, privacy.clip_norm)] if self.server_dp else []
+        self.outbound: list[Filter] = ([GaussianNoise(privacy.noise_multiplier, privacy.clip_norm)]
+                                       if self.server_dp else [])
         self.accountant = GaussianAccountant()
         self.storage_error: str | None = None
         self.pending: dict[str, Update] = {}
         self.last_seen: dict[str, float] = {}
+        self.detect_only: dict[str, int] = {}  # detect-only workers (this process) → their sample count
         self.round_listeners: list = []  # called with each closed round's record once it is published (metrics)
         loaded = store.load(self.n_params)
         if loaded is None:
@@ -122,9 +124,12 @@ class Federation:
         for worker_id in sorted(set(joined) | set(self.last_seen)):
             last = next((h["workers"][worker_id] for h in reversed(self.state["history"])
                          if worker_id in h["workers"]), None)
+            detect_only = worker_id in self.detect_only and worker_id not in joined
             workers[worker_id] = {
-                "joined": worker_id in joined,
-                "sample_count": joined.get(worker_id, {}).get("sample_count"),
+                "role": "detect_only" if detect_only else "train",
+                "joined": worker_id in joined or detect_only,
+                "sample_count": self.detect_only[worker_id] if detect_only
+                else joined.get(worker_id, {}).get("sample_count"),
                 "last_seen": self.last_seen.get(worker_id),
                 "last_loss": last["loss"] if last else None,
                 "update_in_open_round": worker_id in self.pending,
@@ -140,7 +145,7 @@ class Federation:
             "updates_in_open_round": sorted(self.pending),
             "deadline_in_s": round(self.deadline() - self.clock(), 1) if self.phase == "training" else None,
             "strategy": self.fed.strategy,
-            "update_clip_norm": self.inbound[0].max_norm if self.inbound else None,
+            "update_clip_norm": self.update_clip_norm,
             "privacy": self.privacy_status(),
             "storage_error": self.storage_error,
             "model": {"spec_hash": self.spec_hash, "parameters": self.n_params,
@@ -161,14 +166,23 @@ class Federation:
         return status
 
     # -- write side -----------------------------------------------------------------------------------------------
+    def seen(self, worker_id: str) -> None:
+        """The worker is alive: it joined, sent an update or reported telemetry just now."""
+        self.last_seen[worker_id] = self.clock()
+
     def join(self, worker_id: str, request: JoinRequest) -> JoinResponse:
         if request.spec_hash != self.spec_hash:
-            raise RoundError(409, f"model spec {request.spec_hash} differs from the federation's {self.spec_hash}: "
-                                  "the worker's config (features, window, model.hidden) must match the aggregator's")
+            raise RoundError(errors.SPEC_MISMATCH,
+                             f"model spec {request.spec_hash} differs from the federation's {self.spec_hash}: "
+                             "the worker's config (features, window, model.hidden) must match the aggregator's")
         if len(request.stats.sum) != len(self.settings.data.features):
-            raise RoundError(422, f"stats have {len(request.stats.sum)} features, "
-                                  f"the federation uses {len(self.settings.data.features)}")
-        self.last_seen[worker_id] = self.clock()
+            raise RoundError(errors.INVALID_REQUEST, f"stats have {len(request.stats.sum)} features, "
+                                                     f"the federation uses {len(self.settings.data.features)}")
+        self.seen(worker_id)
+        if request.role == "detect_only":  # takes the published models, gives nothing: the run's state is unchanged
+            self.detect_only[worker_id] = request.sample_count
+            return self.join_response()
+        self.detect_only.pop(worker_id, None)
         joined = dict(self.state["joined"])
         joined[worker_id] = {"sample_count": request.sample_count, "stats": request.stats.model_dump()}
         state = {**self.state, "joined": joined}
@@ -182,43 +196,46 @@ class Federation:
     def submit(self, worker_id: str, round_no: int, body: bytes, sample_count: int, loss: float,
                sha256: str | None) -> dict:
         """Accept one worker's weights for ``round_no``; closes the round once enough have arrived."""
-        self.last_seen[worker_id] = self.clock()
+        self.seen(worker_id)
+        if worker_id in self.detect_only and worker_id not in self.state["joined"]:
+            raise RoundError(errors.NOT_JOINED, f"worker {worker_id} joined as detect_only: it takes no part in "
+                                                "training; join with role train to send updates")
         if worker_id not in self.state["joined"]:
-            raise RoundError(409, f"worker {worker_id} has not joined this run ({self.state['run_id']}); join first",
-                             reason="not_joined")
+            raise RoundError(errors.NOT_JOINED,
+                             f"worker {worker_id} has not joined this run ({self.state['run_id']}); join first")
         if self.phase != "training":
-            raise RoundError(409, f"no round is open: the federation is {self.phase}", reason="no_open_round")
+            raise RoundError(errors.NO_OPEN_ROUND, f"no round is open: the federation is {self.phase}")
         if round_no != self.open_round:
             when = "already closed" if round_no < self.open_round else "not open yet"
-            raise RoundError(409, f"round {round_no} is {when}; the open round is {self.open_round}",
-                             reason="stale_round" if round_no < self.open_round else "future_round")
+            raise RoundError(errors.STALE_ROUND if round_no < self.open_round else errors.FUTURE_ROUND,
+                             f"round {round_no} is {when}; the open round is {self.open_round}")
         if sample_count < 1:
-            raise RoundError(422, "X-Sample-Count must be a positive integer", reason="invalid_sample_count")
+            raise RoundError(errors.INVALID_REQUEST, "X-Sample-Count must be a positive integer")
         declared = self.state["joined"][worker_id]["sample_count"]
         if sample_count > declared:
-            raise RoundError(422, f"X-Sample-Count {sample_count} exceeds the {declared} samples {worker_id} "
-                                  "declared when it joined", reason="invalid_sample_count")
+            raise RoundError(errors.TOO_MANY_SAMPLES, f"X-Sample-Count {sample_count} exceeds the {declared} "
+                                                      f"samples {worker_id} declared when it joined")
         if not np.isfinite(loss):
-            raise RoundError(422, "X-Train-Loss must be a finite number", reason="invalid_loss")
+            raise RoundError(errors.NON_FINITE, "X-Train-Loss must be a finite number")
         digest = content_hash(body)
         previous = self.pending.get(worker_id)
         if previous is not None:
             if previous.sha256 == digest:
                 return {"accepted": True, "duplicate": True, "round": round_no}
-            raise RoundError(409, f"worker {worker_id} already sent a different update for round {round_no}",
-                             reason="conflicting_update")
+            raise RoundError(errors.CONFLICTING_UPDATE,
+                             f"worker {worker_id} already sent a different update for round {round_no}")
         try:
             weights = decode_weights(body, self.n_params, sha256, body_hash=digest)
-        except ValueError as exc:
-            raise RoundError(422, str(exc), reason="invalid_weights") from None
+        except CodecError as exc:
+            raise RoundError(exc.error, str(exc)) from None
         update = Update(sample_count=sample_count, loss=float(loss), sha256=digest)
         try:
             self.store.save_update(round_no, worker_id, body, {"sample_count": sample_count, "loss": float(loss),
                                                                "sha256": digest})
         except OSError as exc:
             self._storage_failed(exc)
-            raise RoundError(503, f"cannot persist the update ({self.storage_error}): not accepted, "
-                                  "retry later") from None
+            raise RoundError(errors.STORAGE_UNAVAILABLE, f"cannot persist the update ({self.storage_error}): "
+                                                         "not accepted, retry later") from None
         self._accept(worker_id, weights, update)
         if len(self.pending) >= self.fed.min_workers:
             self.close_round("min_workers")
@@ -250,7 +267,8 @@ class Federation:
             committed = self.store.commit(state, weights)
         except OSError as exc:
             self._storage_failed(exc)
-            raise RoundError(503, f"cannot persist the aggregator state ({self.storage_error}); retry later") from None
+            raise RoundError(errors.STORAGE_UNAVAILABLE,
+                             f"cannot persist the aggregator state ({self.storage_error}); retry later") from None
         if self.storage_error:
             log.info("state disk writable again: %s", self.store.dir)
         self.storage_error = None

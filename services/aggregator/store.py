@@ -67,7 +67,8 @@ class AggregatorStore:
 
     def pending_updates(self, round_no: int, n_params: int) -> list[tuple[str, np.ndarray, dict]]:
         """Updates accepted for ``round_no`` before a restart, so no completed upload is lost."""
-        found = {worker_id: (weights, meta) for worker_id, weights, meta, _ in self._read_log(round_no, n_params)}
+        found = {worker_id: (weights, meta) for worker_id, weights, meta, _ in self._read_log(round_no, n_params)
+                 if weights is not None}  # never None when n_params is given
         legacy = self.dir / "pending" / str(round_no)  # one folder per round, two files per update (before the log)
         for meta_file in sorted(legacy.glob("*.json")):
             meta = atomic.read_json(meta_file)

@@ -2,9 +2,10 @@
 
 Why push, not pull: edge nodes dial out to the aggregator (they may sit behind NAT or a firewall that lets nothing
 in), so the aggregator cannot be relied on to reach them. Every ``dashboard.telemetry_interval_s`` a worker posts
-its cumulative /detect counts, its phase and the model round it serves to
-``POST /v1/workers/{id}/telemetry`` with its own token. The aggregator keeps, per configured worker, the latest
-report and anomalies flagged per time bucket — bounded memory, nothing persisted (a restart starts a new chart).
+its cumulative /detect counts, its phase and the model round it serves to ``POST /v1/workers/{id}/telemetry``
+with its own token (the message is services/protocol/messages.py's ``Telemetry``; the aggregator's route hands
+each report to a ``TelemetryBoard``). The board keeps, per configured worker, the latest report and anomalies
+flagged per time bucket — bounded memory, nothing persisted (a restart starts a new chart).
 """
 
 from __future__ import annotations
@@ -14,28 +15,15 @@ import logging
 import math
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field
 
+from services.protocol.messages import Telemetry
+
+__all__ = ["Telemetry", "TelemetryBoard", "TelemetryReporter", "finite_or_none"]
 log = logging.getLogger("fedad.telemetry")
 BUCKETS_KEPT = 360  # anomalies-over-time chart: this many buckets of one report interval each
-
-
-class Telemetry(BaseModel):
-    """What a worker reports: cumulative counters since its process started (``boot_id`` names that process)."""
-
-    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
-
-    boot_id: str = Field(min_length=1, max_length=64)
-    phase: str = Field("", max_length=64)
-    model_round: int | None = Field(None, ge=0)
-    threshold: float | None = None
-    detect_requests: int = Field(0, ge=0)
-    rows_scored: int = Field(0, ge=0)
-    anomalies_flagged: int = Field(0, ge=0)
-    training_loss: float | None = None
 
 
 class TelemetryBoard:

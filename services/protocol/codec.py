@@ -9,12 +9,18 @@ import hashlib
 
 import numpy as np
 
+from services.protocol.errors import HASH_MISMATCH, INVALID_UPDATE, NON_FINITE, ErrorCode
+
 CONTENT_TYPE = "application/octet-stream"
 WIRE_DTYPE = np.dtype("<f4")
 
 
 class CodecError(ValueError):
-    """The body is not a valid weight vector for this model; the message says why."""
+    """The body is not a valid weight vector for this model; the message says why, ``error`` names it."""
+
+    def __init__(self, error: ErrorCode, message: str):
+        super().__init__(message)
+        self.error = error
 
 
 def encode_weights(flat: np.ndarray) -> bytes:
@@ -26,12 +32,15 @@ def decode_weights(body: bytes, n_params: int, sha256: str | None = None, body_h
     SHA-256 if the caller has already computed it (hashing is most of the cost for large models)."""
     expected = n_params * WIRE_DTYPE.itemsize
     if len(body) != expected:
-        raise CodecError(f"weight body has {len(body)} bytes, the model needs {expected} ({n_params} float32 values)")
+        raise CodecError(INVALID_UPDATE, f"weight body has {len(body)} bytes, the model needs {expected} "
+                                         f"({n_params} float32 values)")
     if sha256 is not None and (body_hash or content_hash(body)) != sha256.lower():
-        raise CodecError("weight body does not match its X-Content-SHA256 header (truncated or corrupted upload)")
+        raise CodecError(HASH_MISMATCH, "weight body does not match its X-Content-SHA256 header "
+                                        "(truncated or corrupted upload)")
     flat = np.frombuffer(body, dtype=WIRE_DTYPE).astype(np.float32)
     if not np.all(np.isfinite(flat)):
-        raise CodecError(f"weight body holds {int(np.sum(~np.isfinite(flat)))} non-finite values (NaN or inf)")
+        raise CodecError(NON_FINITE, f"weight body holds {int(np.sum(~np.isfinite(flat)))} non-finite values "
+                                     "(NaN or inf)")
     return flat
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from services.data.scaling import FeatureStats, Scaler
 
@@ -19,6 +21,9 @@ class JoinRequest(BaseModel):
     spec_hash: str = Field(description="hash of the model architecture the worker builds from its config")
     sample_count: int = Field(gt=0, description="number of local training windows")
     stats: FeatureStats = Field(description="per-feature count / sum / sum of squares of the local training rows")
+    role: Literal["train", "detect_only"] = Field(
+        "train", description="detect_only: the worker serves the global models and never trains; it does not count "
+                             "for min_workers or quorum, and its statistics do not enter the scaler")
 
 
 class TrainingPlan(BaseModel):
@@ -31,7 +36,7 @@ class TrainingPlan(BaseModel):
     fedprox_mu: float
 
     @classmethod
-    def from_settings(cls, settings) -> "TrainingPlan":
+    def from_settings(cls, settings) -> TrainingPlan:
         m = settings.model
         return cls(local_epochs=m.local_epochs, batch_size=m.batch_size, learning_rate=m.learning_rate,
                    fedprox_mu=settings.federation.fedprox_mu)
@@ -47,5 +52,17 @@ class JoinResponse(BaseModel):
     scaler: Scaler | None = Field(description="federated feature scaling; null until min_workers have joined")
 
 
-class Problem(BaseModel):
-    detail: str
+class Telemetry(BaseModel):
+    """What a worker reports to the aggregator's dashboard: cumulative counters since its process started
+    (``boot_id`` names that process); counts only, never rows or scores."""
+
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
+
+    boot_id: str = Field(min_length=1, max_length=64)
+    phase: str = Field("", max_length=64)
+    model_round: int | None = Field(None, ge=0)
+    threshold: float | None = None
+    detect_requests: int = Field(0, ge=0)
+    rows_scored: int = Field(0, ge=0)
+    anomalies_flagged: int = Field(0, ge=0)
+    training_loss: float | None = None

@@ -15,6 +15,7 @@ from support import Stack, wait_until
 
 SETTINGS = load_settings()
 TOKENS = {w.id: w.token for w in SETTINGS.workers}
+FATAL_STATUS = {"bad_token": 403, "spec_mismatch": 409}
 
 
 def test_token_table_keeps_only_digests_and_identifies_by_token():
@@ -55,13 +56,33 @@ def test_aggregator_with_hashed_tokens_only_authenticates_the_worker(tmp_path):
         headers = {"Authorization": f"Bearer {TOKENS['valve2']}"}
         assert httpx.get(f"{stack.agg_url}/v1/model", headers=headers).status_code == 200
         wrong = httpx.get(f"{stack.agg_url}/v1/model", headers={"Authorization": f"Bearer {TOKENS['valve2']}!"})
-        assert wrong.status_code == 403
+        assert (wrong.status_code, wrong.json()["code"]) == (403, "bad_token")
     finally:
         stack.stop()
     # and the worker refuses to start without its plaintext token
     worker = stack.worker_services["valve2"].start()
     assert worker.proc.wait(timeout=60) == 2
     assert "workers.valve2.token is required on the worker" in worker.log()
+
+
+@pytest.mark.parametrize("worker_env,code", [
+    ({"FEDAD__WORKERS__VALVE2__TOKEN": "a-token-the-aggregator-does-not-know"}, "bad_token"),
+    ({"FEDAD__MODEL__HIDDEN": "[5, 3, 5]"}, "spec_mismatch"),
+])
+def test_a_worker_stops_on_a_fatal_code_and_says_which(tmp_path, worker_env, code):
+    """A refusal no retry can cure stops the federation loop at once (the worker keeps serving), named by its code."""
+    stack = Stack(tmp_path, workers=["valve2"], min_workers=1, quorum=1)
+    worker = stack.worker_services["valve2"]
+    worker.env = {**stack.env, **worker_env}
+    stack.start()
+    try:
+        status = wait_until(lambda: (s := stack.worker_status("valve2")) and s["phase"] == "failed" and s, 60,
+                            "the worker to stop federating")
+        assert f"({FATAL_STATUS[code]} {code})" in status["last_error"], status
+        assert stack.status()["workers"] == {}, "the aggregator took nothing from the refused worker"
+        assert worker.proc.poll() is None, "the worker process keeps running (and serving)"
+    finally:
+        stack.stop()
 
 
 def test_mutual_tls_federation_runs_and_refuses_clients_without_a_federation_certificate(tmp_path):
@@ -92,7 +113,8 @@ def test_mutual_tls_federation_runs_and_refuses_clients_without_a_federation_cer
                                "one round over mutual TLS")
             assert set(final["history"][0]["workers"]) == set(TOKENS)
             assert client.get("/v1/model", headers=headers).status_code == 200
-            assert client.get("/v1/model", headers={"Authorization": "Bearer nope-nope"}).status_code == 403
+            refused = client.get("/v1/model", headers={"Authorization": "Bearer nope-nope"})
+            assert (refused.status_code, refused.json()["code"]) == (403, "bad_token")
 
         no_cert = ssl.create_default_context(cafile=str(certs / "ca.crt"))
         other_ca = client_context(TlsSettings(enabled=True, dir=stranger), "valve1")

@@ -1,0 +1,59 @@
+"""Route dependencies as ``Annotated`` aliases: the federation, the publisher, the observer and the caller's identity.
+
+``create_app`` puts the shared objects on ``app.state``; routes declare what they need by type, e.g.
+``async def join(worker_id: OwnWorker, federation: FederationDep)``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Header, Request
+
+from services.aggregator.observer import AggregatorObserver
+from services.aggregator.publisher import Publisher
+from services.aggregator.rounds import Federation
+from services.protocol.errors import BAD_TOKEN, MISSING_TOKEN, WRONG_WORKER, ProtocolError
+from services.security.tokens import TokenTable
+
+
+def _federation(request: Request) -> Federation:
+    return request.app.state.federation
+
+
+def _publisher(request: Request) -> Publisher:
+    return request.app.state.publisher
+
+
+def _observer(request: Request) -> AggregatorObserver:
+    return request.app.state.observer
+
+
+def authenticated_worker(
+    request: Request,
+    authorization: Annotated[str | None, Header(description="Bearer <worker token>")] = None,
+) -> str:
+    """The id of the worker whose token the request carries."""
+    if not authorization or not authorization.startswith("Bearer "):
+        raise ProtocolError(MISSING_TOKEN, "missing bearer token: send 'Authorization: Bearer <worker token>'")
+    tokens: TokenTable = request.app.state.tokens
+    worker_id = tokens.identify(authorization.removeprefix("Bearer ").strip())
+    if worker_id is None:
+        raise ProtocolError(BAD_TOKEN, "unknown worker token")
+    return worker_id
+
+
+AuthenticatedWorker = Annotated[str, Depends(authenticated_worker)]
+
+
+def own_worker(worker_id: str, caller: AuthenticatedWorker) -> str:
+    """The path's ``worker_id``, if the token is that worker's: a worker acts only under its own id."""
+    if caller != worker_id:
+        raise ProtocolError(WRONG_WORKER, f"this token belongs to worker {caller}, not {worker_id}")
+    return worker_id
+
+
+FederationDep = Annotated[Federation, Depends(_federation)]
+PublisherDep = Annotated[Publisher, Depends(_publisher)]
+ObserverDep = Annotated[AggregatorObserver, Depends(_observer)]
+OwnWorker = Annotated[str, Depends(own_worker)]

@@ -1,0 +1,67 @@
+"""``POST /v1/rounds/{round_no}/updates``: a worker's new weights for the open round, raw float32 with headers."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Request
+from starlette.requests import ClientDisconnect
+
+from services.aggregator.deps import AuthenticatedWorker, FederationDep, ObserverDep, PublisherDep
+from services.aggregator.observer import AggregatorObserver
+from services.protocol import errors
+from services.protocol.codec import CONTENT_TYPE
+from services.protocol.errors import ProtocolError
+from services.protocol.messages import H_LOSS, H_SAMPLES, H_SHA256
+
+router = APIRouter(prefix="/v1/rounds", tags=["rounds"])
+
+
+async def read_update(request: Request, limit: int, caller: str, observer: AggregatorObserver) -> bytes:
+    """The body, refused as soon as it is known to exceed ``limit`` bytes (from Content-Length, before reading)."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise ProtocolError(errors.TOO_LARGE, f"update body of {declared} bytes exceeds the model's {limit} bytes")
+    media_type = request.headers.get("content-type", CONTENT_TYPE).split(";")[0].strip().lower()
+    if media_type != CONTENT_TYPE:
+        raise ProtocolError(errors.BAD_MEDIA_TYPE, f"update body must be raw little-endian float32 sent as "
+                                                   f"{CONTENT_TYPE}, not {media_type}")
+    body = bytearray()
+    try:
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise ProtocolError(errors.TOO_LARGE, f"update body exceeds the model's {limit} bytes")
+    except ClientDisconnect:
+        raise ProtocolError(errors.CLIENT_DISCONNECTED, f"worker {caller} disconnected after {len(body)} bytes of "
+                                                        "its update: nothing was accepted") from None
+    finally:
+        observer.update_received(len(body))
+    return bytes(body)
+
+
+@router.post("/{round_no}/updates", responses=errors.openapi_responses(
+    errors.CLIENT_DISCONNECTED, errors.MISSING_TOKEN, errors.BAD_TOKEN, errors.NOT_JOINED, errors.NO_OPEN_ROUND,
+    errors.STALE_ROUND, errors.FUTURE_ROUND, errors.CONFLICTING_UPDATE, errors.TOO_LARGE, errors.BAD_MEDIA_TYPE,
+    errors.INVALID_UPDATE, errors.HASH_MISMATCH, errors.NON_FINITE, errors.TOO_MANY_SAMPLES, errors.INVALID_REQUEST,
+    errors.STORAGE_UNAVAILABLE),
+    openapi_extra={"requestBody": {"required": True, "content": {
+        CONTENT_TYPE: {"schema": {"type": "string", "format": "binary"}}}}})
+async def update(
+    round_no: int,
+    request: Request,
+    caller: AuthenticatedWorker,
+    federation: FederationDep,
+    publisher: PublisherDep,
+    observer: ObserverDep,
+    x_sample_count: Annotated[int, Header(alias=H_SAMPLES, description="local training windows")],
+    x_train_loss: Annotated[float, Header(alias=H_LOSS, description="mean training loss of the last epoch")],
+    x_content_sha256: Annotated[str | None, Header(alias=H_SHA256)] = None,
+) -> dict:
+    """Answer ``{"accepted": true, "duplicate": false, "round": r}``; the same bytes sent again are taken once
+    (``duplicate: true``). The round closes as soon as ``min_workers`` updates are in."""
+    body = await read_update(request, federation.n_params * 4, caller, observer)
+    result = federation.submit(caller, round_no, body, x_sample_count, x_train_loss, x_content_sha256)
+    observer.update_accepted(result)
+    publisher.check()
+    return result

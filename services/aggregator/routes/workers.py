@@ -1,0 +1,25 @@
+"""``POST /v1/workers/{worker_id}/join``: a worker enters the run with its model spec and scaling statistics."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import APIRouter
+
+from services.aggregator.deps import FederationDep, OwnWorker
+from services.protocol import errors
+from services.protocol.messages import JoinRequest, JoinResponse
+
+log = logging.getLogger("fedad.aggregator")
+router = APIRouter(prefix="/v1/workers", tags=["workers"])
+
+
+@router.post("/{worker_id}/join", response_model=JoinResponse, responses=errors.openapi_responses(
+    errors.UNREADABLE_BODY, errors.MISSING_TOKEN, errors.BAD_TOKEN, errors.WRONG_WORKER, errors.SPEC_MISMATCH,
+    errors.INVALID_REQUEST, errors.STORAGE_UNAVAILABLE))
+async def join(worker_id: OwnWorker, body: JoinRequest, federation: FederationDep) -> JoinResponse:
+    """Answer: run id, the open round, the training plan every worker uses, and the merged scaler (null until
+    ``min_workers`` have joined)."""
+    response = federation.join(worker_id, body)
+    log.info("worker %s joined (%d samples); phase %s", worker_id, body.sample_count, federation.phase)
+    return response
