@@ -47,12 +47,25 @@ def test_503_before_a_first_model_then_ready_probes(tmp_path):
     try:
         url = stack.worker_url("valve2")
         r = httpx.post(f"{url}/detect", json={"samples": [ROW]})
-        assert r.status_code == 503 and "no model to serve yet" in r.json()["detail"]
-        assert httpx.get(f"{url}/readyz").status_code == 503
+        assert r.status_code == 503 and r.json()["code"] == "no_model"
+        assert "no model to serve yet" in r.json()["detail"]
+        ready = httpx.get(f"{url}/readyz")
+        assert ready.status_code == 503 and ready.json()["code"] == "no_model"
+        streamed = httpx.post(f"{url}/detect", json={"stream": "pump-1", "samples": [ROW]})
+        assert streamed.status_code == 503 and streamed.json()["code"] == "no_model"
         status = httpx.get(f"{url}/v1/status").json()
         assert status["model_round"] is None
     finally:
         worker.kill()
+
+
+def test_unknown_routes_and_methods_answer_with_a_code(client):
+    assert client.get("/nowhere").json() == {"code": "not_found", "detail": "Not Found"}
+    wrong_method = client.get("/detect")
+    assert wrong_method.status_code == 405 and wrong_method.json()["code"] == "method_not_allowed"
+    bad_query = client.get("/v1/streams", params={"limit": -1})
+    assert bad_query.status_code == 422 and bad_query.json()["code"] == "invalid_request"
+    assert "limit" in bad_query.json()["detail"]
 
 
 def test_openapi_docs_on_both_services(trained_stack):

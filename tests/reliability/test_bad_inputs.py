@@ -20,6 +20,7 @@ from services.config import load_settings
 from services.data.scaling import FeatureStats
 from services.model.layout import count_parameters, spec_hash
 from services.protocol.codec import content_hash, decode_weights, encode_weights
+from services.protocol.errors import CODES
 from services.security.tokens import hash_token
 from support import Stack
 
@@ -228,7 +229,31 @@ BATTERY = [
     ("announced gigabyte, refused before reading", D, lambda c: raw_request(
         c.port, b"POST /detect HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
         b"Content-Length: 1000000000\r\n\r\n{\"samples\": ["), 413, "exceeds the limit"),
+    # -- /detect streams
+    ("stream id not a string", D, post_detect({"stream": 5, "samples": [ROW]}), 422, "stream id 5 must be"),
+    ("stream id with a slash", D, post_detect({"stream": "a/b", "samples": [ROW]}), 422, "'a/b' must be"),
+    ("binary body, bad X-Stream", D, lambda c: c.post("/detect", content=np.array([ROW], "<f4").tobytes(), headers={
+        "Content-Type": "application/octet-stream", "X-Stream": "two words"}), 422, "'two words' must be"),
+    ("baseline for a stream that has one", D, lambda c: [c.post("/detect", json={"stream": "battery-known", **body})
+                                                         for body in ({"samples": [ROW]}, {"samples": [ROW],
+                                                                      "baseline": [ROW] * SETTINGS.data.window})][1],
+     409, "already has its reference"),
+    ("a stream the worker does not hold", D, lambda c: c.get("/v1/streams/never-seen"), 404,
+     "no stream 'never-seen'"),
 ]
+# The stable code of every /detect refusal above: clients branch on it, never on the wording.
+DETECT_CODES = {
+    "wrong width": "wrong_width", "too wide": "wrong_width", "second row too short": "wrong_width",
+    "string value": "not_a_number", "boolean value": "not_a_number", "null value": "not_a_number",
+    "nested list value": "not_a_number", "object with a text value": "not_a_number", "empty batch": "empty_batch",
+    "missing field": "missing_field", "body is a list": "missing_field", "samples not a list": "bad_samples",
+    "row not a list": "bad_row", "object missing a feature": "missing_feature", "NaN": "non_finite",
+    "Infinity": "non_finite", "-Infinity": "non_finite", "too large for float32": "non_finite",
+    "truncated JSON": "malformed_json", "empty body": "malformed_json", "oversize batch": "too_large",
+    "announced gigabyte, refused before reading": "too_large", "stream id not a string": "bad_stream_id",
+    "stream id with a slash": "bad_stream_id", "binary body, bad X-Stream": "bad_stream_id",
+    "baseline for a stream that has one": "baseline_already_set", "a stream the worker does not hold": "unknown_stream",
+}
 
 
 @pytest.mark.parametrize("name,service,send,status,message", BATTERY, ids=[f"{b[1]}: {b[0]}" for b in BATTERY])
@@ -238,6 +263,59 @@ def test_bad_input_is_refused_with_status_and_message(request, name, service, se
     assert got == status, f"{name}: expected {status}, got {got}: {text}"
     detail = json.loads(text)["detail"]
     assert isinstance(detail, str) and message in detail, f"{name}: {detail!r} does not say {message!r}"
+
+
+DETECT_CASES = [b for b in BATTERY if b[1] == D]
+
+
+@pytest.mark.parametrize("name,send,status", [(b[0], b[2], b[3]) for b in DETECT_CASES],
+                         ids=[b[0] for b in DETECT_CASES])
+def test_detect_refusal_carries_its_stable_code(detect, name, send, status):
+    answer = send(detect)
+    got, text = (answer.status_code, answer.text) if isinstance(answer, httpx.Response) else answer
+    assert got == status, f"{name}: expected {status}, got {got}: {text}"
+    assert json.loads(text)["code"] == DETECT_CODES[name], text
+
+
+def test_every_detect_case_has_a_code():
+    assert {b[0] for b in DETECT_CASES} == set(DETECT_CODES)
+
+
+# The stable code of every aggregator refusal above (services/protocol/errors.py): the worker branches on it.
+AGGREGATOR_CODES = {
+    "no token": "missing_token", "basic auth instead of bearer": "missing_token", "unknown token": "bad_token",
+    "the stored hash used as token": "bad_token", "join under another worker's id": "wrong_worker",
+    "join under an unknown id": "wrong_worker", "model without token": "missing_token",
+    "join with another model spec": "spec_mismatch", "join with zero samples": "invalid_request",
+    "join with stats of 3 features": "invalid_request", "join with malformed JSON": "invalid_request",
+    "join without stats": "invalid_request", "update for a future round": "future_round",
+    "update for a closed round": "stale_round", "update from a worker that has not joined": "not_joined",
+    "a different second update": "conflicting_update", "round is not a number": "invalid_request",
+    "truncated body": "invalid_update", "empty body": "invalid_update", "float16 weights": "invalid_update",
+    "float64 weights": "too_large", "body twice the model": "too_large", "corrupted body (hash mismatch)":
+    "hash_mismatch", "NaN weight": "non_finite", "infinite weight": "non_finite",
+    "JSON instead of float32": "bad_media_type", "zero sample count": "invalid_request",
+    "sample count not a number": "invalid_request", "more samples than declared at join": "too_many_samples",
+    "missing sample count": "invalid_request", "NaN training loss": "non_finite",
+    "announced gigabyte, refused before reading": "too_large", "long-poll before round -1": "invalid_request",
+    "long-poll wait above 60 s": "invalid_request",
+}
+AGGREGATOR_CASES = [b for b in BATTERY if b[1] == A]
+
+
+@pytest.mark.parametrize("name,send,status", [(b[0], b[2], b[3]) for b in AGGREGATOR_CASES],
+                         ids=[b[0] for b in AGGREGATOR_CASES])
+def test_aggregator_refusal_carries_its_stable_code(aggregator, name, send, status):
+    answer = send(aggregator)
+    got, text = (answer.status_code, answer.text) if isinstance(answer, httpx.Response) else answer
+    assert got == status, f"{name}: expected {status}, got {got}: {text}"
+    problem, code = json.loads(text), AGGREGATOR_CODES[name]
+    assert set(problem) == {"code", "detail"} and problem["code"] == code, f"{name}: expected {code}: {text}"
+    assert CODES[code].status == status, f"{name}: {code} is documented with status {CODES[code].status}"
+
+
+def test_every_aggregator_case_has_a_code():
+    assert {b[0] for b in AGGREGATOR_CASES} == set(AGGREGATOR_CODES)
 
 
 def test_the_battery_is_large_and_distinct():
