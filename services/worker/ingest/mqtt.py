@@ -1,0 +1,80 @@
+"""The worker's connection to its node's MQTT broker (paho-mqtt): device data in, alarm events out.
+
+paho's network thread (``loop_start``) keeps the connection and reconnects after a broker outage, backing off up
+to ``RECONNECT_MAX_S``; subscriptions are (re)made in ``on_connect``, so they come back with every reconnection.
+The session is persistent (``clean_session`` false under a fixed client id): while the worker restarts, the broker
+keeps its QoS 1 messages for it. ``on_message`` runs on paho's thread and only hands the raw message on: parsing
+and scoring happen on the ingestion thread, so a slow model never stalls the connection's keep-alive.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Callable
+
+import paho.mqtt.client as paho
+
+log = logging.getLogger("fedad.worker.mqtt")
+RECONNECT_MAX_S = 5
+
+
+class MqttLink:
+    def __init__(self, host: str, port: int, client_id: str, subscriptions: list[str], qos: int,
+                 on_message: Callable[[str, bytes], None], keepalive_s: int = 30):
+        self.host, self.port, self.subscriptions, self.qos = host, port, list(subscriptions), qos
+        self.handle = on_message
+        self.keepalive = keepalive_s
+        self.connected = threading.Event()
+        self.connections = 0
+        self.on_connected: Callable[[], None] = lambda: None  # after each (re)connection and subscription
+        self.client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False)
+        self.client.reconnect_delay_set(min_delay=1, max_delay=RECONNECT_MAX_S)
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_message = self._on_message
+
+    def start(self) -> None:
+        """Connect in the background: a broker that is not up yet is retried like a lost one."""
+        self.client.connect_async(self.host, self.port, keepalive=self.keepalive)
+        self.client.loop_start()
+
+    def stop(self) -> None:
+        self.connected.clear()  # a disconnection we asked for: not reported as lost
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def publish(self, topic: str, payload: bytes, qos: int = 1, timeout: float = 5.0) -> bool:
+        """Publish and wait for the broker's acknowledgement (PUBACK for QoS 1); False if it did not come."""
+        if not self.connected.is_set():
+            return False
+        info = self.client.publish(topic, payload, qos=qos)
+        if info.rc != paho.MQTT_ERR_SUCCESS:
+            return False
+        try:
+            info.wait_for_publish(timeout)
+        except (RuntimeError, ValueError):  # the message was refused or the connection dropped
+            return False
+        return info.is_published()
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        if reason_code.is_failure:
+            log.warning("MQTT broker %s:%d refused the connection: %s", self.host, self.port, reason_code)
+            return
+        self.connections += 1
+        if self.subscriptions:
+            client.subscribe([(topic, self.qos) for topic in self.subscriptions])
+        self.connected.set()
+        self.on_connected()
+        log.info("MQTT connected to %s:%d, subscribed to %s", self.host, self.port, ", ".join(self.subscriptions))
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        if self.connected.is_set():
+            log.warning("MQTT connection to %s:%d lost (%s): reconnecting", self.host, self.port, reason_code)
+        self.connected.clear()
+
+    def _on_message(self, client, userdata, message) -> None:
+        try:
+            self.handle(message.topic, message.payload)
+        except Exception:  # never let one message end paho's network thread
+            log.exception("MQTT message on %s could not be handed on", message.topic)

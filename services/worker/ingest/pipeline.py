@@ -1,0 +1,298 @@
+"""Device data → scores → alarms, on one ingestion thread.
+
+MQTT messages (raw, from paho's thread) and HTTP push readings (parsed in the request) wait in one bounded queue;
+the ingestion thread parses, assembles rows per device (``assemble``), scores each device's rows as its stream (the
+worker's ``StreamTable``: the same scores /detect gives the same rows) and feeds the alarms. One thread owns the
+assembly state, so it needs no lock, and a slow model never stalls the broker connection.
+
+With ``data.baseline: run`` a device's first ``ingest.baseline_rows`` rows (default ``data.train_rows``) are its
+baseline: they set the stream's scaling and are not scored (as the baseline of a /detect request). A device the
+stream table already holds (handed over by a graceful restart) is scored at once; one whose stream was evicted
+meanwhile starts a new baseline.
+
+Nothing is refused silently: every message or row not scored is counted by reason (``messages.REASONS``) and logged
+with its topic, at most once per reason every ``LOG_EVERY_S`` seconds (a flood must not flood the log too).
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import queue
+import threading
+import time
+from pathlib import Path
+from typing import Protocol
+
+import httpx
+import numpy as np
+import orjson
+
+from services.config import Settings, WorkerSettings
+from services.protocol import errors
+from services.protocol.errors import ProtocolError
+from services.worker.alarms import AlarmBook, Outbox
+from services.worker.ingest.assemble import Assembler, Row
+from services.worker.ingest.messages import REASONS, Reading, Refused, TopicFilter, parse
+from services.worker.ingest.mqtt import MqttLink
+
+log = logging.getLogger("fedad.worker.ingest")
+LOG_EVERY_S = 10.0
+TICK_S = 0.25  # the ingestion thread resolves overdue rows at least this often
+OUTBOX_DIR = "alarm-outbox"
+
+
+class StreamScorer(Protocol):
+    """What ingestion needs of the worker's streams (services.worker.streams.StreamTable)."""
+
+    def score(self, stream: str, rows: np.ndarray, baseline: np.ndarray | None = None): ...  # → .scores .flags
+    # .model .stream_rows; raises ProtocolError (no_model, baseline_already_set, ...)
+
+    def describe(self, stream: str) -> dict: ...  # raises ProtocolError unknown_stream for a stream it does not hold
+
+    def forget(self, stream: str) -> dict: ...
+
+
+class DeviceIngest:
+    def __init__(self, settings: Settings, worker: WorkerSettings, streams: StreamScorer):
+        cfg, self.alarm_cfg = settings.ingest, settings.alarms
+        self.worker_id = worker.id
+        self.features = settings.data.features
+        self.feature_set = frozenset(self.features)
+        self.streams = streams
+        # a baseline spans at least one window (the stream table's rule), so a device's first scored row has its own
+        self.baseline_rows = max(cfg.baseline_rows or settings.data.train_rows, settings.data.window, 2) \
+            if settings.data.baseline == "run" else 0
+        self.max_devices = cfg.max_devices
+        self.queue: queue.Queue = queue.Queue(maxsize=cfg.queue_messages)
+        self.refused: collections.Counter = collections.Counter()
+        self.counts = collections.Counter()  # messages, readings, rows_scored, rows_anomalous, baseline_rows
+        self._count_lock = threading.Lock()
+        self._last_log: dict[str, float] = {}
+        self._suppressed: collections.Counter = collections.Counter()
+        self.assembler = Assembler(self.features, cfg.tolerance_s, cfg.max_wait_s, cfg.missing, cfg.max_devices,
+                                   self.refuse)
+        self._collecting: collections.OrderedDict[str, list[np.ndarray]] = collections.OrderedDict()
+        self._ready: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+        mqtt = cfg.mqtt
+        self.routes = [(TopicFilter(t.topic.replace("{worker}", worker.id)), t.format) for t in mqtt.topics]
+        self.link = MqttLink(mqtt.host, mqtt.port, mqtt.client_id or f"fedad-{worker.id}",
+                             [f.pattern for f, _ in self.routes], mqtt.qos, self.on_message,
+                             mqtt.keepalive_s) if mqtt.enabled else None
+        self.alarm_topic = self.alarm_cfg.topic.replace("{worker}", worker.id)
+        sinks = {}
+        if self.link is not None:
+            sinks["mqtt"] = self._publish_alarm
+            self.link.on_connected = lambda: self.outbox.wake()  # held events go out as soon as the broker is back
+        if self.alarm_cfg.webhook:
+            sinks["webhook"] = self._post_alarm
+        self.outbox = Outbox(Path(worker.state_dir) / OUTBOX_DIR, sinks, self.alarm_cfg.outbox_max) if sinks else None
+        self.alarms = AlarmBook(worker.id, self.alarm_cfg.open_after, self.alarm_cfg.clear_after,
+                                self.outbox.put if self.outbox else (lambda event: None), self.alarm_cfg.recent,
+                                max_streams=max(cfg.max_devices, settings.streams.max_streams))
+
+    # -- life -----------------------------------------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="ingest", daemon=True)
+        self._thread.start()
+        if self.outbox:
+            self.outbox.start()
+        if self.link:
+            self.link.start()
+
+    def stop(self) -> None:
+        """Graceful: no more input, the queued messages are still scored (their alarm events reach the outbox),
+        then the outbox stops with what it could not deliver on disk."""
+        if self.link:
+            self.link.stop()
+        self._stop.set()
+        if self._thread:
+            self._thread.join(30)
+        if self.outbox:
+            self.outbox.stop()
+
+    # -- input ----------------------------------------------------------------------------------------------------
+    def on_message(self, topic: str, payload: bytes) -> None:
+        """paho's thread: queue the raw message (parsing happens on the ingestion thread)."""
+        self._enqueue((topic, payload, time.time()), f"topic {topic}")
+
+    def push(self, reading: Reading) -> None:
+        """The HTTP push route: a reading it parsed."""
+        self._enqueue(reading, f"HTTP push {reading.device}")
+
+    def _enqueue(self, item, where: str) -> None:
+        try:
+            self.queue.put_nowait(item)
+        except queue.Full:
+            self.refuse("queue_full", f"{where}: {self.queue.maxsize} messages already wait to be scored")
+
+    def refuse(self, reason: str, detail: str) -> None:
+        with self._count_lock:
+            self.refused[reason] += 1
+            now = time.monotonic()
+            if now - self._last_log.get(reason, -LOG_EVERY_S) < LOG_EVERY_S:
+                self._suppressed[reason] += 1
+                return
+            self._last_log[reason] = now
+            more = self._suppressed.pop(reason, 0)
+        log.warning("refused (%s): %s%s", reason, detail, f" (and {more} more since the last line)" if more else "")
+
+    def _count(self, **amounts: int) -> None:
+        with self._count_lock:
+            self.counts.update(amounts)
+
+    # -- the ingestion thread -------------------------------------------------------------------------------------
+    def _run(self) -> None:
+        next_tick = time.monotonic() + TICK_S
+        while True:
+            try:
+                item = self.queue.get(timeout=TICK_S)
+            except queue.Empty:
+                if self._stop.is_set():
+                    return
+                item = None
+            try:
+                rows = self._take(item) if item is not None else []
+                if time.monotonic() >= next_tick:
+                    rows += self.assembler.expire(time.time())
+                    next_tick = time.monotonic() + TICK_S
+                if rows:
+                    self._score(rows)
+            except Exception:  # a bug must not end ingestion: log it with what was being handled
+                log.exception("ingestion failed on %s", item[0] if isinstance(item, tuple) else item)
+
+    def _take(self, item) -> list[Row]:
+        if isinstance(item, tuple):
+            topic, payload, arrival = item
+            self._count(messages=1)
+            readings = self._parse(topic, payload, arrival)
+        else:
+            readings = [item]
+        rows = []
+        for reading in readings:
+            self._count(readings=1)
+            rows += self.assembler.add(reading, time.time())
+        return rows
+
+    def _parse(self, topic: str, payload: bytes, arrival: float) -> list[Reading]:
+        for topic_filter, fmt in self.routes:
+            captured = topic_filter.match(topic)
+            if captured is not None:
+                try:
+                    return parse(fmt, f"topic {topic}", payload, self.feature_set, *captured, now=arrival)
+                except Refused as exc:
+                    self.refuse(exc.reason, exc.detail)
+                    return []
+        self.refuse("bad_payload", f"topic {topic}: matches no configured subscription")
+        return []
+
+    def _score(self, rows: list[Row]) -> None:
+        start = 0
+        for i in range(1, len(rows) + 1):  # consecutive rows of one device score together
+            if i == len(rows) or rows[i].device != rows[start].device:
+                group = rows[start:i]
+                self._score_device(group[0].device, np.stack([r.values for r in group]),
+                                   [r.timestamp for r in group])
+                start = i
+
+    def _score_device(self, device: str, values: np.ndarray, times: list[float]) -> None:
+        baseline = None
+        if self.baseline_rows:
+            if device not in self._ready and device not in self._collecting and self._held(device):
+                self._mark_ready(device)
+            if device not in self._ready:
+                with self._count_lock:  # document() reads the collecting devices from another thread
+                    collected = self._collecting.setdefault(device, [])
+                    self._collecting.move_to_end(device)
+                    while len(self._collecting) > self.max_devices:
+                        self._collecting.popitem(last=False)
+                take = min(self.baseline_rows - len(collected), len(values))
+                collected.extend(values[:take])
+                self._count(baseline_rows=take)
+                values, times = values[take:], times[take:]
+                if not len(values):
+                    return
+                baseline = np.stack(collected)
+        try:
+            scored = self.streams.score(device, values, baseline)
+        except ProtocolError as exc:
+            if exc.code == errors.BASELINE_ALREADY_SET.code:  # the stream came back meanwhile: it has its reference
+                scored = self.streams.score(device, values)
+            elif exc.code == errors.NO_MODEL.code:
+                self.refuse("no_model", f"{device}: {len(values)} row(s) not scored, no model yet")
+                return
+            else:
+                raise
+        if baseline is not None:
+            with self._count_lock:
+                self._collecting.pop(device, None)
+            self._mark_ready(device)
+        elif self.baseline_rows and scored.stream_rows == 0:
+            # the stream had been evicted: it came back without a baseline; start one with these rows
+            self.streams.forget(device)
+            self._ready.pop(device, None)
+            with self._count_lock:
+                self._collecting[device] = list(values[:self.baseline_rows])
+            self._count(baseline_rows=min(len(values), self.baseline_rows))
+            log.info("device %s: its stream was evicted, a new baseline starts", device)
+            return
+        flags = np.asarray(scored.flags, dtype=bool)
+        self._count(rows_scored=len(values), rows_anomalous=int(flags.sum()))
+        self.alarms.observe(device, times, scored.scores, flags, scored.model.threshold, scored.model.model_round)
+
+    def _held(self, device: str) -> bool:
+        try:
+            return bool(self.streams.describe(device).get("baseline"))
+        except ProtocolError:  # unknown_stream
+            return False
+
+    def _mark_ready(self, device: str) -> None:
+        self._ready[device] = None
+        self._ready.move_to_end(device)
+        while len(self._ready) > self.max_devices:
+            self._ready.popitem(last=False)
+
+    # -- alarm sinks (the outbox's thread) --------------------------------------------------------------------------
+    def _publish_alarm(self, event: dict) -> bool:
+        return self.link.publish(self.alarm_topic, orjson.dumps(event), qos=1)
+
+    def _post_alarm(self, event: dict) -> bool:
+        response = httpx.post(self.alarm_cfg.webhook, content=orjson.dumps(event), timeout=5,
+                              headers={"content-type": "application/json"})
+        return response.is_success
+
+    # -- reading ----------------------------------------------------------------------------------------------------
+    def document(self) -> dict:
+        """GET /v1/ingest: counts, refusals by reason, devices waiting for their baseline, the broker link."""
+        with self._count_lock:
+            counts, refused = dict(self.counts), dict(self.refused)
+            collecting = {d: len(r) for d, r in list(self._collecting.items())[-20:]}
+        return {"mqtt": {"enabled": self.link is not None,
+                         "connected": bool(self.link and self.link.connected.is_set()),
+                         "connections": self.link.connections if self.link else 0,
+                         "subscriptions": [f.pattern for f, _ in self.routes] if self.link else []},
+                "counts": {k: counts.get(k, 0) for k in ("messages", "readings", "baseline_rows", "rows_scored",
+                                                         "rows_anomalous")},
+                "refused": {k: refused.get(k, 0) for k in REASONS if refused.get(k)},
+                "rows_carried_forward": self.assembler.carried, "queued": self.queue.qsize(),
+                "baseline": {"rows": self.baseline_rows,
+                             "collecting": collecting},
+                "alarm_outbox": {"pending": self.outbox.pending() if self.outbox else 0,
+                                 "delivered": self.outbox.delivered if self.outbox else 0,
+                                 "dropped": self.outbox.dropped if self.outbox else 0,
+                                 "topic": self.alarm_topic if self.link else None}}
+
+    def metrics(self) -> dict:
+        """What /metrics shows (services.observability.metrics.IngestCollector)."""
+        with self._count_lock:
+            counts, refused = dict(self.counts), dict(self.refused)
+        return {"refused": {k: refused.get(k, 0) for k in REASONS}, "messages": counts.get("messages", 0),
+                "rows_scored": counts.get("rows_scored", 0), "rows_anomalous": counts.get("rows_anomalous", 0),
+                "alarms_open": {s: 1.0 for s in self.alarms.open_streams()},
+                "alarm_events": dict(self.alarms.events),
+                "outbox_pending": self.outbox.pending() if self.outbox else 0,
+                "outbox_dropped": self.outbox.dropped if self.outbox else 0,
+                "mqtt_connected": 1.0 if self.link and self.link.connected.is_set() else 0.0}
