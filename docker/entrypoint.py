@@ -4,7 +4,8 @@
     entrypoint.py worker [--id ID] [...]   -> python -m services.worker [args...]   (or FEDAD_WORKER_ID=ID)
 
 Defaults, each only when not set already (by id or by index): the service listens on 0.0.0.0 (the container's
-network is its boundary; publish ports on 127.0.0.1 on the host) and keeps its state in the /state volume.
+network is its boundary; publish ports on 127.0.0.1 on the host) and keeps its state in the /state volume; with
+FEDAD_WORKER_MODE (docker/worker-detect.Dockerfile sets detect_only) the worker's mode.
 The health-check URL is written to /tmp so that the HEALTHCHECK needs no config parsing every few seconds.
 """
 
@@ -64,6 +65,8 @@ def main(argv: list[str]) -> int:
         keys = _worker_keys(worker_id)
         _set_default(keys, "HOST", "0.0.0.0")
         _set_default(keys, "STATE_DIR", "/state")
+        if os.environ.get("FEDAD_WORKER_MODE"):  # the detect-only image: a node that cannot train
+            _set_default(keys, "MODE", os.environ["FEDAD_WORKER_MODE"])
 
     from services.config import ConfigError, load_settings
 

@@ -4,8 +4,8 @@
 
 Finds the project's containers by their compose labels (works with Compose v2 and 1.29), reads their published
 127.0.0.1 ports from `docker inspect`, and prints when each one became ready, counted from --since (the time
-`compose up` was called; default: now). --done also waits until the aggregator reports rounds_done == rounds_total. Standard library only; talks to
-127.0.0.1 only.
+`compose up` was called; default: now). --done also waits until the aggregator reports rounds_done ==
+rounds_total. Standard library only; talks to 127.0.0.1 only.
 """
 
 from __future__ import annotations

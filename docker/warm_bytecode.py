@@ -6,7 +6,7 @@ The image keeps bytecode for these modules only: pip installs with --no-compile 
 every start (measured: +2.7 s before a worker's first training step). Running this doubles as a smoke test: the
 build fails if the service cannot be imported with the packages in the image.
 
-    python warm_bytecode.py worker|aggregator
+    python warm_bytecode.py worker|worker-detect|aggregator
 """
 
 import importlib
@@ -43,8 +43,27 @@ def exercise_torch() -> None:
         torch.onnx.export(model, (x[:1],), buffer, dynamo=False)
 
 
+def exercise_detect() -> None:
+    """What a detect-only worker runs without torch: the fp32 graph from weights, int8 of it, the in-graph session."""
+    import numpy as np
+
+    from services.data.windows import Preprocessing
+    from services.model.graph import autoencoder_graph
+    from services.model.layout import Architecture
+    from services.model.preprocess_graph import served_graph
+    from services.model.quantize import quantize_int8
+    from services.model.scoring import make_session
+
+    fp32 = autoencoder_graph(Architecture.dense(6, (4,)).initial_weights(0), 6, [4])
+    with tempfile.TemporaryDirectory() as tmp:
+        int8 = quantize_int8(fp32, np.random.rand(300, 6).astype(np.float32), Path(tmp))
+    prep = Preprocessing(columns=(0, 1), window=3, stats=("mean", "std", "slope"), baseline="run")
+    make_session(served_graph(int8, prep, prep.reference(np.random.rand(10, 2), None), 2))
+
+
 ENTRY_MODULES = {
     "worker": ["services.worker.__main__", "services.worker.app"],
+    "worker-detect": ["services.worker.__main__", "services.worker.app"],
     "aggregator": ["services.aggregator.__main__", "services.aggregator.app"],
 }
 
@@ -57,6 +76,8 @@ def main(service: str) -> int:
         importlib.import_module(module)
     if service == "worker":  # the aggregator has no torch (numpy seeds its first model)
         exercise_torch()
+    if service.startswith("worker"):
+        exercise_detect()
     print(f"{service}: {len(sys.modules)} modules imported and compiled")
     return 0
 

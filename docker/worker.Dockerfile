@@ -56,7 +56,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     ORT_DISABLE_TELEMETRY=1 \
     FEDAD_CONFIG=/etc/fedad/config.yaml \
-    FEDAD_DATA_DIR=/data \
+    FEDAD__DATA__DIR=/data \
     FEDAD_SERVICE=worker
 WORKDIR /app
 # numeric, so that Kubernetes' runAsNonRoot can verify it

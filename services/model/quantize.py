@@ -30,7 +30,10 @@ def quantize_int8(fp32_onnx: bytes, calibration_rows: np.ndarray, workdir: Path)
     workdir.mkdir(parents=True, exist_ok=True)
     raw, src, dst = workdir / "raw.fp32.onnx", workdir / "prep.fp32.onnx", workdir / "calib.int8.onnx"
     raw.write_bytes(fp32_onnx)
-    quant_pre_process(str(raw), str(src))  # shape inference + graph optimisation, as onnxruntime recommends
+    # shape inference + graph optimisation, as onnxruntime recommends; onnx's own shape inference, not the symbolic
+    # one: that imports onnxruntime.tools, which imports torch wherever torch is installed (a training worker's
+    # serving process must not load it), and for these graphs both give the same quantised model
+    quant_pre_process(str(raw), str(src), skip_symbolic_shape=True)
     quantize_static(
         str(src),
         str(dst),

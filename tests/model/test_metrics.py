@@ -34,3 +34,19 @@ def test_pooling_adds_confusion_counts_like_skab():
 def test_null_detector_scores_zero_f1_and_full_mar():
     m = detection_metrics(np.array([0, 1, 1]), np.array([0, 0, 0]))
     assert m["f1"] == 0 and m["far"] == 0 and m["mar"] == 100
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_numpy_auc_figures_equal_scikit_learns_with_and_without_ties(seed):
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    from services.model.metrics import average_precision, roc_auc
+
+    rng = np.random.default_rng(seed)
+    n = 5000
+    labels = rng.random(n) < 0.1 * (seed + 1)
+    scores = rng.standard_normal(n) + labels * (seed + 0.5)
+    if seed % 2:  # many tied scores, as int8 scores are
+        scores = np.round(scores, 1)
+    assert roc_auc(labels, scores) == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
+    assert average_precision(labels, scores) == pytest.approx(average_precision_score(labels, scores), abs=1e-12)
