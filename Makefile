@@ -25,7 +25,7 @@ venv: $(VENV)/.installed
 run: venv  ## train the federation on this machine, print detection figures, serve /detect until Ctrl-C
 	$(PY) -m services.cli run
 
-test: venv  ## the whole test suite (real services on loopback, real SKAB data)
+test: venv lint  ## lint and type check, then the whole test suite (real services on loopback, real SKAB data)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 clean-state:  ## forget the persisted run (aggregator and worker state)

@@ -154,8 +154,11 @@ def main(argv: list[str] | None = None) -> dict:
           f"{'x model':>8} {'decode+add':>11} {'per update':>11} {'peak MiB':>9} | {'stacked':>9} {'peak MiB':>9} "
           f"{'max|diff|':>9}")
     for r in rows:
-        stacked_txt = (f"{r['stacked_s'] * 1e3:>7.1f}ms {r['stacked_peak_mib']:>9.1f} {r['max_abs_diff']:>9.1e}"
-                       if r["stacked_s"] is not None else f"{'skipped':>9} {'(needs ' + format(r['stacked_skipped_gib'], '.1f') + ' GiB)':>19}")
+        if r["stacked_s"] is not None:
+            stacked_txt = f"{r['stacked_s'] * 1e3:>7.1f}ms {r['stacked_peak_mib']:>9.1f} {r['max_abs_diff']:>9.1e}"
+        else:
+            needs = f"(needs {r['stacked_skipped_gib']:.1f} GiB)"
+            stacked_txt = f"{'skipped':>9} {needs:>19}"
         print(f"  {r['model']:<8} {r['n_params']:>10,} {r['n']:>5} {r['fedavg_s'] * 1e3:>9.1f}ms "
               f"{r['fedavg_s'] / r['n'] * 1e6:>9.1f}µs {r['fedavg_peak_mib']:>9.2f} "
               f"{r['fedavg_peak_mib'] / r['model_mib']:>8.1f} {r['fedavg_with_decode_s'] * 1e3:>9.1f}ms "

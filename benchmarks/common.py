@@ -132,7 +132,7 @@ class Process:
         self.log_path = Path(log_dir) / f"{name}.log"
         self.proc: subprocess.Popen | None = None
 
-    def start(self) -> "Process":
+    def start(self) -> Process:
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(self.argv, env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
         return self
@@ -141,7 +141,7 @@ class Process:
     def pid(self) -> int:
         return self.proc.pid
 
-    def wait_healthy(self, timeout: float = 60, path: str = "/healthz") -> "Process":
+    def wait_healthy(self, timeout: float = 60, path: str = "/healthz") -> Process:
         def healthy():
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{self.name} exited {self.proc.returncode}:\n{self.log()}")
@@ -210,7 +210,7 @@ class Federation:
     def worker_url(self, w: str) -> str:
         return f"http://{LOOPBACK}:{self.ports[w]}"
 
-    def start(self) -> "Federation":
+    def start(self) -> Federation:
         self.aggregator.start()
         for s in self.services.values():
             s.start()

@@ -35,8 +35,22 @@ import httpx
 import numpy as np
 import orjson
 
-from benchmarks.common import (LOOPBACK, REPO, Federation, Process, Profile, base_env, best_of, cpu_seconds,
-                               emit_json, free_port, median, print_header, rss_mib, workdir)
+from benchmarks.common import (
+    LOOPBACK,
+    REPO,
+    Federation,
+    Process,
+    Profile,
+    base_env,
+    best_of,
+    cpu_seconds,
+    emit_json,
+    free_port,
+    median,
+    print_header,
+    rss_mib,
+    workdir,
+)
 
 JSON = "application/json"
 BINARY = "application/octet-stream"
@@ -82,7 +96,7 @@ def held_out_rows(settings, worker_id: str, n: int) -> np.ndarray:
     from services.data.sources import load_node
 
     node = load_node(settings, settings.worker(worker_id))
-    rows = np.concatenate([run.values[~mask] for run, mask in zip(node.runs, node.masks)])
+    rows = np.concatenate([run.values[~mask] for run, mask in zip(node.runs, node.masks, strict=True)])
     if len(rows) < n:
         rows = np.concatenate([rows] * (n // len(rows) + 1))
     return rows[:n].astype(np.float32)
@@ -119,10 +133,10 @@ def in_process(settings, state_dir: Path, rows: np.ndarray, batches: list[int], 
 
     from services.data.windows import Preprocessing, Reference
     from services.model.autoencoder import build_autoencoder, set_flat_weights
+    from services.model.detector import AnomalyDetector, DetectorSpec
     from services.model.layout import count_parameters
     from services.model.scoring import INPUT_NAME
-    from services.worker.app import _rows, fast_json_rows, parse_binary
-    from services.model.detector import AnomalyDetector, DetectorSpec
+    from services.worker.parsing import _rows, fast_json_rows, parse_binary
     from services.worker.serving import ServedModel
     from services.worker.state import WorkerStore
 
@@ -263,13 +277,13 @@ def main(argv: list[str] | None = None) -> dict:
                 configs.append((f"binary {n}", detect_url, worker.pid, bodies[n][1], BINARY, c, n))
             runs: dict[str, list[dict]] = {name: [] for name, *_ in configs}
             for i in range(args.repeat):
-                for name, url, pid, body, ctype, conns, n in configs:
+                for name, url, pid, body, ctype, conns, _ in configs:
                     runs[name].append(drive(kind, url, body, ctype, conns, args.duration, pid))
                 print(f"# round {i + 1}/{args.repeat} done; load average {os.getloadavg()[0]:.2f}", flush=True)
             rss_serving = rss_mib(worker.pid)
             profiles = {}
             if args.profile:  # separate runs: sampling slows the server down, so none of the figures above has it
-                for name, url, pid, body, ctype, conns, n in configs:
+                for name, url, pid, body, ctype, conns, _ in configs:
                     if name in ("json 1", f"json {max(batches)}", f"binary {max(batches)}"):
                         base = Path(args.profile)
                         prof = Profile(pid, base.with_name(f"{base.stem}-{name.replace(' ', '')}{base.suffix}"))
@@ -279,7 +293,7 @@ def main(argv: list[str] | None = None) -> dict:
                             prof.stop()
                         profiles[name] = prof.top(12)
             http = {name: {**summarise(r), "rows": n, "body_bytes": body.stat().st_size, "connections": conns}
-                    for (name, url, pid, body, ctype, conns, n), r in zip(configs, runs.values())}
+                    for (name, url, pid, body, ctype, conns, n), r in zip(configs, runs.values(), strict=True)}
             for v in http.values():
                 v["rows_per_s"] = v["req_per_s"] * v["rows"]
             ref = in_process(settings, wd / args.worker, rows, batches, args.inproc_number, args.inproc_repeat)

@@ -30,8 +30,20 @@ import numpy as np
 import orjson
 import yaml
 
-from benchmarks.common import (LOOPBACK, REPO, Process, Profile, base_env, cpu_seconds, emit_json, free_port, median,
-                               print_header, rss_mib, workdir)
+from benchmarks.common import (
+    LOOPBACK,
+    REPO,
+    Process,
+    Profile,
+    base_env,
+    cpu_seconds,
+    emit_json,
+    free_port,
+    median,
+    print_header,
+    rss_mib,
+    workdir,
+)
 
 TARGET_S = 0.5  # median round overhead with 100 clients
 
@@ -55,7 +67,7 @@ class Connection:
     def __init__(self, port: int):
         self.port = port
 
-    async def open(self) -> "Connection":
+    async def open(self) -> Connection:
         self.reader, self.writer = await asyncio.open_connection(LOOPBACK, self.port)
         return self
 
@@ -111,7 +123,7 @@ async def http_rounds(port: int, settings, ids: list[str], updates, rounds: int,
     conns = [await Connection(port).open() for _ in ids]
     observer = await Connection(port).open()
     try:
-        for i, (worker_id, conn) in enumerate(zip(ids, conns)):  # joins: set-up, not timed
+        for i, (worker_id, conn) in enumerate(zip(ids, conns, strict=True)):  # joins: set-up, not timed
             status, _, text = await conn.request("POST", f"/v1/workers/{worker_id}/join",
                                                  {**auth(worker_id), "Content-Type": "application/json"},
                                                  orjson.dumps(join_request(settings, i)))
@@ -247,8 +259,10 @@ def main(argv: list[str] | None = None) -> dict:
     if len(rows) > 1:
         first, last = rows[0], rows[-1]
         growth = (last["overhead_median_s"] / first["overhead_median_s"]) / (last["clients"] / first["clients"])
-        print(f"  growth {first['clients']} -> {last['clients']} clients: x{last['overhead_median_s'] / first['overhead_median_s']:.1f} "
-              f"for x{last['clients'] / first['clients']:.0f} clients ({'linear' if 0.5 < growth < 1.5 else 'sub-linear' if growth <= 0.5 else 'super-linear'})")
+        shape = "linear" if 0.5 < growth < 1.5 else "sub-linear" if growth <= 0.5 else "super-linear"
+        print(f"  growth {first['clients']} -> {last['clients']} clients: "
+              f"x{last['overhead_median_s'] / first['overhead_median_s']:.1f} "
+              f"for x{last['clients'] / first['clients']:.0f} clients ({shape})")
     if profile:
         print(f"\nprofile of the aggregator, {counts[-1]} clients ({args.profile}):")
         print("\n".join(profile.top()))

@@ -24,3 +24,9 @@ report: venv  ## render reports/report.html from the last `make evaluate`
 
 evaluate-sweep: venv  ## the settings tried for docs/quality.md, one evaluation each
 	$(PY) -m services.evaluation.sweep
+
+.PHONY: evaluate-kinds
+KINDS ?= dense,conv1d,lstm
+
+evaluate-kinds: venv  ## dense vs conv1d vs lstm autoencoders, federated on SKAB: quality fp32/int8, size, time (docs/quality.md)
+	$(PY) -m services.evaluation.kinds --kinds $(KINDS)

@@ -4,10 +4,16 @@ Why one loader for both services: the aggregator and every worker must agree on 
 and the round rules, so they read the same file. Containers override single values with
 ``FEDAD__SECTION__KEY=value``, parsed as YAML; list items by index or, for workers, by id
 (``FEDAD__WORKERS__0__TOKEN`` or ``FEDAD__WORKERS__VALVE1__TOKEN``), so a container only needs to know its own id.
+That is the one override mechanism; ``FEDAD_CONFIG`` only picks the file.
+
+Why the code defaults equal the shipped config.yaml's values (tests/test_config.py checks it): a key left out of a
+config then means what the shipped file says, not a second, older opinion. What only the data can tell (its
+columns, the channels worth watching) and the dense layer sizes have no default: the file must say them.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 from pathlib import Path
@@ -25,6 +31,12 @@ class ConfigError(ValueError):
     """A config value is missing or wrong; the message names the key."""
 
 
+def hash_token(token: str) -> str:
+    """What ``token_sha256`` holds: the SHA-256 of the token's UTF-8 bytes, in hex. Defined here because the loader
+    checks a worker's token against its digest; services.security.tokens uses the same function."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -34,13 +46,13 @@ class DataSettings(_Section):
     dir: Path | None = None
     features: list[str] = Field(min_length=1)
     train_rows: int = Field(400, gt=0)
-    window: int = Field(1, ge=1, le=256)
-    window_stats: list[Literal["mean", "std", "slope"]] = []
-    baseline: Literal["federation", "run"] = "federation"
-    model_features: list[str] | None = None
+    window: int = Field(20, ge=1, le=256)
+    window_stats: list[Literal["mean", "std", "slope"]] = ["mean", "std", "slope"]
+    baseline: Literal["federation", "run"] = "run"
+    model_features: list[str] | None  # null: all features; no default, the channels worth watching depend on the data
 
     @model_validator(mode="after")
-    def _model_inputs(self) -> "DataSettings":
+    def _model_inputs(self) -> DataSettings:
         if len(set(self.window_stats)) != len(self.window_stats):
             raise ValueError(f"window_stats repeats a statistic: {self.window_stats}")
         if self.model_features is not None:
@@ -50,9 +62,47 @@ class DataSettings(_Section):
         return self
 
 
+MODEL_KINDS = ("dense", "conv1d", "lstm")
+RAW_WINDOW_KINDS = ("conv1d", "lstm")  # read the window's rows themselves, not statistics of them
+INT8_REFUSED = {  # kinds whose served int8 model does not hold fp32's accuracy, or is not int8 (docs/quality.md)
+    "lstm": "onnxruntime's static int8 quantisation leaves the LSTM operators in float (it quantises only the "
+            "output layer), so the int8 model is not an int8 LSTM",
+}
+
+
+class Conv1dSettings(_Section):
+    """Size of the 1-D convolutional autoencoder: channels of each stride-2 encoder layer, and the kernel length."""
+
+    channels: list[int] = Field([16, 1], min_length=1)  # a narrow last layer: docs/quality.md "Model kinds"
+    kernel: int = Field(5, ge=1, le=63)
+
+    @field_validator("channels")
+    @classmethod
+    def _positive(cls, channels: list[int]) -> list[int]:
+        if any(c < 1 for c in channels):
+            raise ValueError("every channel count must be >= 1")
+        return channels
+
+    @field_validator("kernel")
+    @classmethod
+    def _odd(cls, kernel: int) -> int:
+        if kernel % 2 == 0:
+            raise ValueError("the kernel length must be odd (the padding keeps a window's rows centred)")
+        return kernel
+
+
+class LstmSettings(_Section):
+    """Size of the LSTM autoencoder: the state size of its encoder and decoder."""
+
+    hidden: int = Field(1, ge=1, le=1024)  # as narrow as it gets: docs/quality.md "Model kinds"
+
+
 class ModelSettings(_Section):
-    hidden: list[int] = Field(min_length=1)
-    local_epochs: int = Field(5, ge=1)
+    kind: Literal["dense", "conv1d", "lstm"] = "dense"
+    hidden: list[int] = Field(min_length=1)  # dense: hidden layer sizes
+    conv1d: Conv1dSettings = Conv1dSettings()
+    lstm: LstmSettings = LstmSettings()
+    local_epochs: int = Field(3, ge=1)
     batch_size: int = Field(64, ge=1)
     learning_rate: float = Field(0.005, gt=0)
     seed: int = Field(0, ge=0, lt=2**32)  # initial weights; torch and numpy's MT19937 both take 32 bits
@@ -63,6 +113,20 @@ class ModelSettings(_Section):
         if any(s < 1 for s in sizes):
             raise ValueError("every hidden layer size must be >= 1")
         return sizes
+
+    def refusals(self, data: DataSettings, serving: ServingSettings) -> list[str]:
+        """Why this model cannot run on ``data`` or be served as ``serving.model``, each naming its keys."""
+        problems = []
+        if self.kind in RAW_WINDOW_KINDS and data.window_stats:
+            problems.append(f"model.kind {self.kind} reads the window's raw rows: data.window_stats must be [] "
+                            f"(got {data.window_stats})")
+        if self.kind == "conv1d" and data.window < self.conv1d.kernel:
+            problems.append(f"data.window ({data.window}) is shorter than model.conv1d.kernel "
+                            f"({self.conv1d.kernel}): the convolution needs a window at least one kernel long")
+        if serving.model == "int8" and self.kind in INT8_REFUSED:
+            problems.append(f"serving.model int8 cannot serve model.kind {self.kind}: {INT8_REFUSED[self.kind]}; "
+                            "set serving.model: fp32")
+        return problems
 
 
 class FederationSettings(_Section):
@@ -76,7 +140,7 @@ class FederationSettings(_Section):
     fedprox_mu: float = Field(0.0, ge=0)
 
     @model_validator(mode="after")
-    def _quorum_fits(self) -> "FederationSettings":
+    def _quorum_fits(self) -> FederationSettings:
         if self.quorum > self.min_workers:
             raise ValueError(f"quorum ({self.quorum}) must not exceed min_workers ({self.min_workers})")
         return self
@@ -86,7 +150,7 @@ class ThresholdSettings(_Section):
     rule: Literal["quantile", "mean_std"] = "quantile"
     quantile: float = Field(0.99, gt=0, lt=1)
     k: float = Field(3.0, ge=0)
-    factor: float = Field(1.0, gt=0)
+    factor: float = Field(1.2, gt=0)
 
 
 class PrivacySettings(_Section):
@@ -128,6 +192,62 @@ class ServingSettings(_Section):
     max_batch_rows: int = Field(10000, ge=1)
 
 
+class StreamSettings(_Section):
+    """Per-stream state for /detect requests that name a ``stream``: at most ``max_streams`` streams are held (the
+    least recently used is evicted beyond that); each holds its last ``window - 1`` raw rows and its reference."""
+
+    max_streams: int = Field(1000, ge=1, le=1_000_000)
+
+
+class MqttTopicSettings(_Section):
+    """One subscription: an MQTT topic filter (``{worker}`` becomes the worker id; its first ``+`` level names the
+    device, a second the property) and the message format on it (services/worker/ingest/messages.py)."""
+
+    topic: str = Field(min_length=1)
+    format: Literal["rows", "kubeedge_data", "kubeedge_twin", "property"]
+
+
+class MqttSettings(_Section):
+    """The node's MQTT broker (KubeEdge runs Mosquitto on the edge node at 127.0.0.1:1883): device data in, alarm
+    events out."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = Field(1883, ge=1, le=65535)
+    client_id: str | None = None  # null: fedad-<worker id>
+    qos: int = Field(1, ge=0, le=2)
+    keepalive_s: int = Field(30, ge=5, le=3600)
+    topics: list[MqttTopicSettings] = [
+        MqttTopicSettings(topic="$ke/events/device/+/data/update", format="kubeedge_data"),
+        MqttTopicSettings(topic="$hw/events/device/+/twin/update", format="kubeedge_twin"),
+        MqttTopicSettings(topic="fedad/{worker}/rows/+", format="rows"),
+        MqttTopicSettings(topic="fedad/{worker}/properties/+/+", format="property")]
+
+
+class IngestSettings(_Section):
+    """Device data over MQTT and the mapper's HTTP push, assembled into rows per device and scored as its stream."""
+
+    mqtt: MqttSettings = MqttSettings()
+    tolerance_s: float = Field(0.5, ge=0)  # readings of one device this close in time make one row
+    max_wait_s: float = Field(5.0, gt=0)  # an incomplete row waits this long for its missing properties ...
+    missing: Literal["drop", "carry_forward"] = "drop"  # ... then is dropped (counted) or filled with the last values
+    max_devices: int = Field(1000, ge=1, le=1_000_000)  # devices assembled at once (least recently used out)
+    baseline_rows: int | None = Field(None, ge=2)  # data.baseline run: a device's first rows set its scaling (null:
+    # data.train_rows)
+    queue_messages: int = Field(10000, ge=1)  # readings waiting for the ingestion thread; beyond: refused, counted
+
+
+class AlarmSettings(_Section):
+    """Debounced alarms per stream (services/worker/alarms.py), published to ``topic`` and an optional webhook."""
+
+    open_after: int = Field(3, ge=1)  # consecutive anomalous rows that open an alarm
+    clear_after: int = Field(10, ge=1)  # consecutive normal rows that clear it
+    topic: str = Field("fedad/{worker}/alarms", min_length=1)
+    webhook: str | None = Field(None, pattern=r"^https?://")
+    outbox_max: int = Field(10000, ge=1)  # undelivered events kept on disk; beyond, the oldest is dropped (counted)
+    recent: int = Field(50, ge=0, le=10_000)  # cleared alarms listed in /v1/status
+
+
 class LoggingSettings(_Section):
     """Both services: ``text`` lines or one JSON object per line, each with the worker id and round."""
 
@@ -163,6 +283,7 @@ class WorkerSettings(_Section):
     state_dir: Path
     token: str | None = Field(None, min_length=8)
     token_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
+    mode: Literal["train", "detect_only"] = "train"  # detect_only: serves the federated model, never trains
 
     @field_validator("token", "token_sha256", mode="before")
     @classmethod
@@ -170,11 +291,10 @@ class WorkerSettings(_Section):
         return str(value) if isinstance(value, int) and not isinstance(value, bool) else value  # YAML reads 1234 as int
 
     @model_validator(mode="after")
-    def _token_given(self) -> "WorkerSettings":
+    def _token_given(self) -> WorkerSettings:
         if self.token is None and self.token_sha256 is None:
             raise ValueError("give token (the worker needs it) or token_sha256 (enough for the aggregator)")
         if self.token is not None and self.token_sha256 is not None:
-            from services.security.tokens import hash_token
             if hash_token(self.token) != self.token_sha256:
                 raise ValueError("token_sha256 is not the SHA-256 of token")
         return self
@@ -186,6 +306,9 @@ class Settings(_Section):
     federation: FederationSettings = FederationSettings()
     threshold: ThresholdSettings = ThresholdSettings()
     serving: ServingSettings = ServingSettings()
+    streams: StreamSettings = StreamSettings()
+    ingest: IngestSettings = IngestSettings()
+    alarms: AlarmSettings = AlarmSettings()
     privacy: PrivacySettings = PrivacySettings()
     tls: TlsSettings = TlsSettings()
     logging: LoggingSettings = LoggingSettings()
@@ -194,7 +317,7 @@ class Settings(_Section):
     workers: list[WorkerSettings] = Field(min_length=1)
 
     @model_validator(mode="after")
-    def _unique_workers(self) -> "Settings":
+    def _unique_workers(self) -> Settings:
         ids = [w.id for w in self.workers]
         dup = {i for i in ids if ids.count(i) > 1}
         if dup:
@@ -205,6 +328,13 @@ class Settings(_Section):
         if self.tls.enabled and not self.aggregator.url.startswith("https://"):
             raise ValueError(f"tls.enabled is true but aggregator.url is {self.aggregator.url}: "
                              "workers must reach the aggregator with https://")
+        return self
+
+    @model_validator(mode="after")
+    def _model_fits(self) -> Settings:
+        problems = self.model.refusals(self.data, self.serving)
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
 
     def worker(self, worker_id: str) -> WorkerSettings:
@@ -284,10 +414,11 @@ def load_settings(path: Path | str | None = None, environ: dict[str, str] | None
 
 def _resolve_paths(settings: Settings, base: Path) -> Settings:
     """Relative state and data paths are relative to the config file, so any working directory works."""
-    def resolve(p: Path | None) -> Path | None:
-        return p if p is None or p.is_absolute() else base / p
+    def resolve(p: Path) -> Path:
+        return p if p.is_absolute() else base / p
 
-    settings.data.dir = resolve(settings.data.dir)
+    if settings.data.dir is not None:
+        settings.data.dir = resolve(settings.data.dir)
     settings.aggregator.state_dir = resolve(settings.aggregator.state_dir)
     settings.tls.dir = resolve(settings.tls.dir)
     for w in settings.workers:

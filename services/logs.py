@@ -16,7 +16,7 @@ import contextvars
 import datetime as dt
 import json
 import logging
-from typing import Callable
+from collections.abc import Callable
 
 worker_context: contextvars.ContextVar[str | None] = contextvars.ContextVar("fedad_log_worker", default=None)
 _process = {"service": "fedad", "worker": None}
@@ -57,11 +57,13 @@ class TextFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         worker = getattr(record, "worker", None)
+        service = getattr(record, "service", None)
         if self.worker_in_service:  # a worker process: "worker[valve1]", as before
-            record.tag = f"{record.service}[{worker}]"
+            record.tag = f"{service}[{worker}]"
         else:
-            record.tag = f"{record.service} worker={worker or '-'}"
-        record.round_text = "-" if getattr(record, "round", None) is None else record.round
+            record.tag = f"{service} worker={worker or '-'}"
+        round_ = getattr(record, "round", None)
+        record.round_text = "-" if round_ is None else round_
         return super().format(record)
 
 
@@ -70,7 +72,7 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         line = {
-            "time": dt.datetime.fromtimestamp(record.created, dt.timezone.utc).isoformat(timespec="milliseconds"),
+            "time": dt.datetime.fromtimestamp(record.created, dt.UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname,
             "service": getattr(record, "service", _process["service"]),
             "worker": getattr(record, "worker", None),

@@ -1,12 +1,17 @@
 """config.yaml is the one place to tune; bad values stop start-up with a message that names the key."""
 
+import ast
 import subprocess
 import sys
+import typing
+from pathlib import Path
 
 import pytest
-
-from services.config import ConfigError, load_settings
+import yaml
+from pydantic import BaseModel, TypeAdapter
 from support import REPO
+
+from services.config import DEFAULT_CONFIG, ConfigError, Settings, load_settings
 
 
 def test_default_config_loads_with_the_documented_defaults():
@@ -71,3 +76,105 @@ def test_config_errors_echo_values_but_never_a_token():
     message = str(refused.value)
     assert "token_sha256 is not the SHA-256 of token" in message and "(got 'zero')" in message
     assert load_settings().worker("valve1").token not in message
+
+
+def _section(annotation) -> type[BaseModel] | None:
+    return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+
+
+def default_disagreements(model: type[BaseModel], raw: dict, where: str = "") -> tuple[set[str], list[str]]:
+    """Walk ``model``'s fields beside the YAML mapping ``raw``: every field with a code default must appear in the
+    file with an equal value. Returns the keys compared and the disagreements. In list items (workers) a None
+    default marks an optional alternative (token or token_sha256), not a default, and is skipped."""
+    compared: set[str] = set()
+    problems: list[str] = []
+    in_list_item = where.endswith("]")
+    for name, field in model.model_fields.items():
+        key = f"{where}.{name}" if where else name
+        section = _section(field.annotation)
+        item = (_section(typing.get_args(field.annotation)[0])
+                if typing.get_origin(field.annotation) is list else None)
+        if section is not None:
+            inner = raw.get(name)
+            if not isinstance(inner, dict):
+                problems.append(f"{key}: config.yaml has no {name} section")
+                continue
+            more, wrong = default_disagreements(section, inner, key)
+            compared |= more
+            problems += wrong
+        elif item is not None and field.is_required():  # workers: each entry's own defaults
+            for i, entry in enumerate(raw.get(name) or []):
+                more, wrong = default_disagreements(item, entry, f"{key}[{i}]")
+                compared |= more
+                problems += wrong
+        elif not field.is_required():  # a value, or a list of sections with a default list
+            default = field.get_default(call_default_factory=True)
+            if in_list_item and default is None:
+                continue
+            if name not in raw:
+                problems.append(f"{key}: config.yaml does not carry it (code default {default!r})")
+                continue
+            shipped = TypeAdapter(field.annotation).validate_python(raw[name])
+            compared.add(key)
+            if shipped != default:
+                problems.append(f"{key}: code default {default!r}, config.yaml {shipped!r}")
+    return compared, problems
+
+
+def test_code_defaults_equal_the_shipped_config():
+    raw = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    compared, problems = default_disagreements(Settings, raw)
+    assert not problems, "code defaults and config.yaml disagree:\n" + "\n".join(problems)
+    assert {"data.window", "data.window_stats", "data.baseline", "model.local_epochs", "threshold.factor",
+            "federation.rounds", "workers[0].host"} <= compared
+
+
+def test_the_defaults_check_names_a_disagreement_and_a_missing_key():
+    raw = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    raw["threshold"]["factor"] = 1.0
+    del raw["data"]["window"]
+    _, problems = default_disagreements(Settings, raw)
+    assert sorted(problems) == ["data.window: config.yaml does not carry it (code default 20)",
+                                "threshold.factor: code default 1.2, config.yaml 1.0"]
+
+
+def test_values_only_the_data_can_know_have_no_code_default(tmp_path):
+    raw = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    del raw["data"]["model_features"]
+    path = tmp_path / "no-model-features.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError, match=r"data\.model_features: Field required"):
+        load_settings(path, environ={})
+
+
+def test_the_data_folder_is_one_more_override():
+    s = load_settings(environ={"FEDAD__DATA__DIR": "/srv/fedad-data"})
+    assert s.data.dir == Path("/srv/fedad-data")
+    assert load_settings(environ={"FEDAD__DATA__DIR": "relative"}).data.dir == DEFAULT_CONFIG.parent / "relative"
+
+
+# The process-level variables besides FEDAD__SECTION__KEY (README, Configuration): which file, which worker, the
+# reliability tests' fault points; and FEDAD_SKAB_URL, a mirror for SKAB's download that the SKAB source still reads.
+PROCESS_VARIABLES = {"FEDAD_CONFIG", "FEDAD_WORKER_ID", "FEDAD_FAULT", "FEDAD_SKAB_URL"}
+
+
+def _environment_reads(path: Path) -> set[str]:
+    """Names of the literal environment variables ``path`` reads: os.environ.get / os.getenv / os.environ[...]."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant):
+            called = ast.unparse(node.func)
+            if called in ("os.environ.get", "os.getenv", "environ.get"):
+                names.add(node.args[0].value)
+        elif isinstance(node, ast.Subscript) and ast.unparse(node.value) in ("os.environ", "environ") \
+                and isinstance(node.slice, ast.Constant):
+            names.add(node.slice.value)
+    return names
+
+
+def test_services_read_no_ad_hoc_fedad_variables():
+    read = {name: p for p in (REPO / "services").rglob("*.py") for name in _environment_reads(p)
+            if str(name).startswith("FEDAD")}
+    assert {"FEDAD_CONFIG", "FEDAD_WORKER_ID", "FEDAD_FAULT"} <= set(read)
+    stray = {name: str(p.relative_to(REPO)) for name, p in read.items() if name not in PROCESS_VARIABLES}
+    assert not stray, f"use FEDAD__SECTION__KEY (a config.yaml key) instead of: {stray}"

@@ -22,7 +22,8 @@ def test_shapes_hash_and_count_match_the_torch_model(width, hidden):
     model = build_autoencoder(width, hidden)
     shapes = [(name, tuple(t.shape)) for name, t in model.state_dict().items()]
     assert parameter_shapes(width, hidden) == shapes
-    assert spec_hash(width, hidden) == hashlib.sha256(json.dumps(shapes).encode()).hexdigest()[:16]
+    described = {"kind": "dense", "width": width, "shapes": shapes}
+    assert spec_hash(width, hidden) == hashlib.sha256(json.dumps(described).encode()).hexdigest()[:16]
     assert count_parameters(width, hidden) == sum(p.numel() for p in model.parameters())
 
 

@@ -34,7 +34,7 @@ def _manifest() -> dict[str, str]:
 def find_data_dir(configured: Path | None = None) -> Path:
     """The folder holding ``skab/``: config, else $FEDAD_DATA_DIR, else ../shared/data, else a verified download.
     A folder the user named is used or refused, never silently replaced by another one."""
-    named = configured or os.environ.get("FEDAD_DATA_DIR")
+    named = configured  # data.dir, or FEDAD__DATA__DIR through the config loader
     if named:
         if (Path(named) / "skab").is_dir():
             return Path(named)

@@ -6,30 +6,12 @@ from pathlib import Path
 
 from services.config import REPO_ROOT, Settings
 from services.evaluation.runner import KINDS, MODES, run_evaluation
-
-# The SKAB README's outlier-detection leaderboard (test set), as quoted in shared/data/skab/SOURCE.md.
-SKAB_LEADERBOARD = [
-    ("Conv-AE", 0.78, 13.55, 28.02), ("MSET", 0.78, 39.73, 14.13), ("T-squared+Q (PCA)", 0.76, 26.62, 24.92),
-    ("LSTM-AE", 0.74, 29.96, 25.92), ("T-squared", 0.66, 19.21, 42.60), ("LSTM-VAE", 0.56, 9.13, 55.03),
-    ("Vanilla LSTM", 0.54, 12.54, 59.53), ("Vanilla AE", 0.39, 2.59, 75.15), ("Isolation forest", 0.29, 2.56, 82.89),
-    ("Null detector", 0.0, 0.0, 100.0),
-]
-MODE_NAMES = {"federated": "federated", "centralised": "centralised", "local": "local-only"}
+from services.evaluation.table import MODE_NAMES, SKAB_LEADERBOARD, table_rows
 
 
 def _resolve(path: str) -> Path:
     p = Path(path)
     return p if p.is_absolute() else Path.cwd() / p
-
-
-def table_rows(results: dict) -> list[dict]:
-    rows = []
-    for mode, entry in results["modes"].items():
-        for kind in KINDS:
-            p = entry["kinds"][kind]["pooled"]
-            rows.append({"name": f"fedad {MODE_NAMES[mode]} {kind}", "f1": p["f1"], "far": p["far"], "mar": p["mar"],
-                         "roc_auc": p.get("roc_auc"), "pr_auc": p.get("pr_auc"), "ours": True})
-    return rows
 
 
 def format_table(results: dict) -> str:
@@ -67,7 +49,7 @@ def evaluate_command(settings: Settings, out: str, modes: str) -> None:
 
 
 def report_command(results_dir: str, out: str) -> None:
-    from services.evaluation.report import write_report
+    from services.evaluation.report import write_report  # here, not above: matplotlib is the optional report extra
 
     folder = _resolve(results_dir)
     if not (folder / "results.json").is_file():

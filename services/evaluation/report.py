@@ -23,8 +23,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from sklearn.metrics import precision_recall_curve, roc_curve  # noqa: E402
 
-from services.evaluation.cli import MODE_NAMES, SKAB_LEADERBOARD, table_rows  # noqa: E402
 from services.evaluation.runner import KINDS  # noqa: E402
+from services.evaluation.table import MODE_NAMES, SKAB_LEADERBOARD, table_rows  # noqa: E402
 
 FIGURES = {
     "fig-distribution": "Reconstruction-error distribution with the threshold",

@@ -88,7 +88,7 @@ def _simulation_settings(settings: Settings, n_workers: int) -> Settings:
     return sim
 
 
-def train_federated(settings: Settings, nodes: dict[str, LocalData], progress: Progress) -> Trained:
+def train_federated(settings: Settings, nodes: dict[str, NodeData], progress: Progress) -> Trained:
     from services.security.filters import FilterContext, apply, client_privacy_filters
 
     started = time.time()
@@ -131,7 +131,7 @@ def _per_round(epoch_losses: list[float], epochs_per_round: int) -> list[float]:
             for i in range(0, len(epoch_losses), epochs_per_round)]
 
 
-def train_centralised(settings: Settings, nodes: dict[str, LocalData], progress: Progress) -> Trained:
+def train_centralised(settings: Settings, nodes: dict[str, NodeData], progress: Progress) -> Trained:
     """All training inputs in one place; the scaler (federation baseline) is the pooled one, as the federation's is."""
     started = time.time()
     scaler = FeatureStats.from_rows(np.concatenate([n.train_raw() for n in nodes.values()])).scaler()
@@ -143,7 +143,7 @@ def train_centralised(settings: Settings, nodes: dict[str, LocalData], progress:
     return Trained({w: weights for w in nodes}, {w: scaler for w in nodes}, losses, time.time() - started)
 
 
-def train_local_only(settings: Settings, nodes: dict[str, LocalData], progress: Progress) -> Trained:
+def train_local_only(settings: Settings, nodes: dict[str, NodeData], progress: Progress) -> Trained:
     started = time.time()
     weights, scalers, losses = {}, {}, {}
     epochs = settings.federation.rounds * settings.model.local_epochs
@@ -157,7 +157,7 @@ def train_local_only(settings: Settings, nodes: dict[str, LocalData], progress: 
     return Trained(weights, scalers, losses, time.time() - started)
 
 
-def score_trained(settings: Settings, nodes: dict[str, LocalData], trained: Trained, workdir: Path) -> dict:
+def score_trained(settings: Settings, nodes: dict[str, NodeData], trained: Trained, workdir: Path) -> dict:
     """Per worker and kind: the served-model path (export, quantise, calibrate, evaluate) plus per-run scores."""
     out = {}
     for worker_id, node in nodes.items():
@@ -179,7 +179,7 @@ def score_trained(settings: Settings, nodes: dict[str, LocalData], trained: Trai
     return out
 
 
-def pooled(nodes: dict[str, LocalData], scored: dict, kind: str) -> dict:
+def pooled(nodes: dict[str, NodeData], scored: dict, kind: str) -> dict:
     """SKAB pools the predictions of all files; scores are divided by each worker's threshold so that one ROC curve
     over all workers ranks rows by how far past their own alarm limit they are."""
     labels = np.concatenate([nodes[w].held_out_labels() for w in nodes])

@@ -13,11 +13,10 @@ from pathlib import Path
 from typing import Callable
 
 import orjson
-from fastapi import APIRouter, Depends, FastAPI, HTTPException
+from fastapi import APIRouter, FastAPI, HTTPException
 from starlette.responses import Response
 
 from services import logs
-from services.aggregator.rounds import RoundError
 from services.config import Settings, WorkerSettings
 from services.observability.context import WorkerLogContext
 from services.observability.metrics import AggregatorMetrics, DetectStats, WorkerMetrics, metrics_response
@@ -70,23 +69,40 @@ def page_router(page: str, registry, document: Callable[[], dict], summary: str)
 
 # -- aggregator -------------------------------------------------------------------------------------------------------
 class AggregatorObservability:
-    def __init__(self, app: FastAPI, settings: Settings, federation, identify):
+    """Watches the aggregator: its routes report refusals, updates and telemetry here (the aggregator's
+    ``AggregatorObserver`` interface); metrics and the dashboard read the federation's state, never write it."""
+
+    def __init__(self, settings: Settings, federation, identify: Callable[[str], str | None]):
         self.settings = settings
-        self.federation = federation
+        self.status = federation.status
+        self.identify = identify
         self.worker_ids = [w.id for w in settings.workers]
         self.metrics = AggregatorMetrics(federation, self.worker_ids)
         self.board = TelemetryBoard(self.worker_ids, settings.dashboard.telemetry_interval_s or 5.0)
-        federation.round_listeners.append(self.metrics.round_closed)
-        logs.bind_round(lambda: federation.rounds_done if federation.phase == "done" else federation.open_round)
-        app.add_middleware(WorkerLogContext, identify=identify)
-        app.state.observability = self
 
-    def refused(self, path: str, status: int, reason: str | None = None) -> None:
-        self.metrics.refused(path, status, reason)
+    def install(self, app: FastAPI) -> None:
+        app.add_middleware(WorkerLogContext, identify=self.identify)
 
+    # what the aggregator reports
+    def refused(self, path: str, status: int, code: str) -> None:
+        self.metrics.refused(path, status, code)
+
+    def update_received(self, n_bytes: int) -> None:
+        self.metrics.update_bytes.inc(n_bytes)
+
+    def update_accepted(self, result: dict) -> None:
+        self.metrics.accepted(result)
+
+    def telemetry(self, worker_id: str, report: Telemetry) -> None:
+        self.board.report(worker_id, report)
+        self.metrics.telemetry_reports.inc()
+
+    def round_closed(self, record: dict) -> None:
+        self.metrics.round_closed(record)
+
+    # what the pages read
     def dashboard(self) -> dict:
-        f = self.federation
-        status = f.status()
+        status = self.status()
         history = status.pop("history")
         status["history"] = history[-HISTORY_ROWS:]
         telemetry = self.board.snapshot()
@@ -117,21 +133,9 @@ class AggregatorObservability:
         return {"now": time.time(), "telemetry_interval_s": self.settings.dashboard.telemetry_interval_s,
                 "status": status, "workers": workers, "losses": losses, "anomalies": telemetry}
 
-    def router(self, authenticate, responses: dict) -> APIRouter:
-        router = page_router("aggregator.html", self.metrics.registry, self.dashboard,
-                             "Everything the dashboard page shows, in one document")
-
-        @router.post("/v1/workers/{worker_id}/telemetry", responses=responses,
-                     summary="A worker's /detect counts and model round, for the dashboard (counts only)")
-        async def telemetry(worker_id: str, body: Telemetry, caller: str = Depends(authenticate)):
-            if caller != worker_id:
-                raise RoundError(403, f"this token belongs to worker {caller}, not {worker_id}", reason="wrong_worker")
-            self.federation.last_seen[worker_id] = self.federation.clock()
-            self.board.report(worker_id, body)
-            self.metrics.telemetry_reports.inc()
-            return {"accepted": True}
-
-        return router
+    def router(self) -> APIRouter:
+        return page_router("aggregator.html", self.metrics.registry, self.dashboard,
+                           "Everything the dashboard page shows, in one document")
 
 
 # -- worker -----------------------------------------------------------------------------------------------------------
@@ -144,10 +148,10 @@ def worker_round(loop, detector) -> int:
 
 
 class WorkerObservability:
-    def __init__(self, app: FastAPI, settings: Settings, worker: WorkerSettings, loop, detector):
+    def __init__(self, app: FastAPI, settings: Settings, worker: WorkerSettings, loop, detector, streams=None):
         self.settings, self.worker, self.loop, self.detector = settings, worker, loop, detector
         self.stats = DetectStats(settings.dashboard.recent_scores)
-        self.metrics = WorkerMetrics(worker.id, loop, detector, self.stats)
+        self.metrics = WorkerMetrics(worker.id, loop, detector, self.stats, streams)
         self.reporter: TelemetryReporter | None = None
         logs.bind_round(lambda: worker_round(loop, detector))
         app.state.observability = self

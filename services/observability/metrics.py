@@ -26,9 +26,6 @@ from starlette.responses import Response
 
 disable_created_metrics()  # *_created series double every counter for no use here
 
-# Refusal reason by status when the code raising it named none (services.aggregator.rounds.RoundError.reason).
-DEFAULT_REASONS = {400: "unreadable_body", 401: "no_token", 403: "forbidden", 409: "conflict", 413: "too_large",
-                   415: "unsupported_media_type", 422: "invalid", 503: "storage_unavailable"}
 ENDPOINTS = (("updates", re.compile(r"^/v1/rounds/[^/]+/updates$")), ("join", re.compile(r"^/v1/workers/[^/]+/join$")),
              ("telemetry", re.compile(r"^/v1/workers/[^/]+/telemetry$")), ("model", re.compile(r"^/v1/model$")))
 ROUND_BUCKETS = (1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800, 3600)
@@ -79,11 +76,12 @@ class AggregatorMetrics:
                                          "workers", registry=registry)
         registry.register(FederationCollector(federation, worker_ids))
 
-    def refused(self, path: str, status: int, reason: str | None = None) -> None:
+    def refused(self, path: str, status: int, code: str) -> None:
+        """Every refusal carries its stable error code (services/protocol/errors.py): the reason label."""
         endpoint = endpoint_of(path)
         self.requests_refused.labels(endpoint, str(status)).inc()
         if endpoint == "updates":
-            self.updates_refused.labels(reason or DEFAULT_REASONS.get(status, "other")).inc()
+            self.updates_refused.labels(code).inc()
 
     def accepted(self, result: dict) -> None:
         self.updates_accepted.labels("true" if result.get("duplicate") else "false").inc()
@@ -229,15 +227,16 @@ class DetectStats:
 
 
 class WorkerMetrics:
-    def __init__(self, worker_id: str, loop, detector, stats: DetectStats):
+    def __init__(self, worker_id: str, loop, detector, stats: DetectStats, streams=None):
         self.registry = CollectorRegistry()
         ProcessCollector(registry=self.registry)
-        self.registry.register(WorkerCollector(worker_id, loop, detector, stats))
+        self.registry.register(WorkerCollector(worker_id, loop, detector, stats, streams))
 
 
 class WorkerCollector:
-    def __init__(self, worker_id: str, loop, detector, stats: DetectStats):
+    def __init__(self, worker_id: str, loop, detector, stats: DetectStats, streams=None):
         self.worker_id, self.loop, self.detector, self.stats = worker_id, loop, detector, stats
+        self.streams = streams  # services/worker/streams.StreamTable
 
     def describe(self):
         return []
@@ -262,6 +261,10 @@ class WorkerCollector:
             buckets.append(("+Inf" if bound == math.inf else repr(bound), cumulative))
         yield HistogramMetricFamily("fedad_worker_detect_latency_seconds", "Time /detect took from reading the "
                                     "body to a serialised answer", buckets=buckets, sum_value=s.latency_sum)
+        if self.streams is not None:
+            yield _gauge("fedad_worker_streams", "Streams held (per-stream rows and reference)", len(self.streams))
+            yield CounterMetricFamily("fedad_worker_streams_evicted", "Streams evicted as least recently used "
+                                      "beyond streams.max_streams", value=self.streams.evicted)
         yield _gauge("fedad_worker_model_round", "Federated round of the model /detect serves",
                      model.model_round if model else None)
         yield _gauge("fedad_worker_threshold", "Anomaly threshold of the model in service",
@@ -269,10 +272,14 @@ class WorkerCollector:
         trained = getattr(loop, "last_training", None) or {}
         yield _gauge("fedad_worker_training_loss", "Mean training loss of the last epoch of the last local round",
                      trained.get("loss"))
-        yield _gauge("fedad_worker_training_duration_seconds", "Time the last local round took to train",
+        yield _gauge("fedad_worker_training_duration_seconds", "Wall time of the last local round's training process",
                      trained.get("seconds"))
         yield CounterMetricFamily("fedad_worker_training_rounds", "Local rounds trained by this process",
                                   value=getattr(loop, "rounds_trained", 0))
+        yield _gauge("fedad_worker_training_peak_rss_bytes", "Peak resident memory of the last local round's training "
+                     "process", trained.get("peak_rss_bytes"))
+        yield CounterMetricFamily("fedad_worker_training_failures", "Training processes that crashed or were killed "
+                                  "(each retried)", value=getattr(loop, "training_failures", 0))
         progress = loop.progress or {}
         yield _gauge("fedad_worker_training_epoch_loss", "Loss of the latest epoch, live during training",
                      progress.get("loss"))
@@ -284,3 +291,39 @@ class WorkerCollector:
                      far / 100 if far is not None else None)
         yield _gauge("fedad_worker_heldout_missed_alarm_ratio", "Missed alarm rate on held-out rows (0-1)",
                      mar / 100 if mar is not None else None)
+
+
+class IngestCollector:
+    """Device data over MQTT / HTTP push and the alarms, read at each scrape from ``snapshot()`` (the worker's
+    ``DeviceIngest.metrics``). Labels stay bounded: refusal reasons are a closed set, and the open-alarm gauge has a
+    series only for streams whose alarm is open now (Alertmanager routes on it; a cleared stream's series goes)."""
+
+    def __init__(self, snapshot):
+        self.snapshot = snapshot
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        s = self.snapshot()
+        refused = CounterMetricFamily("fedad_worker_ingest_refused", "Device messages or rows not scored, by reason",
+                                      labels=["reason"])
+        for reason, count in s["refused"].items():
+            refused.add_metric([reason], count)
+        yield refused
+        yield CounterMetricFamily("fedad_worker_ingest_messages", "MQTT messages received", value=s["messages"])
+        yield CounterMetricFamily("fedad_worker_ingest_rows_scored", "Device rows scored", value=s["rows_scored"])
+        yield CounterMetricFamily("fedad_worker_ingest_rows_anomalous", "Device rows above the threshold",
+                                  value=s["rows_anomalous"])
+        alarms = GaugeMetricFamily("fedad_worker_alarm_open", "1 while a stream's alarm is open", labels=["stream"])
+        for stream, value in sorted(s["alarms_open"].items()):
+            alarms.add_metric([stream], value)
+        yield alarms
+        events = CounterMetricFamily("fedad_worker_alarm_events", "Alarm events, by kind", labels=["event"])
+        for kind, count in sorted(s["alarm_events"].items()):
+            events.add_metric([kind], count)
+        yield events
+        yield _gauge("fedad_worker_alarm_outbox_pending", "Alarm events waiting for delivery", s["outbox_pending"])
+        yield CounterMetricFamily("fedad_worker_alarm_outbox_dropped", "Alarm events dropped from a full outbox",
+                                  value=s["outbox_dropped"])
+        yield _gauge("fedad_worker_mqtt_connected", "1 while connected to the MQTT broker", s["mqtt_connected"])

@@ -44,7 +44,7 @@ def _write_cert(path: Path, cert: x509.Certificate) -> None:
 
 
 def _san(hosts) -> x509.SubjectAlternativeName:
-    names = []
+    names: list[x509.GeneralName] = []
     for h in hosts:
         try:
             names.append(x509.IPAddress(ipaddress.ip_address(h)))
@@ -94,7 +94,7 @@ def make_certs(folder: Path, workers: list[str], server_hosts=(), force: bool = 
     """The CA (reused unless ``force``), the aggregator's server certificate and one client certificate per worker."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     if not force and (folder / "ca.crt").is_file() and (folder / "ca.key").is_file():
         ca_cert = x509.load_pem_x509_certificate((folder / "ca.crt").read_bytes())
         ca_key = serialization.load_pem_private_key((folder / "ca.key").read_bytes(), password=None)

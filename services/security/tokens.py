@@ -12,9 +12,7 @@ import hashlib
 import hmac
 import secrets
 
-
-def hash_token(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
+from services.config import hash_token as hash_token  # the digest rule lives with token_sha256, in the config
 
 
 def new_token() -> str:
@@ -29,7 +27,7 @@ class TokenTable:
         self._digests = {worker: bytes.fromhex(d) for worker, d in digests.items()}
 
     @classmethod
-    def from_settings(cls, workers) -> "TokenTable":
+    def from_settings(cls, workers) -> TokenTable:
         return cls({w.id: w.token_sha256 or hash_token(w.token) for w in workers})
 
     def identify(self, offered: str) -> str | None:

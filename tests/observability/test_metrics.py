@@ -67,7 +67,7 @@ def test_aggregator_metrics(observed_stack):
     assert received == taken * update_bytes + 16
     # Refusals by reason code, not by message.
     assert value(s, "fedad_aggregator_updates_refused_total", reason="no_open_round") >= 1
-    assert value(s, "fedad_aggregator_updates_refused_total", reason="no_token") >= 1
+    assert value(s, "fedad_aggregator_updates_refused_total", reason="missing_token") >= 1
     assert value(s, "fedad_aggregator_requests_refused_total", endpoint="updates", status="401") >= 1
     assert value(s, "fedad_aggregator_workers_joined") == n_workers
     assert value(s, "fedad_aggregator_last_round_mean_loss") == pytest.approx(history[-1]["mean_loss"])
