@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import os
 import sys
+from datetime import datetime
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -29,25 +30,137 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class DataSettings(_Section):
-    source: Literal["skab"] = "skab"
+class LabelSettings(_Section):
+    """The column that says whether a row is anomalous, and which of its values mean normal. Labels serve the
+    evaluation (and the ``labelled_normal`` training policy); they are never a model input."""
+
+    column: str = Field(min_length=1)
+    normal: list[str | int | float] = Field([0], min_length=1)
+
+
+class CategoricalSettings(_Section):
+    """A column of named states (``on``/``off``, ``open``/``closed``): ``codes`` gives one column holding the
+    level's position in ``levels``; ``onehot`` gives one 0/1 column per level, named ``<column>=<level>``."""
+
+    levels: list[str] = Field(min_length=1)
+    encoding: Literal["codes", "onehot"] = "codes"
+
+    @field_validator("levels", mode="before")
+    @classmethod
+    def _levels_are_text(cls, levels):
+        return [str(v).strip() for v in levels] if isinstance(levels, list) else levels
+
+    @model_validator(mode="after")
+    def _distinct(self) -> "CategoricalSettings":
+        if len(set(self.levels)) != len(self.levels):
+            raise ValueError(f"levels repeat a value: {self.levels}")
+        return self
+
+
+class SourceSettings(_Section):
+    """Where an edge node's rows come from and how its files are read (services/data/tabular.py)."""
+
+    kind: Literal["files"] = "files"
     dir: Path | None = None
+    format: Literal["auto", "csv", "parquet"] = "auto"
+    delimiter: str | None = Field(None, min_length=1, max_length=1)
+    timestamp: str | list[str] | None = None
+    timestamp_format: str | None = None
+    run_gap_s: float | None = Field(None, gt=0)
+    label: LabelSettings | None = None
+    categorical: dict[str, CategoricalSettings] = {}
+    missing: Literal["refuse", "drop", "ffill"] = "refuse"
+    download: Literal["skab"] | None = None
+
+    @field_validator("timestamp")
+    @classmethod
+    def _one_or_date_time(cls, value):
+        if isinstance(value, list) and len(value) != 2:
+            raise ValueError("timestamp is one column name, or [date column, time column]")
+        return value
+
+    @property
+    def timestamp_columns(self) -> list[str]:
+        if self.timestamp is None:
+            return []
+        return [self.timestamp] if isinstance(self.timestamp, str) else list(self.timestamp)
+
+
+class TrainingSettings(_Section):
+    """Which rows of each run train the detector and calibrate its threshold; the rest is held out."""
+
+    policy: Literal["first_rows", "before", "labelled_normal", "all"] = "first_rows"
+    rows: int = Field(400, gt=0)
+    before: datetime | None = None
+
+    @model_validator(mode="after")
+    def _before_given(self) -> "TrainingSettings":
+        if self.policy == "before" and self.before is None:
+            raise ValueError("policy before needs a timestamp in before (e.g. 2024-05-01 00:00:00)")
+        return self
+
+
+class DataSettings(_Section):
+    source: SourceSettings
+    training: TrainingSettings = TrainingSettings()
+    split: dict[str, Any] | None = None
     features: list[str] = Field(min_length=1)
-    train_rows: int = Field(400, gt=0)
-    window: int = Field(1, ge=1, le=256)
-    window_stats: list[Literal["mean", "std", "slope"]] = []
-    baseline: Literal["federation", "run"] = "federation"
+    window: int = Field(20, ge=1, le=256)
+    window_stats: list[Literal["mean", "std", "slope"]] = ["mean", "std", "slope"]
+    baseline: Literal["run", "node", "federation"] = "run"
+    scaling: Literal["standard", "minmax"] = "standard"
     model_features: list[str] | None = None
 
     @model_validator(mode="after")
     def _model_inputs(self) -> "DataSettings":
+        if len(set(self.features)) != len(self.features):
+            raise ValueError(f"features repeat a column: {self.features}")
         if len(set(self.window_stats)) != len(self.window_stats):
             raise ValueError(f"window_stats repeats a statistic: {self.window_stats}")
         if self.model_features is not None:
             unknown = [f for f in self.model_features if f not in self.features]
             if unknown or not self.model_features or len(set(self.model_features)) != len(self.model_features):
                 raise ValueError(f"model_features must be distinct names from features; not in features: {unknown}")
+        source = self.source
+        taken = {c: "the timestamp" for c in source.timestamp_columns}
+        if source.label is not None:
+            taken[source.label.column] = "the label"
+        clash = [f"{f} is {taken[f]} column" for f in self.features if f in taken]
+        if clash:
+            raise ValueError(f"features must be model inputs only: {'; '.join(clash)}")
+        unused = [c for c in source.categorical if c not in self.features]
+        if unused:
+            raise ValueError(f"categorical columns {unused} are not in features")
+        if self.training.policy == "labelled_normal" and source.label is None:
+            raise ValueError("training.policy labelled_normal needs source.label")
+        if self.training.policy == "before" and not source.timestamp_columns:
+            raise ValueError("training.policy before needs source.timestamp")
         return self
+
+    @property
+    def train_rows(self) -> int:
+        return self.training.rows
+
+    def expand(self, names: list[str]) -> list[str]:
+        """Value columns of the named features: a one-hot categorical feature becomes ``<column>=<level>`` each."""
+        out = []
+        for name in names:
+            cat = self.source.categorical.get(name)
+            if cat is not None and cat.encoding == "onehot":
+                out.extend(f"{name}={level}" for level in cat.levels)
+            else:
+                out.append(name)
+        return out
+
+    @property
+    def columns(self) -> list[str]:
+        """The columns of every row the sources yield and POST /detect takes, in order."""
+        return self.expand(self.features)
+
+    @property
+    def model_columns(self) -> list[str]:
+        """The columns the model sees (``model_features`` expanded, or all)."""
+        return self.expand(self.model_features or self.features)
 
 
 class ModelSettings(_Section):
@@ -157,7 +270,9 @@ class AggregatorSettings(_Section):
 
 class WorkerSettings(_Section):
     id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
-    partition: list[str] = Field(min_length=1)
+    partition: list[str] = Field(min_length=1)  # folders, globs or files relative to data.source.dir
+    source: dict[str, Any] | None = None  # this node's overrides of data.source keys (its own dir, delimiter ...)
+    training: dict[str, Any] | None = None  # this node's overrides of data.training keys
     host: str = "127.0.0.1"
     port: int = Field(ge=1, le=65535)
     state_dir: Path
@@ -202,6 +317,12 @@ class Settings(_Section):
         if self.privacy.enabled and self.privacy.side == "server" and self.federation.strategy != "fedavg":
             raise ValueError("privacy.side server calibrates its noise to FedAvg's sensitivity: use strategy fedavg, "
                              f"or privacy.side client with {self.federation.strategy}")
+        for w in self.workers:
+            if w.source or w.training:
+                try:
+                    self.data_for(w)
+                except ValidationError as exc:
+                    raise ValueError(f"worker {w.id}'s data overrides: {_describe(exc).strip()}") from None
         if self.tls.enabled and not self.aggregator.url.startswith("https://"):
             raise ValueError(f"tls.enabled is true but aggregator.url is {self.aggregator.url}: "
                              "workers must reach the aggregator with https://")
@@ -213,10 +334,19 @@ class Settings(_Section):
                 return w
         raise ConfigError(f"workers: no worker with id {worker_id!r} (known: {[w.id for w in self.workers]})")
 
+    def data_for(self, worker: WorkerSettings) -> DataSettings:
+        """The ``data`` section as ``worker`` reads its rows: data.source / data.training with its overrides."""
+        if not worker.source and not worker.training:
+            return self.data
+        raw = self.data.model_dump()
+        raw["source"] = {**raw["source"], **(worker.source or {})}
+        raw["training"] = {**raw["training"], **(worker.training or {})}
+        return DataSettings.model_validate(raw)
+
     @property
     def input_width(self) -> int:
         """Width of one model input: a window of consecutive rows, flattened, or its statistics per channel."""
-        channels = len(self.data.model_features or self.data.features)
+        channels = len(self.data.model_columns)
         return channels * (len(self.data.window_stats) if self.data.window_stats else self.data.window)
 
 
@@ -287,11 +417,13 @@ def _resolve_paths(settings: Settings, base: Path) -> Settings:
     def resolve(p: Path | None) -> Path | None:
         return p if p is None or p.is_absolute() else base / p
 
-    settings.data.dir = resolve(settings.data.dir)
+    settings.data.source.dir = resolve(settings.data.source.dir)
     settings.aggregator.state_dir = resolve(settings.aggregator.state_dir)
     settings.tls.dir = resolve(settings.tls.dir)
     for w in settings.workers:
         w.state_dir = resolve(w.state_dir)
+        if w.source and w.source.get("dir") is not None:
+            w.source["dir"] = resolve(Path(w.source["dir"]))
     return settings
 
 

@@ -12,7 +12,8 @@ from services.data.windows import Preprocessing
 def open_source(settings: Settings, worker: WorkerSettings) -> Source:
     from services.data.skab import SkabSource, find_data_dir
 
-    return SkabSource(find_data_dir(settings.data.dir), worker.partition, settings.data.features)
+    named = settings.data.source.dir
+    return SkabSource(named.parent if named else find_data_dir(), worker.partition, settings.data.features)
 
 
 def training_selection(settings: Settings) -> TrainingSelection:
