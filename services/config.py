@@ -57,10 +57,49 @@ class CategoricalSettings(_Section):
         return self
 
 
-class SourceSettings(_Section):
-    """Where an edge node's rows come from and how its files are read (services/data/tabular.py)."""
+class SyntheticSettings(_Section):
+    """The generated fleet of ``source.kind: synthetic`` (services/data/synthetic.py): worker k is device k, with one
+    sensor per feature name; the first ``normal_rows`` rows of each device are anomaly-free, then ``anomalies``
+    labelled events of the given kinds."""
 
-    kind: Literal["files"] = "files"
+    rows: int = Field(5000, ge=100)
+    normal_rows: int = Field(1500, ge=2)
+    anomalies: int = Field(10, ge=0)
+    kinds: list[Literal["spike", "level_shift", "drift", "stuck", "noise_burst"]] = Field(
+        ["spike", "level_shift", "drift", "stuck", "noise_burst"], min_length=1)
+    interval_s: float = Field(1.0, gt=0)
+    period_rows: int = Field(600, ge=2)
+    seed: int = Field(0, ge=0, lt=2**32)
+
+    @model_validator(mode="after")
+    def _room(self) -> "SyntheticSettings":
+        if self.normal_rows >= self.rows:
+            raise ValueError(f"normal_rows ({self.normal_rows}) must be below rows ({self.rows})")
+        return self
+
+
+class SplitSettings(_Section):
+    """One data set shared out across the workers that name the same partition (services/data/split.py): at random,
+    or skewed per value of ``column`` by Dirichlet(``alpha``) shares; a worker's part is its position among them."""
+
+    method: Literal["random", "dirichlet"] = "random"
+    column: str | None = None
+    alpha: float = Field(0.5, gt=0)
+    seed: int = Field(0, ge=0, lt=2**32)
+
+    @model_validator(mode="after")
+    def _column_given(self) -> "SplitSettings":
+        if self.method == "dirichlet" and not self.column:
+            raise ValueError("method dirichlet needs column: the feature or label column whose mix differs")
+        return self
+
+
+class SourceSettings(_Section):
+    """Where an edge node's rows come from and how its files are read (services/data/tabular.py), or the
+    synthetic fleet's parameters (services/data/synthetic.py)."""
+
+    kind: Literal["files", "synthetic"] = "files"
+    synthetic: SyntheticSettings = SyntheticSettings()
     dir: Path | None = None
     format: Literal["auto", "csv", "parquet"] = "auto"
     delimiter: str | None = Field(None, min_length=1, max_length=1)
@@ -92,6 +131,8 @@ class TrainingSettings(_Section):
     policy: Literal["first_rows", "before", "labelled_normal", "all"] = "first_rows"
     rows: int = Field(400, gt=0)
     before: datetime | None = None
+    share: float = Field(1.0, gt=0, le=1)  # labelled_normal: this share of each run's normal rows, drawn by seed
+    seed: int = Field(0, ge=0, lt=2**32)
 
     @model_validator(mode="after")
     def _before_given(self) -> "TrainingSettings":
@@ -103,7 +144,7 @@ class TrainingSettings(_Section):
 class DataSettings(_Section):
     source: SourceSettings
     training: TrainingSettings = TrainingSettings()
-    split: dict[str, Any] | None = None
+    split: SplitSettings | None = None
     features: list[str] = Field(min_length=1)
     window: int = Field(20, ge=1, le=256)
     window_stats: list[Literal["mean", "std", "slope"]] = ["mean", "std", "slope"]
@@ -131,7 +172,10 @@ class DataSettings(_Section):
         unused = [c for c in source.categorical if c not in self.features]
         if unused:
             raise ValueError(f"categorical columns {unused} are not in features")
-        if self.training.policy == "labelled_normal" and source.label is None:
+        if self.split is not None and self.split.column is not None and self.split.column not in self.features \
+                and (source.label is None or self.split.column != source.label.column):
+            raise ValueError(f"split.column {self.split.column!r} is neither a feature nor the label column")
+        if self.training.policy == "labelled_normal" and source.label is None and source.kind != "synthetic":
             raise ValueError("training.policy labelled_normal needs source.label")
         if self.training.policy == "before" and not source.timestamp_columns:
             raise ValueError("training.policy before needs source.timestamp")
