@@ -10,6 +10,16 @@ from services.data.windows import Preprocessing
 
 
 def open_source(settings: Settings, worker: WorkerSettings) -> Source:
+    """The worker's source: the synthetic fleet's device, or its files (its part of them under ``data.split``)."""
+    from services.data.split import split_for
+    from services.data.synthetic import synthetic_source
+
+    if settings.data_for(worker).source.kind == "synthetic":
+        return synthetic_source(settings, worker)
+    return split_for(_files_source(settings, worker), settings, worker)
+
+
+def _files_source(settings: Settings, worker: WorkerSettings) -> Source:
     from services.data.skab import SkabSource, find_data_dir
 
     named = settings.data.source.dir

@@ -126,3 +126,14 @@ class SplitSource:
         column = (column_values(runs, self.plan.column, self.features, self.label_column)
                   if self.plan.method == "dirichlet" else None)
         return take_rows(runs, split_indices(n_rows, self.parts, self.plan, column)[self.part])
+
+
+def split_for(source: Source, settings, worker) -> Source:
+    """``source`` as ``worker`` sees it under ``data.split``: its part among the workers naming the same partition."""
+    data = settings.data_for(worker)
+    if data.split is None:
+        return source
+    peers = [w.id for w in settings.workers if w.partition == worker.partition]
+    plan = SplitPlan(data.split.method, data.split.column, data.split.alpha, data.split.seed)
+    label = data.source.label.column if data.source.label is not None else None
+    return SplitSource(source, plan, peers.index(worker.id), len(peers), list(data.columns), label)

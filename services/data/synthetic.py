@@ -127,3 +127,12 @@ def _event_slots(source: SyntheticSource, rng: np.random.Generator) -> list[tupl
         slots.append((int(at), int(length)))
         at += length
     return slots
+
+
+def synthetic_source(settings, worker) -> SyntheticSource:
+    """Worker k of config's ``workers`` list reads device k of the fleet ``data.source.synthetic`` describes."""
+    g = settings.data_for(worker).source.synthetic
+    device = [w.id for w in settings.workers].index(worker.id)
+    return SyntheticSource(device, tuple(settings.data.columns), rows=g.rows, normal_rows=g.normal_rows,
+                           anomalies=g.anomalies, kinds=tuple(g.kinds), interval_s=g.interval_s,
+                           period_rows=g.period_rows, seed=g.seed)
