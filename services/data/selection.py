@@ -52,12 +52,21 @@ class Before:
 
 @dataclass(frozen=True)
 class LabelledNormal:
-    """Rows labelled normal train."""
+    """Rows labelled normal train; with ``share`` < 1 only that share of them, drawn at random by ``seed``, so the
+    other normal rows stay held out and false alarms can be measured (the one-class protocol of benchmarks)."""
+
+    share: float = 1.0
+    seed: int = 0
 
     def mask(self, run: Run) -> np.ndarray:
         if run.labels is None:
             raise DataError(f"{run.name}: training.policy labelled_normal needs labels (data.source.label)")
-        return run.labels == 0
+        mask = run.labels == 0
+        if self.share < 1:
+            normal = np.flatnonzero(mask)
+            mask = np.zeros(len(run.values), dtype=bool)
+            mask[np.random.default_rng(self.seed).permutation(normal)[: round(self.share * len(normal))]] = True
+        return mask
 
 
 @dataclass(frozen=True)
@@ -77,5 +86,5 @@ def training_selection(training: TrainingSettings) -> TrainingSelection:
             before = (before - before.utcoffset()).replace(tzinfo=None)
         return Before(np.datetime64(before, "ms"))
     if training.policy == "labelled_normal":
-        return LabelledNormal()
+        return LabelledNormal(training.share, training.seed)
     return AllRows()
