@@ -8,8 +8,7 @@ import pytest
 
 from services.config import load_settings
 from services.data.scaling import Scaler
-from services.data.skab import find_data_dir, load_partition
-from services.data.local import LocalData
+from services.data.sources import load_node
 from services.model.autoencoder import build_autoencoder, set_flat_weights
 from services.model.layout import count_parameters
 from services.model.scoring import calibrate_threshold
@@ -63,8 +62,9 @@ def test_only_weights_and_aggregates_cross_the_wire(trained_stack):
         elif r["path"].endswith("/join"):
             body = json.loads(r["body"])
             assert set(body) == {"spec_hash", "sample_count", "stats"}
-            assert set(body["stats"]) == {"count", "sum", "sum_sq"}
-            assert len(body["stats"]["sum"]) == len(SETTINGS.data.features)  # one aggregate per feature, no rows
+            assert set(body["stats"]) == {"count", "sum", "sum_sq", "min", "max"}
+            for key in ("sum", "sum_sq", "min", "max"):  # one aggregate per feature, no rows
+                assert len(body["stats"][key]) == len(SETTINGS.data.features)
         elif r["path"].endswith("/telemetry"):  # dashboard counters: scalars only, never rows or scores
             body = json.loads(r["body"])
             assert set(body) <= {"boot_id", "phase", "model_round", "threshold", "detect_requests", "rows_scored",
@@ -77,9 +77,7 @@ def test_only_weights_and_aggregates_cross_the_wire(trained_stack):
 def test_merged_scaler_equals_pooled_training_rows(trained_stack):
     """The federated mean/std equal what a central server would compute from all training rows."""
     state = json.loads((trained_stack.tmp / "aggregator" / "state.json").read_text())
-    data_dir = find_data_dir()
-    rows = np.concatenate([e.train_part(400) for w in SETTINGS.workers
-                           for e in load_partition(data_dir, w.partition, SETTINGS.data.features)]).astype(np.float64)
+    rows = np.concatenate([load_node(SETTINGS, w).train_raw() for w in SETTINGS.workers]).astype(np.float64)
     np.testing.assert_allclose(state["scaler"]["mean"], rows.mean(0), rtol=1e-9)
     np.testing.assert_allclose(state["scaler"]["std"], rows.std(0), rtol=1e-6)
 
@@ -93,13 +91,12 @@ def test_int8_detect_agrees_with_torch_fp32_on_held_out_rows(trained_stack, work
     model = build_autoencoder(SETTINGS.input_width, SETTINGS.model.hidden)
     set_flat_weights(model, decode_weights((state_dir / state["files"]["global.f32"]).read_bytes(), N_PARAMS))
     scaler = Scaler(**state["scaler"])
-    node = LocalData.from_settings(load_partition(find_data_dir(), SETTINGS.worker(worker).partition,
-                                                  SETTINGS.data.features), SETTINGS.data)
+    node = load_node(SETTINGS, SETTINGS.worker(worker))
     fp32_threshold = calibrate_threshold(reconstruction_scores(model, node.windows(scaler, "train")),
                                          SETTINGS.threshold)
     int8_scores, fp32_scores, int8_flags, fp32_flags = [], [], [], []
     with httpx.Client(base_url=trained_stack.worker_url(worker), timeout=30) as client:
-        for e, inputs in zip(node.experiments, node.run_inputs(scaler)):
+        for e, inputs in zip(node.runs, node.run_inputs(scaler)):
             r = client.post("/detect", json={"baseline": e.values[:400].tolist(), "samples": e.values[400:].tolist()})
             assert r.status_code == 200, r.text
             answer = r.json()
