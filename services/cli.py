@@ -251,6 +251,9 @@ def main(argv: list[str] | None = None) -> None:
     data_check.add_argument("--config", default=argparse.SUPPRESS, help="config file (default: $FEDAD_CONFIG or "
                                                                         "config.yaml)")
     data_check.set_defaults(func=cmd_data_check)
+    for command in (run, evaluate, report):  # `fedad run --config x.yaml` as well as `fedad --config x.yaml run`
+        command.add_argument("--config", default=argparse.SUPPRESS, help="config file (default: $FEDAD_CONFIG or "
+                                                                          "config.yaml)")
     args = parser.parse_args(argv)
     args.func(args)
 
