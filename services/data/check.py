@@ -67,7 +67,7 @@ def check_node(settings: Settings, worker: WorkerSettings) -> NodeReport:
         report.problems = [p for t in tables for p in t.problems]
         if report.problems:
             return report
-        runs = runs_of(tables, data) if tables else source.runs()
+        runs = runs_of(tables, data, announce=False) if tables else source.runs()
         _summarise(report, tables, runs, data)
         node = NodeData(runs, Preprocessing.from_settings(settings.data), training_selection(data.training))
         _training(report, node, data)

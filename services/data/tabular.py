@@ -435,12 +435,13 @@ class TabularSource:
         return runs_of(self.tables(), self.data)
 
 
-def runs_of(tables: list[Table], data: DataSettings) -> list[Run]:
-    """The runs of read tables, or one DataError listing every problem of every file."""
+def runs_of(tables: list[Table], data: DataSettings, announce: bool = True) -> list[Run]:
+    """The runs of read tables, or one DataError listing every problem of every file. Dropped and filled rows are
+    logged (``announce``) — ``fedad data check`` reports them itself."""
     problems = [p for t in tables for p in t.problems]
     if problems:
         raise DataError("\n".join(problems))
-    for t in tables:
+    for t in tables if announce else []:
         if t.dropped or t.filled:
             log.warning("%s: %d row(s) dropped, %d filled forward (data.source.missing: %s)", t.name, t.dropped,
                         t.filled, data.source.missing)
