@@ -17,7 +17,6 @@ from services.config import Settings, load_or_exit
 from services.data.check import describe_training
 from services.data.source import DataError
 from services.data.sources import load_node
-from services.model.metrics import pooled_metrics
 
 POLL_S = 1.0
 START_TIMEOUT_S = 60
@@ -143,6 +142,8 @@ def print_results(settings: Settings, client: httpx.Client) -> None:
         counts.append(e["counts"])
         print(f"  {w.id:<10} {e['rows']:>6} {e['f1']:>6.3f} {e['far']:>7.2f} {e['mar']:>7.2f} "
               f"{e.get('roc_auc', float('nan')):>8.3f}  {status['model']:<5}  {_worker_url(w)}/detect")
+    from services.model.metrics import pooled_metrics  # scikit-learn: 3 s of start-up `data check` skips
+
     p = pooled_metrics(counts)
     print(f"  {'pooled':<10} {p['rows']:>6} {p['f1']:>6.3f} {p['far']:>7.2f} {p['mar']:>7.2f}")
 
