@@ -1,5 +1,5 @@
-"""From raw sensor rows to model inputs: SKAB is a once-a-second time series, and a fault often shows in how rows
-change, not in one row.
+"""From raw sensor rows to model inputs: sensor data is a time series (SKAB's pump, the shipped data, is sampled
+once a second), and a fault often shows in how rows change, not in one row.
 
 Two steps, both set in config.yaml's ``data`` section:
 
