@@ -1,8 +1,9 @@
 """A synthetic IoT fleet: N devices × D sensors with labelled anomalies, for trying the system and for scale tests.
 
 Each device is one edge node (worker k reads device k) and yields one run. Its sensors are noisy mixtures of a few
-shared latent signals — a daily-like seasonality, a slow random walk and a faster cycle — so the sensors are
-correlated the way a machine's are and an autoencoder has structure to learn. On top: a slow linear drift per sensor,
+shared latent signals — a daily-like seasonality, a slow mean-reverting wander and a faster cycle — so the sensors are
+correlated the way a machine's are and an autoencoder has structure to learn; the wander reverts to its mean, so
+the anomaly-free start covers the range normal rows keep later. On top: a slow linear drift per sensor,
 Gaussian noise, and every device has its own levels, scales, mixing, period, phase and noise, so the nodes are not
 identically distributed (non-IID), as real sites are not.
 
@@ -29,6 +30,7 @@ from services.data.source import DataError, Run
 ANOMALY_KINDS = ("spike", "level_shift", "drift", "stuck", "noise_burst")
 LATENT = 3
 MAX_EVENT_ROWS = 120  # longest anomaly event
+WANDER_ROWS = 150  # memory of the slow latent wander
 START = np.datetime64("2026-01-01T00:00:00", "ms")
 
 
@@ -73,11 +75,10 @@ def normal_signal(source: SyntheticSource) -> tuple[np.ndarray, np.ndarray]:
     n, d = source.rows, len(source.sensors)
     t = np.arange(n, dtype=np.float64)
     period = source.period_rows * rng.uniform(0.75, 1.25)
-    walk = np.cumsum(rng.normal(0, 1, n))
-    walk = (walk - np.linspace(walk[0], walk[-1], n))  # a bridge: wanders, but ends where it started
+    wander = _slow_wander(rng.normal(0, 1, n + 5 * WANDER_ROWS), WANDER_ROWS)
     latent = np.stack([
         np.sin(2 * np.pi * t / period + rng.uniform(0, 2 * np.pi)),
-        walk / (walk.std() or 1.0),
+        wander,
         0.5 * np.sin(2 * np.pi * t / (period / rng.uniform(3, 5)) + rng.uniform(0, 2 * np.pi)),
     ], axis=1)  # (n, LATENT)
     mixing = rng.normal(0, 1, (LATENT, d))
@@ -88,6 +89,18 @@ def normal_signal(source: SyntheticSource) -> tuple[np.ndarray, np.ndarray]:
     clean = latent @ mixing
     clean /= clean.std(axis=0)
     return level + scale * (clean + drift + noise), scale
+
+
+def _slow_wander(shocks: np.ndarray, rows: int) -> np.ndarray:
+    """A mean-reverting wander (AR(1) with a memory of ~``rows`` rows), unit variance: it moves like a random walk
+    over a few hundred rows but stays in the range it had from the start, so training rows cover its range. The
+    first ``5 × rows`` shocks are a burn-in, so the wander starts in its stationary state."""
+    phi = 1.0 - 1.0 / rows
+    out = np.empty_like(shocks)
+    out[0], scaled = 0.0, shocks * np.sqrt(1 - phi**2)
+    for i in range(1, len(shocks)):  # a plain loop: ~1 ms per 1,000 rows, and no scipy import at start-up
+        out[i] = phi * out[i - 1] + scaled[i]
+    return out[5 * rows:]
 
 
 def generate_device(source: SyntheticSource) -> tuple[np.ndarray, np.ndarray]:
