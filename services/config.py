@@ -177,6 +177,8 @@ class DataSettings(_Section):
             raise ValueError(f"split.column {self.split.column!r} is neither a feature nor the label column")
         if self.training.policy == "labelled_normal" and source.label is None and source.kind != "synthetic":
             raise ValueError("training.policy labelled_normal needs source.label")
+        if source.run_gap_s is not None and not source.timestamp_columns:
+            raise ValueError("source.run_gap_s cuts runs where the clock jumps: it needs source.timestamp")
         if self.training.policy == "before" and not source.timestamp_columns:
             raise ValueError("training.policy before needs source.timestamp")
         return self

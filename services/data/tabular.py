@@ -250,12 +250,12 @@ def read_table(path: Path, name: str, data: DataSettings) -> Table:
         return table
     problems = _Problems(table)
     header = table.columns
-    repeated = sorted({c for c in header if header.count(c) > 1})
+    wanted = list(data.features) + source.timestamp_columns + ([source.label.column] if source.label else [])
+    repeated = sorted({c for c in wanted if header.count(c) > 1})  # a column that is read must be unambiguous
     for c in repeated:
         where = [i + 1 for i, h in enumerate(header) if h == c]
         problems.add(("duplicate", c), f"{table.where(1)}: column name {c!r} appears {len(where)} times "
                                         f"(columns {', '.join(map(str, where))})")
-    wanted = list(data.features) + source.timestamp_columns + ([source.label.column] if source.label else [])
     absent = [c for c in wanted if c not in header]
     if absent:
         problems.add(("absent",), f"{table.name}: no column(s) {absent}; the file has {header}")
