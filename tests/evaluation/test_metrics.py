@@ -47,12 +47,12 @@ def test_window_stats_mean_std_slope_by_hand():
 
 
 def test_run_baseline_scales_each_run_by_its_own_reference_rows():
-    prep = Preprocessing(columns=(0, 2), window=4, stats=("mean", "std"), baseline="run", train_rows=50)
+    prep = Preprocessing(columns=(0, 2), window=4, stats=("mean", "std"), baseline="run")
     rng = np.random.default_rng(0)
     run = rng.normal([10, 5, -3], [1, 1, 2], size=(80, 3))
     shifted = run + [100, 0, 40]  # the same run at another operating point
-    x, _ = prep.run_inputs(run, None)
-    y, _ = prep.run_inputs(shifted, None)
+    x = prep.inputs(run, prep.reference(run[:50], None))
+    y = prep.inputs(shifted, prep.reference(shifted[:50], None))
     assert x.shape == (80, 4)  # 2 channels × 2 statistics; column 1 is not a model feature
     np.testing.assert_allclose(x, y, atol=1e-4)  # the operating point is gone
     np.testing.assert_allclose(x[:50].mean(0), 0, atol=1e-5)  # reference rows standardised
