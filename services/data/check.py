@@ -138,7 +138,7 @@ def describe_training(data: DataSettings) -> str:
     if t.policy == "before":
         return f"rows before {t.before}"
     if t.policy == "labelled_normal":
-        return "rows labelled normal"
+        return "rows labelled normal" if t.share >= 1 else f"{t.share:.0%} of the rows labelled normal (seed {t.seed})"
     return "every row"
 
 
@@ -179,7 +179,8 @@ def format_report(report: NodeReport, settings: Settings) -> str:
         lines.append(f"    {c.name:<{width}}  {c.kind:<20}  {detail:<28}  missing {100 * c.missing:.1f} %")
     if report.labels is not None:
         normal, anomalous = report.labels
-        lines.append(f"  label   {data.source.label.column}: {normal} normal, {anomalous} anomalous "
+        name = data.source.label.column if data.source.label is not None else "generated"
+        lines.append(f"  label   {name}: {normal} normal, {anomalous} anomalous "
                      f"({100 * anomalous / max(normal + anomalous, 1):.1f} %)")
     else:
         lines.append("  label   none: evaluation reports alarm rates, not F1")
@@ -187,7 +188,7 @@ def format_report(report: NodeReport, settings: Settings) -> str:
                  f"{report.held_out_rows} held out")
     channels = len(settings.data.model_columns)
     shape = f"{len(settings.data.window_stats)} window statistics" if settings.data.window_stats \
-        else f"a window of {settings.data.window} rows"
+        else f"a window of {settings.data.window} rows" if settings.data.window > 1 else "single rows"
     lines.append(f"  model   input width {settings.input_width} ({channels} channels × {shape})")
     lines.append("  usable")
     return "\n".join(lines)
