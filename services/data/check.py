@@ -194,6 +194,6 @@ def format_report(report: NodeReport, settings: Settings) -> str:
     return "\n".join(lines)
 
 
-def _when(t: np.datetime64) -> str:
-    unit = "s" if t.astype("datetime64[ms]").astype(np.int64) % 1000 == 0 else "ms"
-    return np.datetime_as_string(t, unit=unit).replace("T", " ")
+def _when(t: np.datetime64 | None) -> str:
+    text = str(t).replace("T", " ")  # the sources stamp rows in milliseconds
+    return text.removesuffix(".000")

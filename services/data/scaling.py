@@ -20,24 +20,24 @@ class FeatureStats(BaseModel):
     max: list[float] | None = None
 
     @model_validator(mode="after")
-    def _same_width(self) -> "FeatureStats":
+    def _same_width(self) -> FeatureStats:
         if len(self.sum) != len(self.sum_sq) or not self.sum:
             raise ValueError("sum and sum_sq must be non-empty lists of the same length")
         extremes = [x for x in (self.min, self.max) if x is not None]
         if any(len(x) != len(self.sum) for x in extremes) or len(extremes) == 1:
             raise ValueError("min and max must both be given, each as long as sum")
-        if not np.all(np.isfinite(self.sum + self.sum_sq + sum(extremes, []))):
+        if not all(np.all(np.isfinite(x)) for x in (self.sum, self.sum_sq, *extremes)):
             raise ValueError("sum, sum_sq, min and max must be finite numbers")
         return self
 
     @classmethod
-    def from_rows(cls, rows: np.ndarray) -> "FeatureStats":
+    def from_rows(cls, rows: np.ndarray) -> FeatureStats:
         rows = np.asarray(rows, dtype=np.float64)
         return cls(count=len(rows), sum=rows.sum(0).tolist(), sum_sq=(rows**2).sum(0).tolist(),
                    min=rows.min(0).tolist(), max=rows.max(0).tolist())
 
     @classmethod
-    def merge(cls, parts: list["FeatureStats"]) -> "FeatureStats":
+    def merge(cls, parts: list[FeatureStats]) -> FeatureStats:
         extremes = all(p.min is not None for p in parts)
         return cls(
             count=sum(p.count for p in parts),
@@ -47,7 +47,7 @@ class FeatureStats(BaseModel):
             max=np.max([p.max for p in parts], axis=0).tolist() if extremes else None,
         )
 
-    def scaler(self, method: str = "standard") -> "Scaler":
+    def scaler(self, method: str = "standard") -> Scaler:
         """``standard``: mean and std; ``minmax``: min in ``mean`` and max - min in ``std`` (same transform)."""
         if method == "minmax":
             if self.min is None or self.max is None:

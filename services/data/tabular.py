@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import glob
 import io
+import itertools
 import logging
 import math
 import re
@@ -65,7 +66,8 @@ class _Problems:
     """Problems of one file, the first MAX_EXAMPLES per (kind, column) in full and the rest counted."""
 
     def __init__(self, table: Table):
-        self.table, self.seen = table, {}
+        self.table = table
+        self.seen: dict[tuple, int] = {}
 
     def add(self, kind: tuple, message: str) -> None:
         n = self.seen[kind] = self.seen.get(kind, 0) + 1
@@ -166,7 +168,8 @@ def parse_time(text: str, fmt: str | None) -> datetime:
 
 def _naive_utc(t: datetime) -> datetime:
     """Times with a zone become UTC wall time, so rows from differently zoned loggers order correctly."""
-    return t if t.tzinfo is None else (t - t.utcoffset()).replace(tzinfo=None)
+    offset = t.utcoffset()
+    return t if offset is None else (t - offset).replace(tzinfo=None)
 
 
 # -- files -------------------------------------------------------------------------------------------------------
@@ -176,7 +179,7 @@ def _detect_delimiter(header: str) -> str:
         return csv.Sniffer().sniff(header, delimiters=DELIMITERS).delimiter
     except csv.Error:
         counts = {d: header.count(d) for d in DELIMITERS}
-        best = max(counts, key=counts.get)
+        best = max(counts, key=lambda d: counts[d])
         return best if counts[best] else ","
 
 
@@ -226,13 +229,14 @@ def _csv_message(text: str) -> str:
 
 def _parquet_records(path: Path, table: Table) -> list[tuple[int, list]] | None:
     try:
+        import pyarrow as pa
         import pyarrow.parquet as pq
-
-        data = pq.read_table(path)
     except ImportError:
         table.problems.append(f"{table.name}: reading Parquet needs pyarrow (pip install pyarrow)")
         return None
-    except Exception as exc:  # pyarrow raises its own error types for every kind of broken file
+    try:
+        data = pq.read_table(path)
+    except (OSError, pa.ArrowException) as exc:  # a broken footer, a truncated page, an unreadable file
         table.problems.append(f"{table.name}: not a readable Parquet file ({exc})")
         return None
     table.columns = [str(c) for c in data.column_names]
@@ -274,7 +278,11 @@ def _decode_rows(table: Table, records: list[tuple[int, list]], data: DataSettin
     index = {c: table.columns.index(c) for c in table.columns}
     width = len(table.columns)
     out_columns = data.columns
-    values, lines, times, labels, missing_at = [], [], [], [], []
+    values: list[list[float]] = []
+    lines: list[int] = []
+    times: list[datetime | None] = []
+    labels: list[int | None] = []
+    missing_at: list[int] = []
     table.missing = {c: 0 for c in data.features + source.timestamp_columns
                      + ([source.label.column] if source.label else [])}
     table.levels = {c: {level: 0 for level in cat.levels} for c, cat in source.categorical.items()}
@@ -407,7 +415,7 @@ def cut_runs(table: Table, gap_s: float | None) -> list[Run]:
         step_ms = np.diff(table.timestamps).astype(np.int64)
         bounds = [0, *(np.flatnonzero(step_ms > gap_s * 1000) + 1).tolist(), len(table.values)]
     runs = []
-    for k, (a, b) in enumerate(zip(bounds, bounds[1:])):
+    for k, (a, b) in enumerate(itertools.pairwise(bounds)):
         runs.append(Run(name=table.name if len(bounds) == 2 else f"{table.name}#{k + 1}",
                         values=table.values[a:b],
                         timestamps=None if table.timestamps is None else table.timestamps[a:b],

@@ -82,7 +82,7 @@ class Preprocessing:
     scaling: str = "standard"  # "standard" | "minmax"
 
     @classmethod
-    def from_settings(cls, data) -> "Preprocessing":
+    def from_settings(cls, data) -> Preprocessing:
         columns = data.columns
         return cls(columns=tuple(columns.index(f) for f in data.model_columns), window=data.window,
                    stats=tuple(data.window_stats), baseline=data.baseline, scaling=data.scaling)

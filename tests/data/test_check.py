@@ -3,10 +3,11 @@
 
 from __future__ import annotations
 
+from support import REPO
+
 from services.config import load_settings
 from services.data.check import check, format_report
 from services.data.sources import load_node
-from support import REPO
 
 SKAB = load_settings(environ={})
 

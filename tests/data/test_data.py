@@ -8,6 +8,7 @@ from functools import partial
 
 import numpy as np
 import pytest
+from support import free_port
 
 from services.config import load_settings
 from services.data import skab
@@ -15,7 +16,6 @@ from services.data.scaling import FeatureStats
 from services.data.source import DataError
 from services.data.sources import load_node
 from services.data.windows import make_windows
-from support import free_port
 
 SETTINGS = load_settings(environ={})
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from support import REPO
 
 from services.config import ConfigError, load_settings
 from services.data import skab
@@ -16,7 +17,6 @@ from services.data.selection import training_selection
 from services.data.source import DataError
 from services.data.sources import load_node
 from services.data.tabular import TabularSource, read_table
-from support import REPO
 
 SETTINGS = load_settings(environ={})
 FEATURES = SETTINGS.data.features
@@ -143,7 +143,7 @@ def test_missing_value_policies_count_what_they_do(tmp_path):
 def test_training_policies(tmp_path):
     settings = small(tmp_path, **{"source.missing": "ffill"})
     (run,) = load_node(settings, settings.workers[0]).runs
-    policy = lambda **t: training_selection(settings.data.training.model_copy(update=t)).mask(run)  # noqa: E731
+    policy = lambda **t: training_selection(settings.data.training.model_copy(update=t)).mask(run)
     np.testing.assert_array_equal(policy(policy="first_rows", rows=2), [1, 1, 0, 0])
     before = np.datetime64("2024-05-01T00:00:15").astype(object)
     np.testing.assert_array_equal(policy(policy="before", before=before), [1, 1, 0, 0])
