@@ -178,3 +178,20 @@ def test_a_worker_can_override_how_its_files_are_read(tmp_path, skab_dir):
 def test_the_config_refuses_confusing_data_settings(changes, message):
     with pytest.raises(ConfigError, match=message):
         load_settings(environ=changes)
+
+
+def test_code_defaults_equal_the_shipped_file_except_where_it_describes_skab():
+    """One source of defaults: a data key left out of a config means what config.yaml says, except the keys that
+    describe SKAB's files, whose defaults describe no particular file (detected delimiter, no clock, no label)."""
+    from services.config import DataSettings, SourceSettings, TrainingSettings
+
+    shipped = yaml.safe_load((REPO / "config.yaml").read_text())["data"]
+    describes_skab = {"delimiter", "timestamp", "label", "download", "model_features"}
+    for model, section in ((SourceSettings, shipped["source"]), (TrainingSettings, shipped["training"]),
+                           (DataSettings, shipped)):
+        for name, field in model.model_fields.items():
+            if field.is_required() or name in describes_skab or name not in section or name in ("synthetic", "source",
+                                                                                                "training"):
+                continue
+            default = field.get_default(call_default_factory=True)
+            assert default == section[name], f"{model.__name__}.{name}: code {default!r}, config.yaml {section[name]!r}"
