@@ -2,10 +2,11 @@
 
 Each device is one edge node (worker k reads device k) and yields one run. Its sensors are noisy mixtures of a few
 shared latent signals — a daily-like seasonality, a slow mean-reverting wander and a faster cycle — so the sensors are
-correlated the way a machine's are and an autoencoder has structure to learn; the wander reverts to its mean, so
-the anomaly-free start covers the range normal rows keep later. On top: a slow linear drift per sensor,
-Gaussian noise, and every device has its own levels, scales, mixing, period, phase and noise, so the nodes are not
-identically distributed (non-IID), as real sites are not.
+correlated the way a machine's are and an autoencoder has structure to learn; the wander reverts to its mean, so the
+anomaly-free start covers the range normal rows keep later. On top: a slow drift of the operating point (along the
+shared signals), a tiny drift of each sensor's calibration, Gaussian noise; and every device has its own levels,
+scales, periods, phases and noise, and its own variation of the machine type's sensor mixing, so the nodes are not
+identically distributed (non-IID), as real sites are not, yet share what a federated model can learn.
 
 The first ``normal_rows`` rows are anomaly-free (they train, as SKAB's first rows do); after them ``anomalies``
 events are injected at random places, cycling through the kinds, each on one sensor, each labelled 1 row by row:
@@ -16,7 +17,8 @@ events are injected at random places, cycling through the kinds, each on one sen
 - ``stuck``: the sensor repeats its last value (a frozen reading);
 - ``noise_burst``: extra noise of 3–5 standard deviations.
 
-Everything is deterministic for (seed, device) and vectorised: a device of 10,000 rows × 8 sensors takes a few ms.
+Everything is deterministic for (seed, device) and cheap: a device of 5,000 rows × 8 sensors takes a few ms, so a
+scale test can start many workers.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ ANOMALY_KINDS = ("spike", "level_shift", "drift", "stuck", "noise_burst")
 LATENT = 3
 MAX_EVENT_ROWS = 120  # longest anomaly event
 WANDER_ROWS = 150  # memory of the slow latent wander
+DEVICE_SPREAD = 0.3  # how far a device's sensor mixing strays from its machine type's
 START = np.datetime64("2026-01-01T00:00:00", "ms")
 
 
@@ -76,16 +79,18 @@ def normal_signal(source: SyntheticSource) -> tuple[np.ndarray, np.ndarray]:
     t = np.arange(n, dtype=np.float64)
     period = source.period_rows * rng.uniform(0.75, 1.25)
     wander = _slow_wander(rng.normal(0, 1, n + 5 * WANDER_ROWS), WANDER_ROWS)
+    operating_drift = rng.normal(0, 0.3) * t / n  # the machine's operating point creeps, all sensors together
     latent = np.stack([
         np.sin(2 * np.pi * t / period + rng.uniform(0, 2 * np.pi)),
-        wander,
+        wander + operating_drift,
         0.5 * np.sin(2 * np.pi * t / (period / rng.uniform(3, 5)) + rng.uniform(0, 2 * np.pi)),
     ], axis=1)  # (n, LATENT)
-    mixing = rng.normal(0, 1, (LATENT, d))
+    fleet = np.random.default_rng([source.seed, 2**31])  # the machine type all devices share
+    mixing = fleet.normal(0, 1, (LATENT, d)) + DEVICE_SPREAD * rng.normal(0, 1, (LATENT, d))
     level = rng.uniform(-50, 50, d)
     scale = rng.uniform(0.5, 5.0, d)
-    drift = rng.normal(0, 0.3, d) * t[:, None] / n  # at most a fraction of a scale over the whole run
-    noise = rng.uniform(0.05, 0.2) * rng.normal(0, 1, (n, d))
+    drift = rng.normal(0, 0.03, d) * t[:, None] / n  # each sensor's own calibration ageing: tiny
+    noise = rng.uniform(0.1, 0.25) * rng.normal(0, 1, (n, d))
     clean = latent @ mixing
     clean /= clean.std(axis=0)
     return level + scale * (clean + drift + noise), scale
