@@ -85,10 +85,11 @@ class Data:
         return (np.concatenate(labels) if self.labelled else None), np.concatenate(ratios)
 
 
-def _spans(mask: np.ndarray) -> list[tuple[int, int]]:
-    """(start, end) of each stretch of True."""
-    edges = np.diff(np.concatenate([[0], np.asarray(mask, dtype=np.int8), [0]]))
-    return list(zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)))
+def _shade(ax, mask: np.ndarray, colour: str, alpha: float) -> None:
+    """Shade the rows where ``mask`` holds, full height, as one artist (a training mask may be thousands of pieces)."""
+    x = np.arange(len(mask) + 1) - 0.5
+    ax.fill_between(x, 0, 1, where=np.append(mask, False), step="post", transform=ax.get_xaxis_transform(),
+                    color=colour, alpha=alpha, lw=0)
 
 
 def _no_labels() -> str:
@@ -145,10 +146,9 @@ def fig_timeline(d: Data) -> str:
     for ax, (w, i) in zip(axes.flat, runs):
         s, y, t = d.scores(mode, kind, w, i), d.labels(w, i), d.threshold(mode, kind, w)
         x = np.arange(len(s))
-        for a, b in _spans(d.train_mask(w, i)):
-            ax.axvspan(a, b, color="grey", alpha=0.15, lw=0)
-        for a, b in _spans(y == 1) if y is not None else []:
-            ax.axvspan(a, b, color="tab:red", alpha=0.18, lw=0)
+        _shade(ax, d.train_mask(w, i), "grey", 0.15)
+        if y is not None:
+            _shade(ax, y == 1, "tab:red", 0.18)
         ax.plot(x, np.maximum(s, 1e-4), lw=0.6, color="tab:blue")
         ax.axhline(t, color="k", ls="--", lw=0.8)
         ax.set_yscale("log")
