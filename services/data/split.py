@@ -17,6 +17,7 @@ from typing import Literal
 
 import numpy as np
 
+from services.config import Settings, WorkerSettings
 from services.data.source import DataError, Run, Source
 
 MAX_LEVELS = 32  # a column with more distinct values is cut into quantile bins before the Dirichlet draw
@@ -128,7 +129,7 @@ class SplitSource:
         return take_rows(runs, split_indices(n_rows, self.parts, self.plan, column)[self.part])
 
 
-def split_for(source: Source, settings, worker) -> Source:
+def split_for(source: Source, settings: Settings, worker: WorkerSettings) -> Source:
     """``source`` as ``worker`` sees it under ``data.split``: its part among the workers naming the same partition."""
     data = settings.data_for(worker)
     if data.split is None:

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from services.config import Settings, WorkerSettings
 from services.data.source import DataError, Run
 
 ANOMALY_KINDS = ("spike", "level_shift", "drift", "stuck", "noise_burst")
@@ -147,7 +148,7 @@ def _event_slots(source: SyntheticSource, rng: np.random.Generator) -> list[tupl
     return slots
 
 
-def synthetic_source(settings, worker) -> SyntheticSource:
+def synthetic_source(settings: Settings, worker: WorkerSettings) -> SyntheticSource:
     """Worker k of config's ``workers`` list reads device k of the fleet ``data.source.synthetic`` describes."""
     g = settings.data_for(worker).source.synthetic
     device = [w.id for w in settings.workers].index(worker.id)

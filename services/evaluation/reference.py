@@ -51,5 +51,5 @@ def unlabelled_metrics(held_scores: np.ndarray, threshold: float) -> dict:
     if not len(ratio):
         return {"labels": False, "rows": 0, "alarm_rate": 0.0}
     p50, p90, p99 = np.quantile(ratio, [0.5, 0.9, 0.99])
-    return {"labels": False, "rows": int(len(ratio)), "alarm_rate": round(100 * float(np.mean(ratio > 1.0)), 2),
+    return {"labels": False, "rows": len(ratio), "alarm_rate": round(100 * float(np.mean(ratio > 1.0)), 2),
             "ratio_p50": round(float(p50), 4), "ratio_p90": round(float(p90), 4), "ratio_p99": round(float(p99), 4)}

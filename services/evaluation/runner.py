@@ -35,7 +35,8 @@ from services.config import Settings
 from services.data.node import NodeData
 from services.data.scaling import FeatureStats, Scaler
 from services.data.sources import load_node
-from services.evaluation.reference import NAME as REFERENCE_NAME, score_reference, unlabelled_metrics
+from services.evaluation.reference import NAME as REFERENCE_NAME
+from services.evaluation.reference import score_reference, unlabelled_metrics
 from services.model.autoencoder import build_autoencoder, set_flat_weights
 from services.model.detector import AnomalyDetector, DetectorSpec, node_seed
 from services.model.metrics import detection_metrics
