@@ -6,6 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_INDEX ?=
 PYTEST_ARGS ?=
+CONFIG ?=
 # onnxruntime's usage telemetry would send events off the machine
 export ORT_DISABLE_TELEMETRY := 1
 
@@ -22,8 +23,8 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed
 
-run: venv  ## train the federation on this machine, print detection figures, serve /detect until Ctrl-C
-	$(PY) -m services.cli run
+run: venv  ## train the federation on this machine, print detection figures, serve /detect until Ctrl-C (CONFIG=examples/….yaml)
+	$(PY) -m services.cli run $(if $(CONFIG),--config $(CONFIG))
 
 test: venv lint  ## lint and type check, then the whole test suite (real services on loopback, real SKAB data)
 	$(PY) -m pytest $(PYTEST_ARGS)

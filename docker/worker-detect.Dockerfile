@@ -56,7 +56,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     ORT_DISABLE_TELEMETRY=1 \
     FEDAD_CONFIG=/etc/fedad/config.yaml \
-    FEDAD__DATA__DIR=/data \
+    FEDAD__DATA__SOURCE__DIR=/data/skab \
     FEDAD_WORKER_MODE=detect_only \
     FEDAD_SERVICE=worker
 WORKDIR /app

@@ -1,11 +1,12 @@
-# Detection quality (issue 5): federated vs centralised vs local-only on SKAB's protocol, fp32 and int8, and the
-# report. See docs/quality.md. Included by the main Makefile (`-include mk/*.mk`), which defines VENV, PY and `venv`.
+# Detection quality: federated vs centralised vs local-only, fp32 and int8, next to a same-run IsolationForest, and
+# the report. See docs/quality.md. Included by the main Makefile (`-include mk/*.mk`), which defines VENV, PY and `venv`.
 #
-#   make evaluate        train and score every mode (~1 min on 2 cores); prints the table; reports/evaluation/
+#   make evaluate        train and score every mode on SKAB (~1 min on 2 cores); prints the table; reports/evaluation/
+#   make evaluate CONFIG=examples/shuttle.yaml   the same on another data set (examples/: skab, shuttle, synthetic)
 #   make report          reports/report.html: one self-contained page with the table and every figure
 #   make evaluate-sweep  the settings table of docs/quality.md (each row one evaluation; ~10 min)
 #
-# Knobs: EVAL_DIR, REPORT, EVAL_MODES (comma-separated subset of federated,centralised,local); any config value
+# Knobs: CONFIG, EVAL_DIR, REPORT, EVAL_MODES (comma-separated subset of federated,centralised,local); any config value
 # through FEDAD__SECTION__KEY=value, e.g. `make evaluate FEDAD__FEDERATION__ROUNDS=5`.
 
 VENV ?= .venv
@@ -13,11 +14,12 @@ PY ?= $(VENV)/bin/python
 EVAL_DIR ?= reports/evaluation
 REPORT ?= reports/report.html
 EVAL_MODES ?= federated,centralised,local
+CONFIG ?=
 
 .PHONY: evaluate report evaluate-sweep
 
-evaluate: venv  ## federated vs centralised vs local-only detection on SKAB, fp32 and int8 (reports/evaluation/)
-	$(PY) -m services.cli evaluate --out $(EVAL_DIR) --modes $(EVAL_MODES)
+evaluate: venv  ## federated vs centralised vs local-only vs IsolationForest, fp32 and int8 (CONFIG=…; reports/evaluation/)
+	$(PY) -m services.cli evaluate $(if $(CONFIG),--config $(CONFIG)) --out $(EVAL_DIR) --modes $(EVAL_MODES)
 
 report: venv  ## render reports/report.html from the last `make evaluate`
 	$(PY) -m services.cli report --results $(EVAL_DIR) --out $(REPORT)

@@ -16,8 +16,9 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
+from datetime import datetime
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -41,25 +42,183 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class DataSettings(_Section):
-    source: Literal["skab"] = "skab"
-    dir: Path | None = None
-    features: list[str] = Field(min_length=1)
-    train_rows: int = Field(400, gt=0)
-    window: int = Field(20, ge=1, le=256)
-    window_stats: list[Literal["mean", "std", "slope"]] = ["mean", "std", "slope"]
-    baseline: Literal["federation", "run"] = "run"
-    model_features: list[str] | None  # null: all features; no default, the channels worth watching depend on the data
+class LabelSettings(_Section):
+    """The column that says whether a row is anomalous, and which of its values mean normal. Labels serve the
+    evaluation (and the ``labelled_normal`` training policy); they are never a model input."""
+
+    column: str = Field(min_length=1)
+    normal: list[str | int | float] = Field([0], min_length=1)
+
+
+class CategoricalSettings(_Section):
+    """A column of named states (``on``/``off``, ``open``/``closed``): ``codes`` gives one column holding the
+    level's position in ``levels``; ``onehot`` gives one 0/1 column per level, named ``<column>=<level>``."""
+
+    levels: list[str] = Field(min_length=1)
+    encoding: Literal["codes", "onehot"] = "codes"
+
+    @field_validator("levels", mode="before")
+    @classmethod
+    def _levels_are_text(cls, levels):
+        return [str(v).strip() for v in levels] if isinstance(levels, list) else levels
 
     @model_validator(mode="after")
-    def _model_inputs(self) -> DataSettings:
+    def _distinct(self) -> "CategoricalSettings":
+        if len(set(self.levels)) != len(self.levels):
+            raise ValueError(f"levels repeat a value: {self.levels}")
+        return self
+
+
+class SyntheticSettings(_Section):
+    """The generated fleet of ``source.kind: synthetic`` (services/data/synthetic.py): worker k is device k, with one
+    sensor per feature name; the first ``normal_rows`` rows of each device are anomaly-free, then ``anomalies``
+    labelled events of the given kinds."""
+
+    rows: int = Field(5000, ge=100)
+    normal_rows: int = Field(1500, ge=2)
+    anomalies: int = Field(10, ge=0)
+    kinds: list[Literal["spike", "level_shift", "drift", "stuck", "noise_burst"]] = Field(
+        ["spike", "level_shift", "drift", "stuck", "noise_burst"], min_length=1)
+    interval_s: float = Field(1.0, gt=0)
+    period_rows: int = Field(600, ge=2)
+    seed: int = Field(0, ge=0, lt=2**32)
+
+    @model_validator(mode="after")
+    def _room(self) -> "SyntheticSettings":
+        if self.normal_rows >= self.rows:
+            raise ValueError(f"normal_rows ({self.normal_rows}) must be below rows ({self.rows})")
+        return self
+
+
+class SplitSettings(_Section):
+    """One data set shared out across the workers that name the same partition (services/data/split.py): at random,
+    or skewed per value of ``column`` by Dirichlet(``alpha``) shares; a worker's part is its position among them."""
+
+    method: Literal["random", "dirichlet"] = "random"
+    column: str | None = None
+    alpha: float = Field(0.5, gt=0)
+    seed: int = Field(0, ge=0, lt=2**32)
+
+    @model_validator(mode="after")
+    def _column_given(self) -> "SplitSettings":
+        if self.method == "dirichlet" and not self.column:
+            raise ValueError("method dirichlet needs column: the feature or label column whose mix differs")
+        return self
+
+
+class SourceSettings(_Section):
+    """Where an edge node's rows come from and how its files are read (services/data/tabular.py), or the
+    synthetic fleet's parameters (services/data/synthetic.py)."""
+
+    kind: Literal["files", "synthetic"] = "files"
+    synthetic: SyntheticSettings = SyntheticSettings()
+    dir: Path | None = None
+    format: Literal["auto", "csv", "parquet"] = "auto"
+    delimiter: str | None = Field(None, min_length=1, max_length=1)
+    timestamp: str | list[str] | None = None
+    timestamp_format: str | None = None
+    run_gap_s: float | None = Field(None, gt=0)
+    label: LabelSettings | None = None
+    categorical: dict[str, CategoricalSettings] = {}
+    missing: Literal["refuse", "drop", "ffill"] = "refuse"
+    download: Literal["skab"] | None = None
+
+    @field_validator("timestamp")
+    @classmethod
+    def _one_or_date_time(cls, value):
+        if isinstance(value, list) and len(value) != 2:
+            raise ValueError("timestamp is one column name, or [date column, time column]")
+        return value
+
+    @property
+    def timestamp_columns(self) -> list[str]:
+        if self.timestamp is None:
+            return []
+        return [self.timestamp] if isinstance(self.timestamp, str) else list(self.timestamp)
+
+
+class TrainingSettings(_Section):
+    """Which rows of each run train the detector and calibrate its threshold; the rest is held out."""
+
+    policy: Literal["first_rows", "before", "labelled_normal", "all"] = "first_rows"
+    rows: int = Field(400, gt=0)
+    before: datetime | None = None
+    share: float = Field(1.0, gt=0, le=1)  # labelled_normal: this share of each run's normal rows, drawn by seed
+    seed: int = Field(0, ge=0, lt=2**32)
+
+    @model_validator(mode="after")
+    def _before_given(self) -> "TrainingSettings":
+        if self.policy == "before" and self.before is None:
+            raise ValueError("policy before needs a timestamp in before (e.g. 2024-05-01 00:00:00)")
+        return self
+
+
+class DataSettings(_Section):
+    source: SourceSettings
+    training: TrainingSettings = TrainingSettings()
+    split: SplitSettings | None = None
+    features: list[str] = Field(min_length=1)
+    window: int = Field(20, ge=1, le=256)
+    window_stats: list[Literal["mean", "std", "slope"]] = ["mean", "std", "slope"]
+    baseline: Literal["run", "node", "federation"] = "run"
+    scaling: Literal["standard", "minmax"] = "standard"
+    model_features: list[str] | None = None
+
+    @model_validator(mode="after")
+    def _model_inputs(self) -> "DataSettings":
+        if len(set(self.features)) != len(self.features):
+            raise ValueError(f"features repeat a column: {self.features}")
         if len(set(self.window_stats)) != len(self.window_stats):
             raise ValueError(f"window_stats repeats a statistic: {self.window_stats}")
         if self.model_features is not None:
             unknown = [f for f in self.model_features if f not in self.features]
             if unknown or not self.model_features or len(set(self.model_features)) != len(self.model_features):
                 raise ValueError(f"model_features must be distinct names from features; not in features: {unknown}")
+        source = self.source
+        taken = {c: "the timestamp" for c in source.timestamp_columns}
+        if source.label is not None:
+            taken[source.label.column] = "the label"
+        clash = [f"{f} is {taken[f]} column" for f in self.features if f in taken]
+        if clash:
+            raise ValueError(f"features must be model inputs only: {'; '.join(clash)}")
+        unused = [c for c in source.categorical if c not in self.features]
+        if unused:
+            raise ValueError(f"categorical columns {unused} are not in features")
+        if self.split is not None and self.split.column is not None and self.split.column not in self.features \
+                and (source.label is None or self.split.column != source.label.column):
+            raise ValueError(f"split.column {self.split.column!r} is neither a feature nor the label column")
+        if self.training.policy == "labelled_normal" and source.label is None and source.kind != "synthetic":
+            raise ValueError("training.policy labelled_normal needs source.label")
+        if source.run_gap_s is not None and not source.timestamp_columns:
+            raise ValueError("source.run_gap_s cuts runs where the clock jumps: it needs source.timestamp")
+        if self.training.policy == "before" and not source.timestamp_columns:
+            raise ValueError("training.policy before needs source.timestamp")
         return self
+
+    @property
+    def train_rows(self) -> int:
+        return self.training.rows
+
+    def expand(self, names: list[str]) -> list[str]:
+        """Value columns of the named features: a one-hot categorical feature becomes ``<column>=<level>`` each."""
+        out = []
+        for name in names:
+            cat = self.source.categorical.get(name)
+            if cat is not None and cat.encoding == "onehot":
+                out.extend(f"{name}={level}" for level in cat.levels)
+            else:
+                out.append(name)
+        return out
+
+    @property
+    def columns(self) -> list[str]:
+        """The columns of every row the sources yield and POST /detect takes, in order."""
+        return self.expand(self.features)
+
+    @property
+    def model_columns(self) -> list[str]:
+        """The columns the model sees (``model_features`` expanded, or all)."""
+        return self.expand(self.model_features or self.features)
 
 
 MODEL_KINDS = ("dense", "conv1d", "lstm")
@@ -277,7 +436,9 @@ class AggregatorSettings(_Section):
 
 class WorkerSettings(_Section):
     id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
-    partition: list[str] = Field(min_length=1)
+    partition: list[str] = Field(min_length=1)  # folders, globs or files relative to data.source.dir
+    source: dict[str, Any] | None = None  # this node's overrides of data.source keys (its own dir, delimiter ...)
+    training: dict[str, Any] | None = None  # this node's overrides of data.training keys
     host: str = "127.0.0.1"
     port: int = Field(ge=1, le=65535)
     state_dir: Path
@@ -325,6 +486,12 @@ class Settings(_Section):
         if self.privacy.enabled and self.privacy.side == "server" and self.federation.strategy != "fedavg":
             raise ValueError("privacy.side server calibrates its noise to FedAvg's sensitivity: use strategy fedavg, "
                              f"or privacy.side client with {self.federation.strategy}")
+        for w in self.workers:
+            if w.source or w.training:
+                try:
+                    self.data_for(w)
+                except ValidationError as exc:
+                    raise ValueError(f"worker {w.id}'s data overrides: {_describe(exc).strip()}") from None
         if self.tls.enabled and not self.aggregator.url.startswith("https://"):
             raise ValueError(f"tls.enabled is true but aggregator.url is {self.aggregator.url}: "
                              "workers must reach the aggregator with https://")
@@ -343,10 +510,19 @@ class Settings(_Section):
                 return w
         raise ConfigError(f"workers: no worker with id {worker_id!r} (known: {[w.id for w in self.workers]})")
 
+    def data_for(self, worker: WorkerSettings) -> DataSettings:
+        """The ``data`` section as ``worker`` reads its rows: data.source / data.training with its overrides."""
+        if not worker.source and not worker.training:
+            return self.data
+        raw = self.data.model_dump()
+        raw["source"] = {**raw["source"], **(worker.source or {})}
+        raw["training"] = {**raw["training"], **(worker.training or {})}
+        return DataSettings.model_validate(raw)
+
     @property
     def input_width(self) -> int:
         """Width of one model input: a window of consecutive rows, flattened, or its statistics per channel."""
-        channels = len(self.data.model_features or self.data.features)
+        channels = len(self.data.model_columns)
         return channels * (len(self.data.window_stats) if self.data.window_stats else self.data.window)
 
 
@@ -417,12 +593,14 @@ def _resolve_paths(settings: Settings, base: Path) -> Settings:
     def resolve(p: Path) -> Path:
         return p if p.is_absolute() else base / p
 
-    if settings.data.dir is not None:
-        settings.data.dir = resolve(settings.data.dir)
+    if settings.data.source.dir is not None:
+        settings.data.source.dir = resolve(settings.data.source.dir)
     settings.aggregator.state_dir = resolve(settings.aggregator.state_dir)
     settings.tls.dir = resolve(settings.tls.dir)
     for w in settings.workers:
         w.state_dir = resolve(w.state_dir)
+        if w.source and w.source.get("dir") is not None:
+            w.source["dir"] = resolve(Path(w.source["dir"]))
     return settings
 
 

@@ -37,11 +37,12 @@ def test_run_trains_prints_figures_and_the_dashboard_url(tmp_path):
 def test_a_worker_without_data_stops_the_run_with_its_reason(tmp_path):
     empty = tmp_path / "no-data"
     empty.mkdir()
-    stack = Stack(tmp_path, rounds=2, epochs=1, overrides={"FEDAD__DATA__DIR": str(empty)})
+    stack = Stack(tmp_path, rounds=2, epochs=1, overrides={"FEDAD__DATA__SOURCE__DIR": str(empty)})
     started = time.monotonic()
     done = run_cli(stack.env, timeout=120)
     assert done.returncode != 0, done.stdout
-    assert f"stopped: no skab/ folder in the configured data dir {empty}" in done.stderr, done.stdout + done.stderr
+    assert re.search(rf"stopped: partition entry '\w+': no such folder or file under {re.escape(str(empty))}",
+                     done.stderr), done.stdout + done.stderr
     assert "Traceback" not in done.stderr, done.stderr
     assert time.monotonic() - started < 60, "the run should stop as soon as a worker says why, not time out"
 

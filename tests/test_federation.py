@@ -62,8 +62,9 @@ def test_only_weights_and_aggregates_cross_the_wire(trained_stack):
         elif r["path"].endswith("/join"):
             body = json.loads(r["body"])
             assert set(body) == {"spec_hash", "sample_count", "stats"}
-            assert set(body["stats"]) == {"count", "sum", "sum_sq"}
-            assert len(body["stats"]["sum"]) == len(SETTINGS.data.features)  # one aggregate per feature, no rows
+            assert set(body["stats"]) == {"count", "sum", "sum_sq", "min", "max"}
+            for key in ("sum", "sum_sq", "min", "max"):  # one aggregate per feature, no rows
+                assert len(body["stats"][key]) == len(SETTINGS.data.features)
         elif r["path"].endswith("/telemetry"):  # dashboard counters: scalars only, never rows or scores
             body = json.loads(r["body"])
             assert set(body) <= {"boot_id", "phase", "model_round", "threshold", "detect_requests", "rows_scored",

@@ -175,9 +175,9 @@ class Federation:
             raise RoundError(errors.SPEC_MISMATCH,
                              f"model spec {request.spec_hash} differs from the federation's {self.spec_hash}: "
                              "the worker's config (features, window, model.hidden) must match the aggregator's")
-        if len(request.stats.sum) != len(self.settings.data.features):
+        if len(request.stats.sum) != len(self.settings.data.columns):
             raise RoundError(errors.INVALID_REQUEST, f"stats have {len(request.stats.sum)} features, "
-                                                     f"the federation uses {len(self.settings.data.features)}")
+                                                     f"the federation uses {len(self.settings.data.columns)}")
         self.seen(worker_id)
         if request.role == "detect_only":  # takes the published models, gives nothing: the run's state is unchanged
             self.detect_only[worker_id] = request.sample_count
@@ -188,7 +188,7 @@ class Federation:
         state = {**self.state, "joined": joined}
         if state["scaler"] is None and len(joined) >= self.fed.min_workers:
             merged = FeatureStats.merge([FeatureStats(**j["stats"]) for j in joined.values()])
-            state["scaler"] = merged.scaler().model_dump()
+            state["scaler"] = merged.scaler(self.settings.data.scaling).model_dump()
             self.round_opened_at = self.clock()
         self.state = self._commit(state, self.global_weights)
         return self.join_response()

@@ -35,8 +35,10 @@ class NodeData:
         return np.concatenate([run.values[mask] for run, mask in zip(self.runs, self.masks)])
 
     def reference(self, run: Run, mask: np.ndarray, scaler: Scaler | None) -> Reference:
-        """The scaling of one run: its own training rows (``run`` baseline) or the federation's scaler."""
-        return self.prep.reference(run.values[mask] if self.prep.baseline == "run" else None, scaler)
+        """The scaling of one run: its own training rows (``run``), the node's (``node``) or the federation's scaler."""
+        if self.prep.baseline == "run":
+            return self.prep.reference(run.values[mask], scaler)
+        return self.default_reference(scaler)
 
     def run_inputs(self, scaler: Scaler | None) -> list[np.ndarray]:
         """Model inputs of every run, each scaled by its reference (cached per scaler)."""
@@ -61,4 +63,7 @@ class NodeData:
 
     def default_reference(self, scaler: Scaler | None) -> Reference:
         """What /detect scales with when a request brings no reference rows of its own: all local training rows."""
-        return self.prep.reference(self.train_raw() if self.prep.baseline == "run" else None, scaler)
+        if "node_reference" not in self._cache or self._cache.get("node_key") != id(scaler):
+            rows = self.train_raw() if self.prep.baseline in ("run", "node") else None
+            self._cache.update(node_reference=self.prep.reference(rows, scaler), node_key=id(scaler))
+        return self._cache["node_reference"]

@@ -1,10 +1,11 @@
-"""From raw sensor rows to model inputs: SKAB is a once-a-second time series, and a fault often shows in how rows
-change, not in one row.
+"""From raw sensor rows to model inputs: sensor data is a time series (SKAB's pump, the shipped data, is sampled
+once a second), and a fault often shows in how rows change, not in one row.
 
 Two steps, both set in config.yaml's ``data`` section:
 
-1. **Reference scaling** (``data.baseline``). ``federation``: every node scales with the federation's merged mean and
-   std (one scaler for all). ``run``: each run of the machine is scaled by its own reference rows — SKAB's protocol
+1. **Reference scaling** (``data.baseline``, ``data.scaling`` standard or minmax). ``federation``: every node scales
+   with the federation's merged statistics (one scaler for all). ``node``: each node with its own training rows.
+   ``run``: each run of the machine is scaled by its own reference rows — SKAB's protocol
    gives every experiment file an anomaly-free start (its first ``train_rows`` rows), so a run is compared with how
    *that run* looked when it started. SKAB's runs come from three sessions at very different operating points
    (~125, ~76, ~32 l/min) and temperatures drift between runs, so a single global scaler mistakes the operating
@@ -72,18 +73,19 @@ class Reference(BaseModel):
 
 @dataclass(frozen=True)
 class Preprocessing:
-    """Raw rows in ``data.features`` order → model inputs; built from config with ``from_settings``."""
+    """Raw rows in ``data.columns`` order → model inputs; built from config with ``from_settings``."""
 
-    columns: tuple[int, ...]  # which of data.features the model sees
+    columns: tuple[int, ...]  # which of data.columns the model sees
     window: int
     stats: tuple[str, ...]  # () = flattened window
-    baseline: str  # "federation" | "run"
+    baseline: str  # "run" | "node" | "federation"
+    scaling: str = "standard"  # "standard" | "minmax"
 
     @classmethod
-    def from_settings(cls, data) -> "Preprocessing":
-        used = data.model_features or data.features
-        return cls(columns=tuple(data.features.index(f) for f in used), window=data.window,
-                   stats=tuple(data.window_stats), baseline=data.baseline)
+    def from_settings(cls, data) -> Preprocessing:
+        columns = data.columns
+        return cls(columns=tuple(columns.index(f) for f in data.model_columns), window=data.window,
+                   stats=tuple(data.window_stats), baseline=data.baseline, scaling=data.scaling)
 
     @property
     def channels(self) -> int:
@@ -94,8 +96,9 @@ class Preprocessing:
         return self.channels * (len(self.stats) if self.stats else self.window)
 
     def reference(self, reference_rows: np.ndarray | None, scaler: Scaler | None) -> Reference:
-        """The scaling of one run: from its own reference rows (``run``) or the federation's scaler."""
-        if self.baseline == "federation":
+        """The scaling of one run: from reference rows (the run's own for ``run``, the node's for ``node``) or, without
+        rows, the federation's scaler. ``minmax`` puts min in ``mean`` and max - min in ``std``."""
+        if self.baseline == "federation" or reference_rows is None:
             if scaler is None:
                 raise ValueError("the federation baseline needs the federation's scaler")
             cols = list(self.columns)
@@ -103,7 +106,10 @@ class Preprocessing:
         rows = np.asarray(reference_rows, dtype=np.float64)[:, self.columns]
         if len(rows) < 2:
             raise ValueError("a run's reference needs at least 2 rows")
-        mean, std = rows.mean(axis=0), np.maximum(rows.std(axis=0), MIN_STD)
+        if self.scaling == "minmax":
+            mean, std = rows.min(axis=0), np.maximum(rows.max(axis=0) - rows.min(axis=0), MIN_STD)
+        else:
+            mean, std = rows.mean(axis=0), np.maximum(rows.std(axis=0), MIN_STD)
         reference = Reference(mean=mean.tolist(), std=std.tolist())
         if self.stats:
             features = self._features(rows, reference)

@@ -1,9 +1,11 @@
 """One self-contained HTML page (PNG figures embedded as data URIs) from ``fedad evaluate``'s results folder.
 
-Figures (``FIGURES``): comparison table next to SKAB's leaderboard; reconstruction-error distributions with the
-threshold; anomaly score over time per experiment with the true anomaly spans shaded; ROC and precision-recall
-curves; confusion matrices; a 2-D view of the encoder's latent space coloured by label; training loss per round per
-worker; model size and per-row inference time of fp32 vs int8.
+Figures (``FIGURES``): comparison table (with the same-run IsolationForest, and SKAB's leaderboard on SKAB);
+reconstruction-error distributions with the threshold; anomaly score over time per run with the training rows and
+the true anomaly spans shaded; ROC and precision-recall curves; confusion matrices; a 2-D view of the encoder's
+latent space coloured by label; training loss per round per worker; model size and per-row inference time of fp32
+vs int8. Which rows trained comes from the saved training masks, whatever the training policy was; unlabelled data
+get alarm rates and score spreads where labelled data get F1, ROC and confusion matrices.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import numpy as np  # noqa: E402
 from sklearn.metrics import precision_recall_curve, roc_curve  # noqa: E402
 
 from services.evaluation.runner import KINDS  # noqa: E402
-from services.evaluation.table import MODE_NAMES, SKAB_LEADERBOARD, table_rows  # noqa: E402
+from services.evaluation.table import MODE_NAMES, SKAB_LEADERBOARD, is_skab, table_rows  # noqa: E402
 
 FIGURES = {
     "fig-distribution": "Reconstruction-error distribution with the threshold",
@@ -36,7 +38,7 @@ FIGURES = {
     "fig-size-time": "Model size and per-row inference time, fp32 vs int8",
 }
 SERVED = ("federated", "int8")  # what the workers serve by default
-COLOURS = {"federated": "tab:blue", "centralised": "tab:orange", "local": "tab:green"}
+COLOURS = {"federated": "tab:blue", "centralised": "tab:orange", "local": "tab:green", "reference": "tab:grey"}
 
 
 class Data:
@@ -46,26 +48,56 @@ class Data:
             self.arrays = {k: z[k] for k in z.files}
         self.workers: list[str] = self.results["workers"]
         self.experiments: dict[str, list[str]] = self.results["experiments"]
-        self.train_rows: int = self.results["settings"]["data"]["train_rows"]
+        self.labelled: bool = self.results.get("labelled", True)
+        self.reference: dict | None = self.results.get("reference")
 
-    def labels(self, worker: str, i: int) -> np.ndarray:
-        return self.arrays[f"labels/{worker}/{i}"]
+    def labels(self, worker: str, i: int) -> np.ndarray | None:
+        return self.arrays.get(f"labels/{worker}/{i}")
+
+    def train_mask(self, worker: str, i: int) -> np.ndarray:
+        """True for the rows that trained (and set the threshold), as the data's training policy chose them."""
+        return self.arrays[f"train_mask/{worker}/{i}"]
+
+    def train_scores(self, mode: str, kind: str, worker: str) -> np.ndarray:
+        return np.concatenate([self.scores(mode, kind, worker, i)[self.train_mask(worker, i)]
+                               for i in range(len(self.experiments[worker]))])
 
     def scores(self, mode: str, kind: str, worker: str, i: int) -> np.ndarray:
-        return self.arrays[f"scores/{mode}/{kind}/{worker}/{i}"]
+        """``mode`` "reference" (kind ignored) is the reference detector's scores."""
+        key = f"scores/reference/{worker}/{i}" if mode == "reference" else f"scores/{mode}/{kind}/{worker}/{i}"
+        return self.arrays[key]
 
     def threshold(self, mode: str, kind: str, worker: str) -> float:
-        return float(self.arrays[f"threshold/{mode}/{kind}/{worker}"][0])
+        key = f"threshold/reference/{worker}" if mode == "reference" else f"threshold/{mode}/{kind}/{worker}"
+        return float(self.arrays[key][0])
 
-    def held_out(self, mode: str, kind: str, worker: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Held-out labels and scores divided by the worker's threshold (pooled over workers if None)."""
+    def held_out(self, mode: str, kind: str, worker: str | None = None) -> tuple[np.ndarray | None, np.ndarray]:
+        """Held-out labels (None when unlabelled) and scores divided by the worker's threshold (pooled over workers
+        if None)."""
         labels, ratios = [], []
         for w in [worker] if worker else self.workers:
             t = self.threshold(mode, kind, w)
             for i in range(len(self.experiments[w])):
-                labels.append(self.labels(w, i)[self.train_rows:])
-                ratios.append(self.scores(mode, kind, w, i)[self.train_rows:] / t)
-        return np.concatenate(labels), np.concatenate(ratios)
+                held = ~self.train_mask(w, i)
+                if self.labelled:
+                    labels.append(self.labels(w, i)[held])
+                ratios.append(self.scores(mode, kind, w, i)[held] / t)
+        return (np.concatenate(labels) if self.labelled else None), np.concatenate(ratios)
+
+
+def _shade(ax, mask: np.ndarray, colour: str, alpha: float) -> None:
+    """Shade the rows where ``mask`` holds, full height, as one artist (a training mask may be thousands of pieces)."""
+    x = np.arange(len(mask) + 1) - 0.5
+    ax.fill_between(x, 0, 1, where=np.append(mask, False), step="post", transform=ax.get_xaxis_transform(),
+                    color=colour, alpha=alpha, lw=0)
+
+
+def _no_labels() -> str:
+    fig, ax = plt.subplots(figsize=(6, 1.2))
+    ax.text(0.5, 0.5, "no labels in this data: no ROC, precision-recall or confusion matrix (see the alarm rates)",
+            ha="center", va="center")
+    ax.axis("off")
+    return _png(fig)
 
 
 def _png(fig) -> str:
@@ -80,14 +112,19 @@ def fig_distribution(d: Data) -> str:
     fig, axes = plt.subplots(1, len(d.workers), figsize=(5 * len(d.workers), 3.6), squeeze=False)
     for ax, w in zip(axes[0], d.workers):
         t = d.threshold(mode, kind, w)
-        train = np.concatenate([d.scores(mode, kind, w, i)[:d.train_rows] for i in range(len(d.experiments[w]))])
+        train = d.train_scores(mode, kind, w)
         labels, ratio = d.held_out(mode, kind, w)
         held = ratio * t
-        low = max(min(train.min(), held.min()), 1e-4)
-        bins = np.logspace(np.log10(low), np.log10(max(train.max(), held.max()) * 1.01), 60)
-        ax.hist(train, bins=bins, alpha=0.45, label="training rows (normal)", color="grey", density=True)
-        ax.hist(held[labels == 0], bins=bins, alpha=0.55, label="held-out normal", color="tab:blue", density=True)
-        ax.hist(held[labels == 1], bins=bins, alpha=0.55, label="held-out anomaly", color="tab:red", density=True)
+        low = max(min(train.min(), held.min() if len(held) else np.inf), 1e-4)
+        bins = np.logspace(np.log10(low), np.log10(max(train.max(), held.max() if len(held) else 0) * 1.01), 60)
+        ax.hist(train, bins=bins, alpha=0.45, label="training rows", color="grey", density=True)
+        if labels is None:
+            ax.hist(held, bins=bins, alpha=0.55, label=f"held-out rows ({100 * np.mean(ratio > 1):.1f} % alarm)",
+                    color="tab:blue", density=True)
+        else:
+            for value, name, colour in ((0, "held-out normal", "tab:blue"), (1, "held-out anomaly", "tab:red")):
+                if np.any(labels == value):
+                    ax.hist(held[labels == value], bins=bins, alpha=0.55, label=name, color=colour, density=True)
         ax.axvline(t, color="k", ls="--", lw=1.2, label=f"threshold {t:.3g}")
         ax.set_xscale("log")
         ax.set_title(f"{w}")
@@ -109,11 +146,9 @@ def fig_timeline(d: Data) -> str:
     for ax, (w, i) in zip(axes.flat, runs):
         s, y, t = d.scores(mode, kind, w, i), d.labels(w, i), d.threshold(mode, kind, w)
         x = np.arange(len(s))
-        ax.axvspan(0, d.train_rows, color="grey", alpha=0.15, lw=0)
-        starts = np.flatnonzero(np.diff(np.concatenate([[0], y, [0]])) == 1)
-        ends = np.flatnonzero(np.diff(np.concatenate([[0], y, [0]])) == -1)
-        for a, b in zip(starts, ends):
-            ax.axvspan(a, b, color="tab:red", alpha=0.18, lw=0)
+        _shade(ax, d.train_mask(w, i), "grey", 0.15)
+        if y is not None:
+            _shade(ax, y == 1, "tab:red", 0.18)
         ax.plot(x, np.maximum(s, 1e-4), lw=0.6, color="tab:blue")
         ax.axhline(t, color="k", ls="--", lw=0.8)
         ax.set_yscale("log")
@@ -127,17 +162,23 @@ def fig_timeline(d: Data) -> str:
 
 
 def fig_roc(d: Data) -> str:
+    if not d.labelled:
+        return _no_labels()
     fig, (roc_ax, pr_ax) = plt.subplots(1, 2, figsize=(11, 4.4))
-    for mode in d.results["modes"]:
-        for kind in KINDS:
-            labels, ratio = d.held_out(mode, kind)
-            fpr, tpr, _ = roc_curve(labels, ratio)
-            precision, recall, _ = precision_recall_curve(labels, ratio)
-            p = d.results["modes"][mode]["kinds"][kind]["pooled"]
-            style = dict(color=COLOURS[mode], ls="-" if kind == "fp32" else ":", lw=1.3)
-            roc_ax.plot(fpr, tpr, label=f"{MODE_NAMES[mode]} {kind} (AUC {p['roc_auc']:.3f})", **style)
-            pr_ax.plot(recall, precision, label=f"{MODE_NAMES[mode]} {kind} (AP {p['pr_auc']:.3f})", **style)
-            roc_ax.plot(p["far"] / 100, 1 - p["mar"] / 100, "o", color=COLOURS[mode], ms=4)
+    curves = [(mode, kind, f"{MODE_NAMES[mode]} {kind}", d.results["modes"][mode]["kinds"][kind]["pooled"])
+              for mode in d.results["modes"] for kind in KINDS]
+    if d.reference:
+        curves.append(("reference", "", d.reference["name"], d.reference["pooled"]))
+    for mode, kind, name, p in curves:
+        labels, ratio = d.held_out(mode, kind)
+        if "roc_auc" not in p:
+            continue
+        fpr, tpr, _ = roc_curve(labels, ratio)
+        precision, recall, _ = precision_recall_curve(labels, ratio)
+        style = dict(color=COLOURS[mode], ls=":" if kind == "int8" else "-", lw=1.3)
+        roc_ax.plot(fpr, tpr, label=f"{name} (AUC {p['roc_auc']:.3f})", **style)
+        pr_ax.plot(recall, precision, label=f"{name} (AP {p['pr_auc']:.3f})", **style)
+        roc_ax.plot(p["far"] / 100, 1 - p["mar"] / 100, "o", color=COLOURS[mode], ms=4)
     roc_ax.plot([0, 1], [0, 1], color="grey", lw=0.8)
     roc_ax.set(xlabel="false alarm rate", ylabel="detection rate (1 − MAR)", title="ROC (pooled; dots: thresholds)")
     pr_ax.set(xlabel="recall", ylabel="precision", title="precision-recall (pooled)")
@@ -147,6 +188,8 @@ def fig_roc(d: Data) -> str:
 
 
 def fig_confusion(d: Data) -> str:
+    if not d.labelled:
+        return _no_labels()
     modes = list(d.results["modes"])
     fig, axes = plt.subplots(len(KINDS), len(modes), figsize=(3.3 * len(modes), 5.8), squeeze=False)
     for c, mode in enumerate(modes):
@@ -176,7 +219,9 @@ def fig_latent(d: Data) -> str:
         return _png(fig)
     xy, label, held = d.arrays["latent/xy"], d.arrays["latent/label"], d.arrays["latent/held_out"]
     groups = [((label == 0) & ~held, "training rows (normal)", "grey"),
-              ((label == 0) & held, "held-out normal", "tab:blue"), (label == 1, "anomaly", "tab:red")]
+              ((label == 0) & held, "held-out normal", "tab:blue"), (label == 1, "anomaly", "tab:red"),
+              ((label == -1) & ~held, "training rows (unlabelled)", "grey"),
+              ((label == -1) & held, "held-out rows (unlabelled)", "tab:blue")]
     for mask, name, colour in groups:
         ax.scatter(xy[mask, 0], xy[mask, 1], s=5, alpha=0.6, color=colour, label=name)
     info = d.results["modes"]["federated"].get("latent", {})
@@ -232,28 +277,46 @@ def _table(headers: list[str], rows: list[list], classes: list[str] | None = Non
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
+def _f(value, digits: int) -> str:
+    return "" if value is None else f"{value:.{digits}f}"
+
+
 def comparison_table(d: Data) -> str:
     rows, classes = [], []
+    if not d.labelled:
+        for r in table_rows(d.results):
+            rows.append([r["name"], r["rows"], f"{r['alarm_rate']:.2f}", _f(r.get("ratio_p50"), 3),
+                         _f(r.get("ratio_p90"), 3), _f(r.get("ratio_p99"), 3)])
+            classes.append("ours" if r["ours"] else "")
+        return _table(["detector", "held-out rows", "alarms %", "score/threshold p50", "p90", "p99"], rows, classes)
     for r in table_rows(d.results):
-        rows.append([r["name"], f"{r['f1']:.3f}", f"{r['far']:.2f}", f"{r['mar']:.2f}", f"{r['roc_auc']:.4f}",
-                     f"{r['pr_auc']:.4f}"])
-        classes.append("ours")
-    for name, f1, far, mar in SKAB_LEADERBOARD:
-        rows.append([f"SKAB leaderboard: {name}", f"{f1:.2f}", f"{far:.2f}", f"{mar:.2f}", "", ""])
-        classes.append("")
+        rows.append([r["name"], f"{r['f1']:.3f}", f"{r['far']:.2f}", f"{r['mar']:.2f}", _f(r.get("roc_auc"), 4),
+                     _f(r.get("pr_auc"), 4)])
+        classes.append("ours" if r["ours"] else "")
+    if is_skab(d.results):
+        for name, f1, far, mar in SKAB_LEADERBOARD:
+            rows.append([f"SKAB leaderboard: {name}", f"{f1:.2f}", f"{far:.2f}", f"{mar:.2f}", "", ""])
+            classes.append("")
     return _table(["detector", "F1", "FAR %", "MAR %", "ROC-AUC", "PR-AUC"], rows, classes)
 
 
 def worker_table(d: Data) -> str:
+    entries = [(MODE_NAMES[mode], kind, entry["kinds"][kind]["workers"])
+               for mode, entry in d.results["modes"].items() for kind in KINDS]
+    if d.reference:
+        entries.append((d.reference["name"], "scikit-learn", d.reference["workers"]))
     rows = []
-    for mode, entry in d.results["modes"].items():
-        for kind in KINDS:
-            for w, m in entry["kinds"][kind]["workers"].items():
-                rows.append([MODE_NAMES[mode], kind, w, m["rows"], f"{m['f1']:.3f}", f"{m['far']:.2f}",
-                             f"{m['mar']:.2f}", f"{m.get('roc_auc', float('nan')):.4f}",
-                             f"{m.get('pr_auc', float('nan')):.4f}", f"{m['threshold']:.4g}"])
-    return _table(["training", "model", "worker", "held-out rows", "F1", "FAR %", "MAR %", "ROC-AUC", "PR-AUC",
-                   "threshold"], rows)
+    for training, model, workers in entries:
+        for w, m in workers.items():
+            if d.labelled:
+                rows.append([training, model, w, m["rows"], f"{m['f1']:.3f}", f"{m['far']:.2f}", f"{m['mar']:.2f}",
+                             _f(m.get("roc_auc"), 4), _f(m.get("pr_auc"), 4), f"{m['threshold']:.4g}"])
+            else:
+                rows.append([training, model, w, m["rows"], f"{m['alarm_rate']:.2f}", f"{m['threshold']:.4g}"])
+    if d.labelled:
+        return _table(["training", "model", "worker", "held-out rows", "F1", "FAR %", "MAR %", "ROC-AUC", "PR-AUC",
+                       "threshold"], rows)
+    return _table(["training", "model", "worker", "held-out rows", "alarms %", "threshold"], rows)
 
 
 def checks_table(d: Data) -> str:
@@ -265,7 +328,8 @@ def quantisation_table(d: Data) -> str:
     rows = []
     for mode, entry in d.results["modes"].items():
         q = entry["int8_vs_fp32"]
-        rows.append([MODE_NAMES[mode], f"{q['roc_auc_difference']:+.4f}", f"{100 * q['decision_agreement']:.2f} %",
+        diff = q["roc_auc_difference"]
+        rows.append([MODE_NAMES[mode], "" if diff is None else f"{diff:+.4f}", f"{100 * q['decision_agreement']:.2f} %",
                      f"{q['bytes']['fp32']} B", f"{q['bytes']['int8']} B"])
     return _table(["training", "ROC-AUC int8 − fp32", "same decision as fp32", "fp32 ONNX", "int8 ONNX"], rows)
 
@@ -286,14 +350,16 @@ def write_report(results_dir: Path, out: Path) -> Path:
     d = Data(Path(results_dir))
     s = d.results["settings"]
     data = s["data"]
+    skab = is_skab(d.results)
+    what = d.results.get("data", "SKAB")
     figures = {
         "fig-distribution": (fig_distribution(d), "Per worker, the served model's score of every row: training rows "
-                             "(which set the threshold), held-out normal rows and held-out anomalies."),
-        "fig-timeline": (fig_timeline(d), "Every experiment file; the score is computed with the run's own first "
-                         f"{d.train_rows} rows as its reference (data.baseline = {data['baseline']})."),
+                             "(which set the threshold) and held-out rows (normal and anomalous where labelled)."),
+        "fig-timeline": (fig_timeline(d), "Every run, rows in order; grey: the rows that trained (chosen by "
+                         f"data.training: {data['training']['policy']}); scaling baseline: {data['baseline']}."),
         "fig-roc": (fig_roc(d), "Pooled over all held-out rows; each worker's scores are divided by its own "
-                    "threshold, so 1.0 is the alarm limit. Solid: fp32, dotted: int8."),
-        "fig-confusion": (fig_confusion(d), "Pooled held-out rows, SKAB protocol; percentages per true class "
+                    "threshold, so 1.0 is the alarm limit. Solid: fp32 (and the reference), dotted: int8."),
+        "fig-confusion": (fig_confusion(d), "Pooled held-out rows; percentages per true class "
                           "(FAR = normal→anomaly, MAR = anomaly→normal)."),
         "fig-latent": (fig_latent(d), "A random sample of rows (training and held-out) from all workers."),
         "fig-loss": (fig_loss(d), "Federated: each worker's local loss per round as it reported it to the "
@@ -301,21 +367,27 @@ def write_report(results_dir: Path, out: Path) -> Path:
         "fig-size-time": (fig_size_time(d), "Median over many calls on this machine; compare with each other, "
                           "not across machines."),
     }
+    protocol = ("SKAB's outlier detection — each experiment file's first rows train and calibrate, the rest is "
+                "scored; predictions of all files pooled; F1, FAR (false alarm rate) and MAR (missed alarm rate) as "
+                "SKAB computes them." if skab else
+                "the rows the training policy chose train and calibrate, every other row is scored; predictions of "
+                "all workers pooled" + ("; F1, FAR (false alarm rate) and MAR (missed alarm rate)." if d.labelled
+                                        else "; no labels, so alarm rates and score spreads instead of F1."))
+    reference = (f" The reference {d.reference['name']} (scikit-learn) is fitted per node on the same training "
+                 "inputs, its threshold by the same rule on its own training scores." if d.reference else "")
     parts = [
-        "<!doctype html><html><head><meta charset='utf-8'><title>fedad detection quality on SKAB</title>",
-        f"<style>{CSS}</style></head><body>",
-        "<h1>fedad: detection quality on SKAB</h1>",
+        f"<!doctype html><html><head><meta charset='utf-8'><title>fedad detection quality: {html.escape(what)}"
+        "</title>", f"<style>{CSS}</style></head><body>",
+        f"<h1>fedad: detection quality on {html.escape(what)}</h1>",
         f"<p>Generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC from <code>{html.escape(str(results_dir))}"
-        f"</code> (evaluation took {d.results['seconds']:.0f} s). Protocol: SKAB's outlier detection — each "
-        f"experiment file's first {d.train_rows} rows train and calibrate, the rest is scored; predictions of all "
-        "files pooled; F1, FAR (false alarm rate) and MAR (missed alarm rate) as SKAB computes them. "
-        "Thresholds come from training rows only.</p>",
-        "<h2>Comparison with SKAB's leaderboard</h2>", comparison_table(d),
+        f"</code> (evaluation took {d.results['seconds']:.0f} s). Protocol: {protocol} "
+        f"Thresholds come from training rows only.{reference}</p>",
+        "<h2>" + ("Comparison with SKAB's leaderboard" if skab else "Comparison") + "</h2>", comparison_table(d),
         "<h2>Targets</h2>", checks_table(d),
         "<h2>Per worker</h2>", worker_table(d),
         "<h2>int8 vs fp32</h2>", quantisation_table(d),
         "<h2>Settings</h2><pre>" + html.escape("\n".join(f"{k}: {json.dumps(v)}" for k, v in s.items()))
-        + "</pre><p>Any of them can be changed in config.yaml or with <code>FEDAD__SECTION__KEY=value make "
+        + "</pre><p>Any of them can be changed in the config file or with <code>FEDAD__SECTION__KEY=value make "
         "evaluate</code>.</p>",
     ]
     for key, title in FIGURES.items():

@@ -18,11 +18,17 @@ SKAB_LEADERBOARD = [
 MODE_NAMES = {"federated": "federated", "centralised": "centralised", "local": "local-only"}
 
 
+def is_skab(results: dict) -> bool:
+    return results["settings"]["data"]["source"].get("download") == "skab"
+
+
 def table_rows(results: dict) -> list[dict]:
+    """One row per trained mode and served kind, then the reference detector; pooled held-out figures."""
     rows = []
     for mode, entry in results["modes"].items():
         for kind in KINDS:
-            p = entry["kinds"][kind]["pooled"]
-            rows.append({"name": f"fedad {MODE_NAMES[mode]} {kind}", "f1": p["f1"], "far": p["far"], "mar": p["mar"],
-                         "roc_auc": p.get("roc_auc"), "pr_auc": p.get("pr_auc"), "ours": True})
+            rows.append({"name": f"fedad {MODE_NAMES[mode]} {kind}", **entry["kinds"][kind]["pooled"], "ours": True})
+    if "reference" in results:
+        rows.append({"name": f"scikit-learn {results['reference']['name']}", **results["reference"]["pooled"],
+                     "ours": False})
     return rows

@@ -61,7 +61,7 @@ class Architecture:
         model = settings.model
         if model.kind == "dense":
             return cls.dense(settings.input_width, model.hidden)
-        channels = len(settings.data.model_features or settings.data.features)
+        channels = len(settings.data.model_columns)
         return cls.raw(model.kind, settings.data.window, channels, model)
 
     @classmethod

@@ -29,7 +29,7 @@ HTTP_CODES = {404: errors.NOT_FOUND.code, 405: errors.METHOD_NOT_ALLOWED.code}
 def create_app(settings: Settings, worker: WorkerSettings, start_loop: bool = True) -> FastAPI:
     slot = ModelSlot()
     loop = WorkerLoop(settings, worker, slot)
-    table = StreamTable(slot, Preprocessing.from_settings(settings.data), settings.data.features,
+    table = StreamTable(slot, Preprocessing.from_settings(settings.data), settings.data.columns,
                         settings.streams.max_streams, worker.state_dir)
 
     @contextlib.asynccontextmanager

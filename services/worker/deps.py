@@ -30,7 +30,7 @@ class WorkerContext:
 
     @property
     def features(self) -> list[str]:
-        return self.settings.data.features
+        return self.settings.data.columns  # features, one-hot levels expanded: what /detect rows hold
 
     @property
     def max_rows(self) -> int:

@@ -49,8 +49,8 @@ def test_served_inputs_equal_the_preprocessing():
     from services.data.windows import InputPipeline
 
     class Data:  # config's data section: 3 of 4 columns, window statistics, standardised again
-        features, model_features, window, window_stats, baseline = (
-            ["a", "b", "c", "d"], ["d", "a", "c"], 5, ["mean", "std", "slope"], "run")
+        columns, model_columns, window, window_stats, baseline, scaling = (
+            ["a", "b", "c", "d"], ["d", "a", "c"], 5, ["mean", "std", "slope"], "run", "standard")
 
     prep = Preprocessing.from_settings(Data)
     rows = np.random.default_rng(1).standard_normal((200, 4)).astype(np.float32) * [1, 10, 100, 0.1] + [0, 5, 50, 1]

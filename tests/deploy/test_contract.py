@@ -230,8 +230,8 @@ def test_state_and_data_volumes_are_mounted_where_the_settings_point(rendered, o
         assert mount["mountPath"] == str(state_dir) and not mount.get("readOnly"), "the worker writes its state"
         assert volume["hostPath"] == {"path": str(root / "state" / wid), "type": "Directory"}
         host_paths.add(volume["hostPath"]["path"])
-        data_mount, data_volume = volume_at(d, settings.data.dir)
-        assert str(settings.data.dir) == env["FEDAD__DATA__DIR"] == data_mount["mountPath"]
+        data_mount, data_volume = volume_at(d, settings.data.source.dir)
+        assert str(settings.data.source.dir) == env["FEDAD__DATA__SOURCE__DIR"] == data_mount["mountPath"] + "/skab"
         assert data_mount.get("readOnly") is True
         assert data_volume["hostPath"] == {"path": str(root / "data"), "type": "Directory"}
     assert len(host_paths) == len(WORKER_IDS), "every worker keeps its own state dir"
