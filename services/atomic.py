@@ -64,9 +64,15 @@ def commit_snapshot(folder: Path, version: int, blobs: dict[str, bytes], state: 
     state = {**state, "files": files}
     faults.point("atomic.commit")
     write_json(folder / "state.json", state)
+    remove_unreferenced(folder, files)
+    return state
+
+
+def remove_unreferenced(folder: Path, files: dict[str, str]) -> None:
+    """Remove the versions of each blob that ``state.json`` does not name: older ones after a commit, and on load
+    the leftovers of a commit that a crash cut short before its ``state.json`` was written."""
     for name, current in files.items():
         stem, dot, ext = name.partition(".")
-        for old in folder.glob(f"{stem}-*{dot}{ext}"):
+        for old in Path(folder).glob(f"{stem}-*{dot}{ext}"):
             if old.name != current and old.name[len(stem) + 1:-len(dot + ext) or None].isdigit():
                 old.unlink(missing_ok=True)
-    return state

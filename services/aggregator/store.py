@@ -41,6 +41,7 @@ class AggregatorStore:
         state = atomic.read_json(self.dir / "state.json")
         if state is None:
             return None
+        atomic.remove_unreferenced(self.dir, state["files"])
         body = (self.dir / state["files"]["global.f32"]).read_bytes()
         return state, decode_weights(body, n_params, state["global_sha256"])
 

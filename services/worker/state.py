@@ -46,6 +46,7 @@ class WorkerStore:
         if meta is None:
             return None
         files = meta.pop("files")
+        atomic.remove_unreferenced(self.dir, files)
         return WorkerState(
             **meta,
             weights=decode_weights((self.dir / files["global.f32"]).read_bytes(), n_params),
