@@ -129,3 +129,11 @@ class RecordingProxy:
 
     def stop(self) -> None:
         self._server.should_exit = True
+
+
+def partition_runs(settings, partition: list[str]):
+    """The runs of any partition (folders or files under data.source.dir), read exactly as a worker reads its own."""
+    from services.data.sources import load_node
+
+    worker = settings.workers[0].model_copy(update={"partition": partition})
+    return load_node(settings, worker).runs

@@ -8,8 +8,8 @@ import pytest
 
 from services.config import load_settings
 from services.data.scaling import FeatureStats
+from services.data.sources import load_node
 from services.data.selection import FirstRows
-from services.data.skab import find_data_dir, load_partition
 from services.model.layout import count_parameters, spec_hash
 from services.protocol.codec import content_hash, decode_weights, encode_weights
 from support import Stack
@@ -25,7 +25,7 @@ def auth(worker):
 
 
 def join_body(worker):
-    runs = load_partition(find_data_dir(), SETTINGS.worker(worker).partition, SETTINGS.data.features)
+    runs = load_node(SETTINGS, SETTINGS.worker(worker)).runs
     rows = np.concatenate([run.values[FirstRows(400).mask(run)] for run in runs])
     return {"spec_hash": SPEC, "sample_count": len(rows), "stats": FeatureStats.from_rows(rows).model_dump()}
 

@@ -33,8 +33,7 @@ from services.aggregator.store import AggregatorStore  # noqa: E402
 from services.config import Settings, load_settings  # noqa: E402
 from services.data.scaling import FeatureStats  # noqa: E402
 from services.data.node import NodeData  # noqa: E402
-from services.data.skab import find_data_dir, load_partition  # noqa: E402
-from services.data.sources import training_selection  # noqa: E402
+from services.data.sources import load_node, training_selection  # noqa: E402
 from services.data.windows import Preprocessing  # noqa: E402
 from services.model.autoencoder import build_autoencoder, set_flat_weights  # noqa: E402
 from services.model.metrics import pooled_metrics  # noqa: E402
@@ -54,11 +53,11 @@ RANDOM_STD = 10.0
 @functools.lru_cache(maxsize=4)
 def _experiments(folder: str):
     settings = load_settings(environ={})
-    return load_partition(find_data_dir(settings.data.dir), [folder], settings.data.features)
+    return load_node(settings, settings.workers[0].model_copy(update={"partition": [folder]})).runs
 
 
 def _node(runs, settings: Settings) -> NodeData:
-    return NodeData(list(runs), Preprocessing.from_settings(settings.data), training_selection(settings))
+    return NodeData(list(runs), Preprocessing.from_settings(settings.data), training_selection(settings.data.training))
 
 
 def load_nodes(settings: Settings, layout: str = "mixed") -> dict[str, NodeData]:

@@ -18,7 +18,7 @@ import paho.mqtt.client as paho
 import pytest
 
 from services.config import load_settings
-from services.data.skab import find_data_dir
+from services.data.sources import data_root
 from services.worker.alarms import AlarmBook
 from support import free_port, wait_until
 
@@ -32,7 +32,7 @@ ALARM_TOPIC = "fedad/valve1/alarms"
 
 
 def skab_rows() -> np.ndarray:
-    path = find_data_dir(SETTINGS.data.dir) / "skab" / "valve1" / "1.csv"
+    path = data_root(SETTINGS.data) / "valve1" / "1.csv"
     with open(path) as f:
         rows = list(csv.DictReader(f, delimiter=";"))
     return np.array([[float(r[c]) for c in FEATURES] for r in rows], dtype=np.float32)

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 
 from services.config import load_settings
-from services.data.skab import find_data_dir, load_partition
 from services.model.detector import AnomalyDetector, DetectorSpec
 from services.protocol.errors import ProtocolError
 from services.protocol.messages import TrainingPlan
 from services.worker.serving import ModelSlot, ServedModel
 from services.worker.streams import HANDOVER_FILE, StreamTable
+from support import partition_runs
 
 SETTINGS = load_settings(environ={})
 SPEC = DetectorSpec.from_settings(SETTINGS)
@@ -24,7 +24,7 @@ FEATURES = SETTINGS.data.features
 
 @pytest.fixture(scope="module")
 def run() -> tuple[np.ndarray, np.ndarray]:
-    [run] = load_partition(find_data_dir(SETTINGS.data.dir), ["valve1/3.csv"], FEATURES)
+    [run] = partition_runs(SETTINGS, ["valve1/3.csv"])
     return run.values[:400], run.values[400:]
 
 

@@ -12,8 +12,7 @@ import numpy as np
 import pytest
 
 from services.config import load_settings
-from services.data.skab import find_data_dir, load_partition
-from support import Stack, wait_until
+from support import Stack, partition_runs, wait_until
 
 SETTINGS = load_settings()
 FEATURES = SETTINGS.data.features
@@ -26,7 +25,7 @@ RTOL = 1e-5
 
 def skab_run(name: str) -> tuple[np.ndarray, np.ndarray]:
     """A whole SKAB file: its baseline (first 400 rows) and every row after it."""
-    [run] = load_partition(find_data_dir(SETTINGS.data.dir), [name], FEATURES)
+    [run] = partition_runs(SETTINGS, [name])
     return run.values[:TRAIN_ROWS], run.values[TRAIN_ROWS:]
 
 
