@@ -63,7 +63,7 @@ class CategoricalSettings(_Section):
         return [str(v).strip() for v in levels] if isinstance(levels, list) else levels
 
     @model_validator(mode="after")
-    def _distinct(self) -> "CategoricalSettings":
+    def _distinct(self) -> CategoricalSettings:
         if len(set(self.levels)) != len(self.levels):
             raise ValueError(f"levels repeat a value: {self.levels}")
         return self
@@ -84,7 +84,7 @@ class SyntheticSettings(_Section):
     seed: int = Field(0, ge=0, lt=2**32)
 
     @model_validator(mode="after")
-    def _room(self) -> "SyntheticSettings":
+    def _room(self) -> SyntheticSettings:
         if self.normal_rows >= self.rows:
             raise ValueError(f"normal_rows ({self.normal_rows}) must be below rows ({self.rows})")
         return self
@@ -100,7 +100,7 @@ class SplitSettings(_Section):
     seed: int = Field(0, ge=0, lt=2**32)
 
     @model_validator(mode="after")
-    def _column_given(self) -> "SplitSettings":
+    def _column_given(self) -> SplitSettings:
         if self.method == "dirichlet" and not self.column:
             raise ValueError("method dirichlet needs column: the feature or label column whose mix differs")
         return self
@@ -147,7 +147,7 @@ class TrainingSettings(_Section):
     seed: int = Field(0, ge=0, lt=2**32)
 
     @model_validator(mode="after")
-    def _before_given(self) -> "TrainingSettings":
+    def _before_given(self) -> TrainingSettings:
         if self.policy == "before" and self.before is None:
             raise ValueError("policy before needs a timestamp in before (e.g. 2024-05-01 00:00:00)")
         return self
@@ -165,7 +165,7 @@ class DataSettings(_Section):
     model_features: list[str] | None = None
 
     @model_validator(mode="after")
-    def _model_inputs(self) -> "DataSettings":
+    def _model_inputs(self) -> DataSettings:
         if len(set(self.features)) != len(self.features):
             raise ValueError(f"features repeat a column: {self.features}")
         if len(set(self.window_stats)) != len(self.window_stats):
@@ -201,7 +201,7 @@ class DataSettings(_Section):
 
     def expand(self, names: list[str]) -> list[str]:
         """Value columns of the named features: a one-hot categorical feature becomes ``<column>=<level>`` each."""
-        out = []
+        out: list[str] = []
         for name in names:
             cat = self.source.categorical.get(name)
             if cat is not None and cat.encoding == "onehot":

@@ -33,7 +33,8 @@ def room(seed: int, setpoint: float) -> list[str]:
         stuck = fault == 2
         cooling = on and not stuck
         temperature += (-0.12 if cooling else 0.05) + rng.normal(0, 0.02) + (0.25 if fault == 1 else 0.0)
-        power = (800 + rng.normal(0, 15) if on or stuck else 20 + rng.normal(0, 2)) + (min(400, 6 * i % 400) if fault == 3 else 0)
+        power = (800 + rng.normal(0, 15) if on or stuck else 20 + rng.normal(0, 2)) \
+            + (min(400, 6 * i % 400) if fault == 3 else 0)
         humidity = 62 + 3 * np.sin(2 * np.pi * i / 120) + rng.normal(0, 0.8) + (18 if fault == 1 else 0)
         humidity_cell = "" if rng.random() < 0.002 else f"{humidity:.1f}"
         lines.append(f"{t:%d.%m.%Y},{t:%H:%M:%S},{temperature:.2f},{humidity_cell},{power:.0f},"

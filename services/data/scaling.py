@@ -43,8 +43,8 @@ class FeatureStats(BaseModel):
             count=sum(p.count for p in parts),
             sum=np.sum([p.sum for p in parts], axis=0).tolist(),
             sum_sq=np.sum([p.sum_sq for p in parts], axis=0).tolist(),
-            min=np.min([p.min for p in parts], axis=0).tolist() if extremes else None,
-            max=np.max([p.max for p in parts], axis=0).tolist() if extremes else None,
+            min=np.min([p.min or [] for p in parts], axis=0).tolist() if extremes else None,
+            max=np.max([p.max or [] for p in parts], axis=0).tolist() if extremes else None,
         )
 
     def scaler(self, method: str = "standard") -> Scaler:

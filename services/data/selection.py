@@ -82,8 +82,10 @@ def training_selection(training: TrainingSettings) -> TrainingSelection:
         return FirstRows(training.rows)
     if training.policy == "before":
         before = training.before
-        if before.tzinfo is not None:
-            before = (before - before.utcoffset()).replace(tzinfo=None)
+        assert before is not None, "the config requires training.before with policy before"
+        offset = before.utcoffset()
+        if offset is not None:  # compare in UTC, as the runs' timestamps are
+            before = (before - offset).replace(tzinfo=None)
         return Before(np.datetime64(before, "ms"))
     if training.policy == "labelled_normal":
         return LabelledNormal(training.share, training.seed)

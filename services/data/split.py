@@ -124,8 +124,10 @@ class SplitSource:
     def runs(self) -> list[Run]:
         runs = self.source.runs()
         n_rows = sum(len(run.values) for run in runs)
-        column = (column_values(runs, self.plan.column, self.features, self.label_column)
-                  if self.plan.method == "dirichlet" else None)
+        column = None
+        if self.plan.method == "dirichlet":
+            assert self.plan.column is not None  # SplitSettings requires it for dirichlet
+            column = column_values(runs, self.plan.column, self.features, self.label_column)
         return take_rows(runs, split_indices(n_rows, self.parts, self.plan, column)[self.part])
 
 

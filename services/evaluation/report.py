@@ -79,8 +79,9 @@ class Data:
             t = self.threshold(mode, kind, w)
             for i in range(len(self.experiments[w])):
                 held = ~self.train_mask(w, i)
-                if self.labelled:
-                    labels.append(self.labels(w, i)[held])
+                run_labels = self.labels(w, i)
+                if run_labels is not None:
+                    labels.append(run_labels[held])
                 ratios.append(self.scores(mode, kind, w, i)[held] / t)
         return (np.concatenate(labels) if self.labelled else None), np.concatenate(ratios)
 

@@ -325,7 +325,8 @@ def run_evaluation(settings: Settings, out_dir: Path, modes: tuple[str, ...] = M
 def summary(p: dict) -> str:
     """One pooled figure line: F1 and friends, or without labels the alarm rate and score spread."""
     if p.get("labels", True):
-        return (f"F1 {p['f1']:.3f} FAR {p['far']:.2f}% MAR {p['mar']:.2f}% ROC-AUC {p.get('roc_auc', float('nan')):.4f}")
+        return (f"F1 {p['f1']:.3f} FAR {p['far']:.2f}% MAR {p['mar']:.2f}% "
+                f"ROC-AUC {p.get('roc_auc', float('nan')):.4f}")
     return (f"alarms {p['alarm_rate']:.2f}% of held-out rows; score / threshold p50 {p.get('ratio_p50', 0):.3f} "
             f"p99 {p.get('ratio_p99', 0):.3f}")
 

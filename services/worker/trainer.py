@@ -95,6 +95,7 @@ class Trainer:
         started = time.time()
         child = subprocess.Popen([sys.executable, "-m", "services.worker.train_round", str(job)],
                                  stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, env=env, text=True)
+        assert child.stdout is not None  # stdout=PIPE
         try:
             for line in child.stdout:  # progress, one JSON line per epoch, until the child closes stdout
                 try:

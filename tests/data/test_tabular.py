@@ -143,7 +143,9 @@ def test_missing_value_policies_count_what_they_do(tmp_path):
 def test_training_policies(tmp_path):
     settings = small(tmp_path, **{"source.missing": "ffill"})
     (run,) = load_node(settings, settings.workers[0]).runs
-    policy = lambda **t: training_selection(settings.data.training.model_copy(update=t)).mask(run)
+    def policy(**changes):
+        return training_selection(settings.data.training.model_copy(update=changes)).mask(run)
+
     np.testing.assert_array_equal(policy(policy="first_rows", rows=2), [1, 1, 0, 0])
     before = np.datetime64("2024-05-01T00:00:15").astype(object)
     np.testing.assert_array_equal(policy(policy="before", before=before), [1, 1, 0, 0])
