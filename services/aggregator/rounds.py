@@ -23,7 +23,7 @@ from services.aggregator.store import AggregatorStore
 from services.aggregator.strategies import make_strategy
 from services.config import Settings
 from services.data.scaling import FeatureStats, Scaler
-from services.model.layout import count_parameters, initial_weights, spec_hash
+from services.model.layout import Architecture
 from services.protocol import errors
 from services.protocol.codec import CodecError, content_hash, decode_weights
 from services.protocol.errors import ProtocolError
@@ -54,8 +54,9 @@ class Federation:
         self.fed = settings.federation
         self.store = store
         self.clock = clock
-        self.spec_hash = spec_hash(settings.input_width, settings.model.hidden)
-        self.n_params = count_parameters(settings.input_width, settings.model.hidden)
+        self.architecture = Architecture.from_settings(settings)
+        self.spec_hash = self.architecture.spec_hash
+        self.n_params = self.architecture.n_params
         self.strategy = make_strategy(self.fed.strategy, self.fed.trim_fraction)
         privacy = settings.privacy
         self.server_dp = privacy.enabled and privacy.side == "server"
@@ -74,7 +75,7 @@ class Federation:
         self.round_listeners: list = []  # called with each closed round's record once it is published (metrics)
         loaded = store.load(self.n_params)
         if loaded is None:
-            initial = initial_weights(settings.input_width, settings.model.hidden, settings.model.seed)
+            initial = self.architecture.initial_weights(settings.model.seed)
             self.state = store.commit(
                 {"run_id": uuid.uuid4().hex[:12], "rounds_done": 0, "scaler": None, "joined": {}, "history": []},
                 initial,
@@ -174,7 +175,7 @@ class Federation:
         if request.spec_hash != self.spec_hash:
             raise RoundError(errors.SPEC_MISMATCH,
                              f"model spec {request.spec_hash} differs from the federation's {self.spec_hash}: "
-                             "the worker's config (features, window, model.hidden) must match the aggregator's")
+                             "the worker's config (features, window, model.kind and its sizes) must match the aggregator's")
         if len(request.stats.sum) != len(self.settings.data.columns):
             raise RoundError(errors.INVALID_REQUEST, f"stats have {len(request.stats.sum)} features, "
                                                      f"the federation uses {len(self.settings.data.columns)}")

@@ -298,7 +298,7 @@ def run_evaluation(settings: Settings, out_dir: Path, modes: tuple[str, ...] = M
                 entry["history"] = trained.history
                 rows = nodes[first].windows(trained.scalers[first], "held_out")
                 entry["timing"] = {k: timing(scored[first][k]["onnx"], rows) for k in KINDS}
-                if latent:
+                if latent and settings.model.kind == "dense":  # the bottleneck view reads dense layers
                     view = latent_view(settings, trained.weights[first], nodes, trained.scalers[first])
                     arrays.update({f"latent/{k}": v for k, v in view.items() if isinstance(v, np.ndarray)})
                     entry["latent"] = {"method": view["method"], "bottleneck": view["bottleneck"]}
