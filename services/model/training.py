@@ -1,4 +1,10 @@
-"""Local training: E epochs of Adam on the node's own windows, starting from the global weights."""
+"""Local training: E epochs of Adam on the node's own windows, starting from the global weights.
+
+Adam is written out here (``Adam``) rather than taken from ``torch.optim``: the first ``torch.optim.Adam`` imports
+``torch._dynamo`` and with it sympy and torch.fx, +80 MiB on a training process whose whole peak is ~300 MiB
+(BENCHMARKS.md section 4). The maths is torch.optim.Adam's on CPU with its defaults (tests/model/test_training.py
+holds the weights equal).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,39 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import nn
+
+
+class Adam:
+    """torch.optim.Adam (betas 0.9/0.999, eps 1e-8, no weight decay, no amsgrad) as its CPU single-tensor path
+    computes it, op for op, so the weights come out the same within float32 rounding."""
+
+    def __init__(self, params, lr: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
+        self.params = [p for p in params if p.requires_grad]
+        self.lr = lr
+        self.beta1, self.beta2 = betas
+        self.eps = eps
+        self.steps = [0 for _ in self.params]  # per parameter, as torch.optim counts them
+        self.exp_avg = [torch.zeros_like(p, memory_format=torch.preserve_format) for p in self.params]
+        self.exp_avg_sq = [torch.zeros_like(p, memory_format=torch.preserve_format) for p in self.params]
+
+    def zero_grad(self) -> None:
+        for p in self.params:
+            p.grad = None
+
+    @torch.no_grad()
+    def step(self) -> None:
+        for i, (p, exp_avg, exp_avg_sq) in enumerate(zip(self.params, self.exp_avg, self.exp_avg_sq)):
+            if p.grad is None:
+                continue  # a parameter the loss does not reach keeps its moments and count, as in torch.optim
+            grad = p.grad
+            self.steps[i] += 1
+            bias_correction1 = 1 - self.beta1 ** self.steps[i]
+            bias_correction2_sqrt = (1 - self.beta2 ** self.steps[i]) ** 0.5
+            step_size = self.lr / bias_correction1
+            exp_avg.lerp_(grad, 1 - self.beta1)
+            exp_avg_sq.mul_(self.beta2).addcmul_(grad, grad, value=1 - self.beta2)
+            denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(self.eps)
+            p.addcdiv_(exp_avg, denom, value=-step_size)
 
 
 @dataclass(frozen=True)
@@ -30,7 +69,7 @@ def train_local(
     generator = torch.Generator().manual_seed(seed)
     data = torch.from_numpy(np.ascontiguousarray(inputs, dtype=np.float32))
     anchor = [p.detach().clone() for p in model.parameters()] if fedprox_mu > 0 else None
-    optimiser = torch.optim.Adam(model.parameters(), lr=learning_rate)
+    optimiser = Adam(model.parameters(), lr=learning_rate)
     model.train()
     losses: list[float] = []
     for epoch in range(epochs):
