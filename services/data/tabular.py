@@ -232,7 +232,7 @@ def _parquet_records(path: Path, table: Table) -> list[tuple[int, list]] | None:
         import pyarrow as pa
         import pyarrow.parquet as pq
     except ImportError:
-        table.problems.append(f"{table.name}: reading Parquet needs pyarrow (pip install "fedad[parquet]" or pip install pyarrow)")
+        table.problems.append(f"{table.name}: reading Parquet needs pyarrow (pip install 'fedad[parquet]')")
         return None
     try:
         data = pq.read_table(path)

@@ -128,8 +128,8 @@ def test_preprocessing_graph_equals_the_exact_windows_on_short_batches_and_spike
     """Batches shorter than the window, one row, and a spike of 10⁴ σ before quiet windows (whose std the block-wise
     sums keep), against the exact sliding windows."""
     class Data:
-        features, model_features, window, window_stats, baseline = (
-            ["a", "b", "c", "d"], ["d", "a", "c"], 5, ["mean", "std", "slope"], "run")
+        columns, model_columns, window, window_stats, baseline, scaling = (
+            ["a", "b", "c", "d"], ["d", "a", "c"], 5, ["mean", "std", "slope"], "run", "standard")
 
     prep = Preprocessing.from_settings(Data)
     rng = np.random.default_rng(3)
