@@ -61,7 +61,8 @@ def test_only_weights_and_aggregates_cross_the_wire(trained_stack):
             assert len(r["body"]) == N_PARAMS * 4, "an update must be exactly the model's float32 weights"
         elif r["path"].endswith("/join"):
             body = json.loads(r["body"])
-            assert set(body) == {"spec_hash", "sample_count", "stats"}
+            assert set(body) == {"spec_hash", "sample_count", "stats", "role"}
+            assert body["role"] == "train"
             assert set(body["stats"]) == {"count", "sum", "sum_sq", "min", "max"}
             for key in ("sum", "sum_sq", "min", "max"):  # one aggregate per feature, no rows
                 assert len(body["stats"][key]) == len(SETTINGS.data.features)
