@@ -5,7 +5,8 @@ from reliability.soak import run_soak
 
 
 def test_detect_under_load_while_the_federation_runs(tmp_path):
-    report = run_soak(seconds=8, concurrency=4, batch=16, workdir=tmp_path)
+    # long enough for a round: each one starts a training process (torch's import alone is ~2 s on a loaded box)
+    report = run_soak(seconds=20, concurrency=4, batch=16, workdir=tmp_path)
     print(report)
     assert report["errors"] == 0, report["error_samples"]
     assert report["requests"] > 100
