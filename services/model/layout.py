@@ -4,7 +4,7 @@ The aggregator needs only these (an architecture hash, a parameter count, a seed
 which is most of a container image. Every parameter is drawn the way torch's default init draws it (``nn.Linear``,
 ``nn.Conv1d``, ``nn.ConvTranspose1d``: kaiming_uniform_(a=√5) then a bias from U(±1/√fan_in); ``nn.LSTM``: every
 tensor from U(±1/√hidden)), from the same MT19937 stream torch seeds and in state_dict order, so a federation starts
-from the model a worker would build with that seed (tests/test_layout.py and tests/model/test_kinds.py hold them
+from the model a worker would build with that seed (tests/model/test_layout.py and tests/model/test_kinds.py hold them
 equal).
 
 The kinds (``model.kind``): ``dense`` (fully connected, over any model input), ``conv1d`` and ``lstm`` (over raw

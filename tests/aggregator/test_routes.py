@@ -1,6 +1,6 @@
 """The aggregator's routes in process (FastAPI's TestClient, no socket): every refusal is {"code", "detail"} with a
 stable code whose status the OpenAPI documents, the telemetry route is the aggregator's, observability does not
-import the aggregator. The real-process protocol tests are tests/test_aggregator_api.py and the battery of bad
+import the aggregator. The real-process protocol tests are tests/aggregator/test_aggregator_api.py and the battery of bad
 inputs, tests/reliability/test_bad_inputs.py."""
 
 import re

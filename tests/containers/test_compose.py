@@ -1,4 +1,5 @@
-"""The compose stack end to end on a real engine: train, serve /detect to the host, survive a killed worker, clean up.
+"""The compose stack end to end on a real engine: train, serve /detect to the host, survive a killed worker, turn
+the replayer's device data (KubeEdge messages through the stack's Mosquitto) into alarm events, clean up.
 
 One stack per module run, with a unique compose project name, free 127.0.0.1 ports, per-run tokens in an env file
 and a mounted config with fewer rounds. The tests run in file order: the kill test needs a federation in progress,
@@ -10,11 +11,16 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import secrets
+import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import orjson
+import paho.mqtt.client as paho
 import pytest
 import yaml
 
@@ -28,6 +34,7 @@ ROUNDS = 5
 LOCAL_EPOCHS = 40  # a few seconds of training per round: long enough to kill a worker mid-round
 SERVICES = ("aggregator", "valve1", "valve2", "other")
 WORKERS = SERVICES[1:]
+REPLAY_SPEED = 25  # SKAB's 1 s rows, 25 per second per device: the first faults come within a minute
 
 
 def data_dir() -> Path:
@@ -52,11 +59,13 @@ class Stack:
         config = workdir / "config.yaml"
         config.write_text(yaml.safe_dump(self.settings, sort_keys=False))
         config.chmod(0o644)  # read by the containers' non-root user
-        self.ports = dict(zip(SERVICES, free_loopback_ports(len(SERVICES))))
+        self.ports = dict(zip((*SERVICES, "broker"), free_loopback_ports(len(SERVICES) + 1)))
         self.tokens = {w: secrets.token_hex(16) for w in WORKERS}
         env = {
             "FEDAD_AGGREGATOR_IMAGE": images.aggregator,
             "FEDAD_WORKER_IMAGE": images.worker,
+            "FEDAD_BROKER_IMAGE": images.broker,
+            "FEDAD_REPLAY_SPEED": str(REPLAY_SPEED),
             "FEDAD_DATA_DIR": str(data_dir()),
             "FEDAD_CONFIG_FILE": str(config),
             **{f"FEDAD_TOKEN_{w.upper()}": t for w, t in self.tokens.items()},
@@ -116,9 +125,30 @@ class Stack:
         return s if s and s["rounds_done"] == s["rounds_total"] else None
 
 
+@dataclass(frozen=True)
+class StackImages:
+    aggregator: str
+    worker: str
+    broker: str
+
+
 @pytest.fixture(scope="module")
-def stack(images, tmp_path_factory):
-    s = Stack(tmp_path_factory.mktemp("stack"), images)
+def stack_images(images):
+    """The session's service images and the broker's, built from docker/broker.Dockerfile with a per-run tag."""
+    broker = f"fedad-broker:test-{RUN_ID}"
+    t0 = time.monotonic()
+    run(["docker", "build", "--build-arg", f"BASE_IMAGE={images.base}", "-f", "broker.Dockerfile", "-t", broker,
+         "."], cwd=REPO / "docker", timeout=600)
+    TIMINGS["build broker"] = f"{time.monotonic() - t0:.1f} s"
+    try:
+        yield StackImages(images.aggregator, images.worker, broker)
+    finally:
+        subprocess.run(["docker", "rmi", "--no-prune", broker], capture_output=True, check=False)
+
+
+@pytest.fixture(scope="module")
+def stack(stack_images, tmp_path_factory):
+    s = Stack(tmp_path_factory.mktemp("stack"), stack_images)
     t0 = time.monotonic()
     try:
         s.compose("up", "-d", "--no-build")
@@ -243,7 +273,7 @@ def test_each_worker_detects_from_the_host(stack):
         assert r.status_code == 200, (w, r.text)
         body = r.json()
         assert len(body["scores"]) == len(rows) and len(body["is_anomaly"]) == len(rows)
-        assert all(isinstance(x, float) and x >= 0 for x in body["scores"])
+        assert body["is_anomaly"] == [x > body["threshold"] for x in body["scores"]]
         assert body["model_round"] == ROUNDS and body["threshold"] > 0
         bad = stack.http.post(stack.url(w, "/detect"), json={"samples": [rows[0][:-1]]})
         assert bad.status_code == 422, (w, bad.text)
@@ -264,12 +294,62 @@ def test_each_worker_detects_from_the_host(stack):
     assert "persist telemetry device id" not in stack.logs(tail=100000).lower()
 
 
+def test_replayed_device_data_opens_alarms_on_the_alarm_topic(stack):
+    """The replayer publishes SKAB's held-out rows as KubeEdge device data to the stack's broker; the workers,
+    subscribed to it, score them and publish debounced alarm events, which the host receives through the broker's
+    port on 127.0.0.1 (QoS 1, the topic each worker's config names). Every worker scores the replayed devices; how
+    often each one's model opens an alarm differs (other's rarely), so the first 20 s of events after the first
+    opened one are kept."""
+    stack.wait_for("the federation to finish", stack.done, timeout=300)
+    events: queue.Queue = queue.Queue()
+    client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"fedad-test-{RUN_ID}")
+    client.on_connect = lambda c, u, f, rc, p: c.subscribe("fedad/+/alarms", qos=1)
+    client.on_message = lambda c, u, m: events.put((m.topic, orjson.loads(m.payload)))
+    client.connect("127.0.0.1", stack.ports["broker"])
+    client.loop_start()
+    t0 = time.monotonic()
+    try:
+        got: dict[str, dict] = {}
+        deadline = t0 + 240
+        while len(got) < len(WORKERS) and time.monotonic() < deadline:
+            try:
+                topic, event = events.get(timeout=1)
+            except queue.Empty:
+                continue
+            worker = topic.split("/")[1]
+            assert topic == f"fedad/{worker}/alarms" and event["worker"] == worker, (topic, event)
+            if event["event"] == "opened":
+                if not got:
+                    deadline = min(deadline, time.monotonic() + 20)
+                got.setdefault(worker, event)
+        assert got, f"no alarm opened within 240 s\n{stack.logs()}"
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    TIMINGS["federation done -> an alarm from every worker"] = f"{time.monotonic() - t0:.1f} s"
+    TIMINGS["alarm events seen from"] = ", ".join(sorted(got))
+    for worker, event in got.items():
+        assert event["stream"].startswith(("valve1-", "valve2-", "other-")), event   # a replayed device
+        assert event["peak_score"] > event["threshold"] > 0 and event["model_round"] >= 1, event
+        assert event["anomalous_rows"] >= stack.settings["alarms"]["open_after"]
+        assert isinstance(event["top_sensors"], list) and event["start_time"] <= event["last_anomalous_time"], event
+        assert stack.http.get(stack.url(worker, "/v1/ingest")).json()["alarm_outbox"]["delivered"] >= 1
+    for worker in WORKERS:
+        ingest = stack.http.get(stack.url(worker, "/v1/ingest")).json()
+        assert ingest["mqtt"]["connected"] and "$ke/events/device/+/data/update" in ingest["mqtt"]["subscriptions"]
+        # three replayed devices (one run of each partition), each past its baseline; only rows before the first
+        # model are refused
+        assert ingest["counts"]["rows_scored"] > 0 and set(ingest["refused"]) <= {"no_model"}, ingest
+        assert ingest["counts"]["baseline_rows"] == 3 * ingest["baseline"]["rows"], ingest
+
+
 def test_compose_down_leaves_nothing(stack):
     """Containers, the network and the state volumes: all gone (and no anonymous volume was ever made)."""
     containers = stack.compose("ps", "-q").stdout.split()
     volumes = {m["Name"] for c in containers for m in json.loads(run(["docker", "inspect", c]).stdout)[0]["Mounts"]
                if m["Type"] == "volume"}
-    assert volumes == {f"{stack.project}_{s}-state" for s in SERVICES}  # /data is a tmpfs, not an anonymous volume
+    # /data is a tmpfs, not an anonymous volume
+    assert volumes == {f"{stack.project}_{s}-state" for s in (*SERVICES, "broker")}
     stack.save_logs()
     stack.compose("down", "--volumes", "--remove-orphans")
     label = f"label=com.docker.compose.project={stack.project}"

@@ -24,7 +24,7 @@ def test_valid_batch_gets_one_score_per_row(client):
     body = r.json()
     assert len(body["scores"]) == len(body["is_anomaly"]) == 3
     assert body["model_round"] == 2 and body["threshold"] > 0
-    assert all(s >= 0 for s in body["scores"])
+    assert len(set(body["scores"])) == 1, "three copies of a row make three equal windows, so equal scores"
 
 
 def test_rows_as_objects_keyed_by_feature_name_score_the_same(client):
