@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import httpx
@@ -17,6 +18,7 @@ from services.config import Settings, load_or_exit
 from services.data.check import describe_training
 from services.data.source import DataError
 from services.data.sources import load_node
+from services.replay import AlarmWatcher, Replayer, devices
 
 POLL_S = 1.0
 START_TIMEOUT_S = 60
@@ -170,6 +172,7 @@ def cmd_run(args) -> None:
           f"{settings.model.local_epochs} local epochs; logs in {settings.aggregator.state_dir.parent / 'logs'}",
           flush=True)
     stack = Stack(settings, args.config)
+    replay: tuple[Replayer, threading.Thread] | None = None
     for signum in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, _interrupt)
     try:
@@ -184,17 +187,63 @@ def cmd_run(args) -> None:
               f"{_worker_url(settings.workers[0])}/metrics")
         print(f"status: {settings.aggregator.url}/v1/status   API docs: {settings.aggregator.url}/docs and "
               f"{_worker_url(settings.workers[0])}/docs\nCtrl-C stops.", flush=True)
-        if args.exit_when_done:
+        if not args.no_replay and (args.replay_for is not None or not args.exit_when_done):
+            replay = start_replay(settings, args.speed, args.replay_for)
+        if args.exit_when_done and replay is None:
             return
+        watcher = AlarmWatcher({w.id: _worker_url(w) for w in settings.workers})
         while True:
             stack.check_alive()
+            for line in watcher.poll():
+                print(line, flush=True)
+            if replay is not None and not replay[1].is_alive() and args.exit_when_done:
+                for line in watcher.poll():
+                    print(line, flush=True)
+                return
             time.sleep(POLL_S)
     except KeyboardInterrupt:
         print("\nstopping ...")
     finally:
         for signum in (signal.SIGTERM, signal.SIGHUP):
             signal.signal(signum, signal.SIG_IGN)  # a second kill must not cut the stop short
+        if replay is not None:  # before the workers go: the replay must not knock at closed ports
+            replay[0].stop()
+            replay[1].join(5)
         stack.stop()
+
+
+def start_replay(settings: Settings, speed: float, duration: float | None) -> tuple[Replayer, threading.Thread]:
+    """The held-out rows of every worker's data as live devices (services/replay.py), in a thread."""
+    by_worker = devices(settings)
+    count = sum(len(d) for d in by_worker.values())
+    print(f"\nlive demo: replaying the held-out rows of {count} runs as devices ({speed:g}x real time, one device "
+          f"per worker at a time) to each worker's /detect; alarms open and clear below and on the dashboard "
+          f"(--no-replay skips this)", flush=True)
+    replayer = Replayer(by_worker, speed=speed)
+    thread = threading.Thread(target=replayer.run, args=(duration,), name="replay", daemon=True)
+    thread.start()
+    return replayer, thread
+
+
+def cmd_replay(args) -> None:
+    settings = load_or_exit(args.config)
+    by_worker = devices(settings, args.worker)
+    watcher = AlarmWatcher({w.id: _worker_url(w) for w in settings.workers if w.id in by_worker})
+    replayer = Replayer(by_worker, speed=args.speed, lanes=args.lanes, repeat=not args.once)
+    thread = threading.Thread(target=replayer.run, args=(args.duration,), name="replay", daemon=True)
+    print(f"replaying {sum(len(d) for d in by_worker.values())} runs of {', '.join(by_worker)} at {args.speed:g}x; "
+          "Ctrl-C stops", flush=True)
+    thread.start()
+    try:
+        while thread.is_alive():
+            for line in watcher.poll():
+                print(line, flush=True)
+            thread.join(POLL_S)
+        for line in watcher.poll():
+            print(line, flush=True)
+    except KeyboardInterrupt:
+        replayer.stop()
+    print(f"{replayer.sent} rows sent, {replayer.failed} failed requests")
 
 
 def cmd_evaluate(args) -> None:
@@ -233,7 +282,21 @@ def main(argv: list[str] | None = None) -> None:
     run = commands.add_parser("run", help="train the federation on this machine from config.yaml, then serve /detect")
     run.add_argument("--fresh", action="store_true", help="discard persisted state and start a new run")
     run.add_argument("--exit-when-done", action="store_true", help="stop the services once results are printed")
+    run.add_argument("--no-replay", action="store_true", help="do not replay the held-out rows as live devices "
+                                                               "once trained")
+    run.add_argument("--speed", type=float, default=20.0, help="replay speed, times real time (default 20)")
+    run.add_argument("--replay-for", type=float, default=None, metavar="SECONDS",
+                     help="stop the replay after this long (default: until Ctrl-C); with --exit-when-done the run "
+                          "replays only when this is given, and exits after it")
     run.set_defaults(func=cmd_run)
+    replay = commands.add_parser("replay", help="play the configured data set's held-out rows as live devices to the "
+                                                "running workers' /detect; print the alarms they raise")
+    replay.add_argument("--speed", type=float, default=20.0, help="times real time (default 20)")
+    replay.add_argument("--worker", action="append", help="only this worker's data (repeatable)")
+    replay.add_argument("--lanes", type=int, default=1, help="devices played at once per worker (default 1)")
+    replay.add_argument("--duration", type=float, default=None, metavar="SECONDS", help="stop after this long")
+    replay.add_argument("--once", action="store_true", help="play every run once, then stop (default: repeat)")
+    replay.set_defaults(func=cmd_replay)
     evaluate = commands.add_parser("evaluate", help="federated vs centralised vs local-only detection on SKAB's "
                                                     "protocol, fp32 and int8; writes reports/evaluation/")
     evaluate.add_argument("--out", default="reports/evaluation", help="results folder (default reports/evaluation)")
@@ -252,7 +315,8 @@ def main(argv: list[str] | None = None) -> None:
     data_check.add_argument("--config", default=argparse.SUPPRESS, help="config file (default: $FEDAD_CONFIG or "
                                                                         "config.yaml)")
     data_check.set_defaults(func=cmd_data_check)
-    for command in (run, evaluate, report):  # `fedad run --config x.yaml` as well as `fedad --config x.yaml run`
+    # `fedad run --config x.yaml` as well as `fedad --config x.yaml run`
+    for command in (run, replay, evaluate, report):
         command.add_argument("--config", default=argparse.SUPPRESS, help="config file (default: $FEDAD_CONFIG or "
                                                                           "config.yaml)")
     args = parser.parse_args(argv)

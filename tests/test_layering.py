@@ -24,7 +24,7 @@ LAYERS = [
     {"security"},
     {"observability"},
     {"aggregator", "worker"},
-    {"evaluation"},
+    {"evaluation", "replay", "replay_mqtt"},
     {"cli"},
 ]
 RANK = {package: rank for rank, layer in enumerate(LAYERS) for package in layer}

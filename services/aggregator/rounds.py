@@ -175,7 +175,7 @@ class Federation:
         if request.spec_hash != self.spec_hash:
             raise RoundError(errors.SPEC_MISMATCH,
                              f"model spec {request.spec_hash} differs from the federation's {self.spec_hash}: "
-                             "the worker's config (features, window, model.kind and its sizes) must match the aggregator's")
+                             "the worker's config (features, window, model.kind and sizes) must match the aggregator's")
         if len(request.stats.sum) != len(self.settings.data.columns):
             raise RoundError(errors.INVALID_REQUEST, f"stats have {len(request.stats.sum)} features, "
                                                      f"the federation uses {len(self.settings.data.columns)}")

@@ -34,7 +34,7 @@ from services.data.windows import InputPipeline, Preprocessing, Reference
 from services.model.layout import Architecture
 from services.model.metrics import detection_metrics
 from services.model.preprocess_graph import RAW_INPUT_NAME, reference_feeds, served_graph
-from services.model.scoring import INPUT_NAME, SCORE_NAME, calibrate_threshold, make_session
+from services.model.scoring import ERROR_NAME, INPUT_NAME, SCORE_NAME, calibrate_threshold, make_session
 from services.protocol.messages import TrainingPlan
 
 SCORE_OUTPUT = [SCORE_NAME]
@@ -245,6 +245,20 @@ class AnomalyDetector:
         feeds = reference_feeds(self.spec.prep, self.spec.prep.reference(reference_rows, None))
         both = np.concatenate([np.asarray(reference_rows, dtype=np.float32), rows])
         return session.run(SCORE_OUTPUT, {RAW_INPUT_NAME: both, **feeds})[0][len(reference_rows):]
+
+    def contributions(self, inputs: np.ndarray) -> np.ndarray:
+        """Each model channel's share of each row's reconstruction error: (rows, channels) in the order of
+        ``spec.prep.columns`` (config's ``data.model_columns``), each row summing to 1. An input belongs to channel
+        ``j % channels`` — window statistics come in blocks of one statistic per channel, flattened windows in rows
+        of one value per channel — so a channel's share is the sum of its inputs' squared errors (the session's
+        ``error`` output, the terms the score averages) over the row's total. Asked for separately, so scoring
+        alone stays as fast as before."""
+        errors = self.session_.run([ERROR_NAME], {INPUT_NAME: np.ascontiguousarray(inputs, dtype=np.float32)})[0]
+        channels = self.spec.prep.channels
+        per_channel = errors.astype(np.float64).reshape(len(errors), -1, channels).sum(axis=1)
+        total = per_channel.sum(axis=1, keepdims=True)
+        even = np.full_like(per_channel, 1.0 / channels)  # a row reconstructed exactly: no channel stands out
+        return np.divide(per_channel, total, out=even, where=total > 0)
 
     def is_anomaly(self, scores: np.ndarray) -> np.ndarray:
         """The one place a score becomes a verdict."""

@@ -11,19 +11,22 @@ from services.config import ThresholdSettings
 INPUT_NAME = "x"  # the served graph's input (model inputs, one row each) ...
 OUTPUT_NAME = "reconstruction"  # ... its reconstruction
 SCORE_NAME = "score"  # ... and the per-row score added by with_score_output
+ERROR_NAME = "error"  # ... and the squared error of each input it averages (explanations ask for it)
 
 
 def with_score_output(onnx_bytes: bytes) -> bytes:
     """The model plus an output ``score``: the per-row mean squared reconstruction error, computed inside the
     session (Sub → Mul → ReduceMean). One ``run`` then returns what /detect needs, instead of the reconstruction
     followed by three numpy passes over it: at 4096 rows those passes cost more than the int8 model itself
-    (BENCHMARKS.md). The stored ONNX files stay the plain autoencoder; this is added when a session is made."""
+    (BENCHMARKS.md). The squared errors the mean is taken of are an output too, ``error`` (rows × inputs): a
+    session computes them for the score anyway, and a run that asks for ``score`` alone does not copy them out.
+    The stored ONNX files stay the plain autoencoder; this is added when a session is made."""
     model = onnx.load_from_string(onnx_bytes)
     graph = model.graph
     if any(o.name == SCORE_NAME for o in graph.output):
         return onnx_bytes
     opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
-    diff, square = f"{SCORE_NAME}_diff", f"{SCORE_NAME}_square"
+    diff, square = f"{SCORE_NAME}_diff", ERROR_NAME
     graph.node.extend([
         helper.make_node("Sub", [OUTPUT_NAME, INPUT_NAME], [diff], name=diff),
         helper.make_node("Mul", [diff, diff], [square], name=square),
@@ -36,6 +39,7 @@ def with_score_output(onnx_bytes: bytes) -> bytes:
         graph.node.append(helper.make_node("ReduceMean", [square], [SCORE_NAME], axes=[1], keepdims=0,
                                            name=SCORE_NAME))
     graph.output.append(helper.make_tensor_value_info(SCORE_NAME, TensorProto.FLOAT, ["batch"]))
+    graph.output.append(helper.make_tensor_value_info(ERROR_NAME, TensorProto.FLOAT, ["batch", "inputs"]))
     return model.SerializeToString()
 
 

@@ -20,7 +20,7 @@ from services import logs
 from services.config import Settings, WorkerSettings
 from services.observability.context import WorkerLogContext
 from services.observability.metrics import AggregatorMetrics, DetectStats, WorkerMetrics, metrics_response
-from services.observability.telemetry import Telemetry, TelemetryBoard, TelemetryReporter, finite_or_none
+from services.observability.telemetry import Telemetry, TelemetryBoard, TelemetryReporter, finite_or_none, open_alarms
 from services.security.tls import client_context
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
@@ -125,6 +125,7 @@ class AggregatorObservability:
                 "detect_requests": t.get("detect_requests"),
                 "rows_scored": rows,
                 "anomalies_flagged": anomalies,
+                "open_alarms": t.get("open_alarms"),
                 "anomaly_rate": anomalies / rows if rows else None,
                 "telemetry_at": t.get("received_at"),
             })
@@ -150,6 +151,7 @@ def worker_round(loop, detector) -> int:
 class WorkerObservability:
     def __init__(self, app: FastAPI, settings: Settings, worker: WorkerSettings, loop, detector, streams=None):
         self.settings, self.worker, self.loop, self.detector = settings, worker, loop, detector
+        self.app_state = app.state  # its ``ingest`` (set when the app starts) holds the alarms
         self.stats = DetectStats(settings.dashboard.recent_scores)
         self.metrics = WorkerMetrics(worker.id, loop, detector, self.stats, streams)
         self.reporter: TelemetryReporter | None = None
@@ -163,6 +165,7 @@ class WorkerObservability:
                 "model_round": model.model_round if model else None,
                 "threshold": finite_or_none(model.threshold) if model else None,
                 "detect_requests": stats.requests, "rows_scored": stats.rows, "anomalies_flagged": stats.anomalies,
+                "open_alarms": open_alarms(getattr(self.app_state, "ingest", None)),
                 "training_loss": finite_or_none(trained.get("loss"))}
 
     def start(self) -> None:

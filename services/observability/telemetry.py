@@ -2,10 +2,11 @@
 
 Why push, not pull: edge nodes dial out to the aggregator (they may sit behind NAT or a firewall that lets nothing
 in), so the aggregator cannot be relied on to reach them. Every ``dashboard.telemetry_interval_s`` a worker posts
-its cumulative /detect counts, its phase and the model round it serves to ``POST /v1/workers/{id}/telemetry``
-with its own token (the message is services/protocol/messages.py's ``Telemetry``; the aggregator's route hands
-each report to a ``TelemetryBoard``). The board keeps, per configured worker, the latest report and anomalies
-flagged per time bucket — bounded memory, nothing persisted (a restart starts a new chart).
+its cumulative /detect counts, its open alarms, its phase and the model round it serves to
+``POST /v1/workers/{id}/telemetry`` with its own token (the message is services/protocol/messages.py's
+``Telemetry``; the aggregator's route hands each report to a ``TelemetryBoard``). The board keeps, per configured
+worker, the latest report and anomalies flagged per time bucket — bounded memory, nothing persisted (a restart
+starts a new chart).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import httpx
 
 from services.protocol.messages import Telemetry
 
-__all__ = ["Telemetry", "TelemetryBoard", "TelemetryReporter", "finite_or_none"]
+__all__ = ["Telemetry", "TelemetryBoard", "TelemetryReporter", "finite_or_none", "open_alarms"]
 log = logging.getLogger("fedad.telemetry")
 BUCKETS_KEPT = 360  # anomalies-over-time chart: this many buckets of one report interval each
 
@@ -65,6 +66,11 @@ class TelemetryBoard:
             rows = {w: [self.buckets[t].get(w, [0, 0])[0] for t in times] for w in self.worker_ids}
             return {"bucket_s": self.bucket_s, "time": times, "anomalies": series, "rows": rows,
                     "latest": {w: dict(v) for w, v in self.latest.items()}}
+
+
+def open_alarms(ingest) -> int:
+    """How many streams have an open alarm on this worker (its device ingestion's alarm book; 0 without one)."""
+    return len(ingest.alarms.open_streams()) if ingest is not None else 0
 
 
 class TelemetryReporter:

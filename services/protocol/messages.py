@@ -65,4 +65,5 @@ class Telemetry(BaseModel):
     detect_requests: int = Field(0, ge=0)
     rows_scored: int = Field(0, ge=0)
     anomalies_flagged: int = Field(0, ge=0)
+    open_alarms: int = Field(0, ge=0)  # streams whose alarm is open now (a gauge, not a counter)
     training_loss: float | None = None

@@ -37,6 +37,7 @@ class _StreamAlarm:
     normal: int = 0  # consecutive normal rows while open
     run_start: float = 0.0  # time of the first row of the current anomalous run
     run_peak: float = 0.0
+    run_top: list | None = None  # top sensors of the run's peak row
     open: dict | None = None  # the open alarm's record
 
 
@@ -55,20 +56,26 @@ class AlarmBook:
 
     def observe(self, stream: str, timestamps, scores: np.ndarray, flags: np.ndarray, threshold: float,
                 model_round: int, top_sensors: list | None = None) -> list[dict]:
-        """Rows of one stream, oldest first, as scored: update its alarm, emit and return the events."""
+        """Rows of one stream, oldest first, as scored: update its alarm, emit and return the events.
+        ``top_sensors``: per row, its top contributing sensors (None where not computed); an alarm carries those
+        of its peak row."""
         events = []
+        scores = np.asarray(scores, dtype=np.float64).tolist()
+        tops = top_sensors if top_sensors is not None else [None] * len(scores)
         with self._lock:
             state = self._state(stream)
-            for when, score, flag in zip(timestamps, np.asarray(scores, dtype=np.float64).tolist(),
-                                         np.asarray(flags, dtype=bool).tolist()):
+            for when, score, flag, top in zip(timestamps, scores, np.asarray(flags, dtype=bool).tolist(), tops):
                 if flag:
                     state.normal = 0
                     state.anomalous += 1
+                    if state.anomalous == 1 or score > state.run_peak:
+                        state.run_peak, state.run_top = score, top
                     if state.anomalous == 1:
-                        state.run_start, state.run_peak = float(when), score
-                    state.run_peak = max(state.run_peak, score)
+                        state.run_start = float(when)
                     if state.open is not None:
-                        state.open["peak_score"] = max(state.open["peak_score"], score)
+                        if score > state.open["peak_score"]:
+                            state.open["peak_score"] = score
+                            state.open["top_sensors"] = list(top or [])
                         state.open["anomalous_rows"] += 1
                         state.open["last_anomalous_time"] = float(when)
                     elif state.anomalous >= self.open_after:
@@ -76,7 +83,7 @@ class AlarmBook:
                                       "start_time": state.run_start, "peak_score": state.run_peak,
                                       "threshold": float(threshold), "model_round": int(model_round),
                                       "anomalous_rows": state.anomalous, "last_anomalous_time": float(when),
-                                      "top_sensors": list(top_sensors or [])}
+                                      "top_sensors": list(state.run_top or [])}
                         events.append(self._event("opened", state.open, float(when)))
                 else:
                     state.anomalous = 0

@@ -13,9 +13,11 @@ import shutil
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from observability.helpers import ROUNDS
+from services.data.sources import load_node
 from support import Stack
 
 REPO = Path(__file__).resolve().parents[2]
@@ -189,3 +191,44 @@ def test_dashboard_while_waiting_for_a_missing_worker(tmp_path, browser):
             page.close()
     finally:
         stack.stop()
+
+
+def test_pages_show_an_open_alarm_with_its_sensors(observed_stack, browser):
+    """A valve1 fault streamed to its worker until an alarm opens: the worker's page lists it (open, its stream, the
+    top sensors of its peak row), the dashboard's workers table counts it for valve1 and for no other worker."""
+    settings = observed_stack.settings
+    node = load_node(settings, settings.worker("valve1"))
+    run, mask = next((r, m) for r, m in zip(node.runs, node.masks) if r.name == "valve1/5.csv")
+    url = observed_stack.worker_url("valve1")
+    held_out, baseline = run.values[~mask].tolist(), run.values[mask].tolist()
+    httpx.delete(f"{url}/v1/streams/pump-5")
+    for start in range(0, len(held_out), 25):
+        body = {"stream": "pump-5", "samples": held_out[start:start + 25]}
+        if start == 0:
+            body["baseline"] = baseline
+        assert httpx.post(f"{url}/detect", json=body, timeout=30).status_code == 200
+        if httpx.get(f"{url}/v1/status").json()["alarms"]["open"]:
+            break
+    [alarm] = httpx.get(f"{url}/v1/status").json()["alarms"]["open"]
+    page = Page(browser, url + "/")
+    try:
+        page.wait_for("() => window.fedad && window.fedad.updates >= 1 && "
+                      "document.querySelectorAll('#alarms tr[data-alarm]').length >= 1", "the alarm on the worker page")
+        row = page.page.inner_text(f'#alarms tr[data-alarm="{alarm["alarm_id"]}"]')
+        assert "pump-5" in row and "open" in row and alarm["top_sensors"][0]["sensor"] in row, row
+        page.screenshot("worker-valve1-alarm.png")
+        page.assert_self_contained()
+    finally:
+        page.close()
+    page = Page(browser, observed_stack.agg_url + "/")
+    try:
+        page.wait_for("() => window.fedad && window.fedad.updates >= 1 && "
+                      "document.querySelector('#workers tr[data-worker=\"valve1\"] td.alarms.firing') !== null",
+                      "valve1's open alarm on the dashboard")
+        counts = page.page.eval_on_selector_all(
+            "#workers tbody tr", "rows => rows.map(r => [r.dataset.worker, r.querySelector('td.alarms').textContent])")
+        assert counts == [["valve1", "1"], ["valve2", "0"], ["other", "0"]], counts
+        page.screenshot("dashboard-alarm.png")
+        page.assert_self_contained()
+    finally:
+        page.close()

@@ -1,5 +1,5 @@
-"""The ingestion thread without a broker: readings before a first model are refused as no_model (the baseline is
-kept), a full queue refuses and counts, and nothing ends the thread."""
+"""The ingestion thread without a broker: readings before a first model wait in the queue (not refused),
+a full queue refuses and counts, and nothing ends the thread."""
 
 import time
 
@@ -34,7 +34,9 @@ def wait(predicate, timeout=10.0):
     raise AssertionError("timed out")
 
 
-def test_rows_before_a_first_model_are_counted_as_no_model_and_the_baseline_is_kept(tmp_path):
+def test_rows_before_a_first_model_wait_in_the_queue_instead_of_being_refused(tmp_path):
+    """A restarting worker serves its persisted model a moment after its broker link is up: what arrives meanwhile
+    waits (the queue is bounded) rather than being refused as no_model."""
     settings, ingest = make(tmp_path, baseline_rows=3)
     window = settings.data.window
     assert ingest.baseline_rows == window  # a baseline spans at least one window
@@ -42,13 +44,10 @@ def test_rows_before_a_first_model_are_counted_as_no_model_and_the_baseline_is_k
     try:
         for t in range(window + 2):
             ingest.push(row(1000.0 + t, settings))
-        ingest.on_message("fedad/valve1/rows/pump", b"{broken")
-        wait(lambda: ingest.document()["refused"].get("no_model") == 2)
+        time.sleep(0.5)
         doc = ingest.document()
-        assert doc["counts"]["baseline_rows"] == window and doc["counts"]["rows_scored"] == 0
-        assert doc["baseline"]["collecting"] == {"pump": window}
-        assert doc["refused"] == {"malformed_json": 1, "no_model": 2} and doc["counts"]["messages"] == 1
-        assert ingest.metrics()["refused"]["no_model"] == 2
+        assert doc["queued"] == window + 2 and doc["refused"] == {}
+        assert doc["counts"].get("rows_scored", 0) == 0 and doc["counts"].get("baseline_rows", 0) == 0
     finally:
         ingest.stop()
 

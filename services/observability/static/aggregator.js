@@ -53,6 +53,7 @@
         "<td>" + f.num(w.rows_scored) + "</td>" +
         "<td>" + f.num(w.anomalies_flagged) + "</td>" +
         "<td>" + f.pct(w.anomaly_rate) + "</td>" +
+        "<td class=\"alarms" + (w.open_alarms ? " firing" : "") + "\">" + f.num(w.open_alarms) + "</td>" +
         "<td class=\"left muted\">" + f.escape(w.phase || "–") + "</td></tr>";
     }).join("");
   }

@@ -40,6 +40,35 @@
     }).join("");
   }
 
+  function renderAlarms(d) {
+    const body = f.el("alarms").querySelector("tbody");
+    const a = d.alarms;
+    if (!a) {
+      body.innerHTML = "<tr><td colspan=\"7\" class=\"left muted\">alarms are off on this worker</td></tr>";
+      return;
+    }
+    f.text("open-after", a.open_after);
+    f.text("clear-after", a.clear_after);
+    const rows = a.open.map(function (x) { return [x, true]; }).concat(a.recent.map(function (x) { return [x, false]; }));
+    if (!rows.length) {
+      body.innerHTML = "<tr><td colspan=\"7\" class=\"left muted\">no alarm yet: a stream's anomalous rows open one " +
+        "(POST /detect with \"stream\", or device data)</td></tr>";
+      return;
+    }
+    body.innerHTML = rows.map(function (r) {
+      const x = r[0], open = r[1];
+      const end = open ? d.now : x.end_time;
+      const top = (x.top_sensors || []).map(function (t) {
+        return f.escape(t.sensor) + " " + Math.round(100 * t.share) + "%";
+      }).join(", ");
+      return "<tr data-alarm=\"" + f.escape(x.alarm_id) + "\"><td class=\"left\">" + f.escape(x.stream) + "</td>" +
+        "<td class=\"left\"><span class=\"pill " + (open ? "failed" : "done") + "\">" + (open ? "open" : "cleared") +
+        "</span></td><td class=\"left\">" + f.clock(x.start_time) + "</td>" +
+        "<td>" + f.num(Math.max(0, end - x.start_time), 0) + " s</td><td>" + f.num(x.anomalous_rows) + "</td>" +
+        "<td>" + f.sig(x.peak_score) + "</td><td class=\"left\">" + (top || "–") + "</td></tr>";
+    }).join("");
+  }
+
   function scoreChart(d) {
     const r = d.recent;
     f.text("keep", r.row.length);
@@ -75,6 +104,7 @@
 
   function render(d) {
     renderCards(d);
+    renderAlarms(d);
     renderHistory(d);
     scoreChart(d);
     f.data = d;

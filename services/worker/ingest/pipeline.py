@@ -31,6 +31,7 @@ import orjson
 from services.config import Settings, WorkerSettings
 from services.protocol import errors
 from services.protocol.errors import ProtocolError
+from services.worker import explain
 from services.worker.alarms import AlarmBook, Outbox
 from services.worker.ingest.assemble import Assembler, Row
 from services.worker.ingest.messages import REASONS, Reading, Refused, TopicFilter, parse
@@ -60,6 +61,7 @@ class DeviceIngest:
         self.features = settings.data.features
         self.feature_set = frozenset(self.features)
         self.streams = streams
+        self.explainer = explain.Explainer(settings.data.model_columns)
         # a baseline spans at least one window (the stream table's rule), so a device's first scored row has its own
         self.baseline_rows = max(cfg.baseline_rows or settings.data.train_rows, settings.data.window, 2) \
             if settings.data.baseline == "run" else 0
@@ -148,6 +150,10 @@ class DeviceIngest:
     def _run(self) -> None:
         next_tick = time.monotonic() + TICK_S
         while True:
+            if not self._model_served():  # a restarting worker: hold what arrives (the queue is bounded) until its
+                if self._stop.wait(TICK_S):  # persisted model is served, instead of refusing rows as no_model
+                    return
+                continue
             try:
                 item = self.queue.get(timeout=TICK_S)
             except queue.Empty:
@@ -163,6 +169,10 @@ class DeviceIngest:
                     self._score(rows)
             except Exception:  # a bug must not end ingestion: log it with what was being handled
                 log.exception("ingestion failed on %s", item[0] if isinstance(item, tuple) else item)
+
+    def _model_served(self) -> bool:
+        slot = getattr(self.streams, "slot", None)  # the worker's StreamTable; a bare scorer in unit tests has none
+        return slot is None or slot.current is not None
 
     def _take(self, item) -> list[Row]:
         if isinstance(item, tuple):
@@ -216,6 +226,7 @@ class DeviceIngest:
                 if not len(values):
                     return
                 baseline = np.stack(collected)
+        context = explain.before(self.streams, device)
         try:
             scored = self.streams.score(device, values, baseline)
         except ProtocolError as exc:
@@ -241,7 +252,9 @@ class DeviceIngest:
             return
         flags = np.asarray(scored.flags, dtype=bool)
         self._count(rows_scored=len(values), rows_anomalous=int(flags.sum()))
-        self.alarms.observe(device, times, scored.scores, flags, scored.model.threshold, scored.model.model_round)
+        top = self.explainer.stream_rows(scored.model.detector, context, values, baseline, flags)
+        self.alarms.observe(device, times, scored.scores, flags, scored.model.threshold, scored.model.model_round,
+                            top_sensors=top)
 
     def _held(self, device: str) -> bool:
         try:

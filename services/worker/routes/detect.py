@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
 import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
@@ -12,8 +13,11 @@ from starlette.routing import Route
 
 from services.protocol import errors
 from services.protocol.errors import ProtocolError, openapi_responses
+from services.worker import explain
 from services.worker.deps import WorkerContext
 from services.worker.parsing import BINARY_TYPE, H_BASELINE_ROWS, H_STREAM, parse_binary, parse_detect, stream_id
+
+H_EXPLAIN = "X-Explain"  # binary body: "true" lists the top sensors of every row (the JSON body's "explain")
 
 
 class DetectRequest(BaseModel):
@@ -29,6 +33,8 @@ class DetectRequest(BaseModel):
     stream: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$",
                                description="optional: the device the rows come from; the worker keeps the rows its "
                                            "window needs and the baseline's scaling between requests")
+    explain: bool = Field(False, description="optional: list the top sensors of every row, not only of the "
+                                             "flagged ones")
 
 
 class DetectResponse(BaseModel):
@@ -40,6 +46,10 @@ class DetectResponse(BaseModel):
     stream: str | None = Field(None, description="with a stream only")
     stream_rows: int | None = Field(None, description="with a stream only: rows of the stream the worker had scored "
                                                       "before this request (0: a new stream)")
+    top_sensors: list[list[dict] | None] = Field(
+        description=f"per row: the {explain.TOP} sensors with the largest shares of its reconstruction error, "
+                    "largest first, as {\"sensor\", \"share\"} (shares of all sensors sum to 1); null for a row "
+                    "that is not flagged, unless the request asked to explain every row")
 
 
 ERRORS = openapi_responses(
@@ -53,6 +63,7 @@ def endpoint(ctx: WorkerContext):
     slot, loop, streams, stats = ctx.slot, ctx.loop, ctx.streams, ctx.stats
     features, max_rows, min_baseline = ctx.features, ctx.max_rows, ctx.min_baseline
     max_json_body, max_binary_body = ctx.max_json_body, ctx.max_binary_body
+    explainer = explain.Explainer(ctx.settings.data.model_columns)
 
     async def detect(request: Request):
         started = time.perf_counter()
@@ -66,27 +77,48 @@ def endpoint(ctx: WorkerContext):
         limit = max_binary_body if binary else max_json_body
         if declared and declared.isdigit() and int(declared) > limit:
             raise ProtocolError(errors.TOO_LARGE, f"body of {declared} bytes exceeds the limit of {limit} bytes")
+        body = await request.body()
         if binary:
-            rows, baseline = parse_binary(await request.body(), features, max_rows, headers.get(H_BASELINE_ROWS),
-                                          min_baseline)
+            rows, baseline = parse_binary(body, features, max_rows, headers.get(H_BASELINE_ROWS), min_baseline)
             stream = headers.get(H_STREAM)
             stream = stream_id(stream) if stream is not None else None
+            every = headers.get(H_EXPLAIN, "").lower() == "true"
         else:
-            rows, baseline, stream = parse_detect(await request.body(), features, max_rows, min_baseline)
+            rows, baseline, stream = parse_detect(body, features, max_rows, min_baseline)
+            every = b'"explain"' in body and _asks_to_explain(body)
         if stream is None:
             scores = model.score(rows, baseline)
             flags = model.detector.is_anomaly(scores)
+            which = np.ones(len(rows), dtype=bool) if every else flags
             answer = {"scores": scores, "is_anomaly": flags, "threshold": model.threshold,
-                      "model_round": model.model_round, "model": model.kind}
+                      "model_round": model.model_round, "model": model.kind,
+                      "top_sensors": explainer.rows(model.detector, rows, baseline, which)}
         else:
+            context = explain.before(streams, stream)
             scores, flags, model, before = streams.score(stream, rows, baseline)
+            which = np.ones(len(rows), dtype=bool) if every else flags
+            top = explainer.stream_rows(model.detector, context, rows, baseline, which)
             answer = {"scores": scores, "is_anomaly": flags, "threshold": model.threshold,
-                      "model_round": model.model_round, "model": model.kind, "stream": stream, "stream_rows": before}
+                      "model_round": model.model_round, "model": model.kind, "stream": stream, "stream_rows": before,
+                      "top_sensors": top}
+            if ctx.ingest is not None:  # HTTP streams raise alarms like device data does
+                now = time.time()
+                ctx.ingest.alarms.observe(stream, [now] * len(rows), scores, flags, model.threshold,
+                                          model.model_round, top_sensors=top)
         body = orjson.dumps(answer, option=orjson.OPT_SERIALIZE_NUMPY)
         stats.scored(scores, flags, model.threshold, time.perf_counter() - started)
         return Response(body, media_type="application/json")
 
     return detect
+
+
+def _asks_to_explain(body: bytes) -> bool:
+    """``"explain": true`` in a JSON body (parsed again only when the word occurs in it)."""
+    try:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(payload, dict) and payload.get("explain") is True
 
 
 def router(ctx: WorkerContext) -> APIRouter:
@@ -100,7 +132,7 @@ def router(ctx: WorkerContext) -> APIRouter:
             BINARY_TYPE: {"schema": {"type": "string", "format": "binary", "description": (
                 "rows of little-endian float32 values in config's feature order, no header; header "
                 f"{H_BASELINE_ROWS}: k makes the first k rows the run's baseline, header {H_STREAM}: id names "
-                "the stream")}}}}})
+                f"the stream, header {H_EXPLAIN}: true lists the top sensors of every row")}}}}})
     return api
 
 
