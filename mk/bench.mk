@@ -2,11 +2,13 @@
 # the figures and how they were made. Included by the main Makefile (`-include mk/*.mk`), which defines VENV, PY and
 # `venv`.
 #
-#   make bench            all four scripts, one after the other (~8 min on 2 cores)
+#   make bench            every script, one after the other (~11 min on 2 cores)
 #   make bench-detect     POST /detect req/s, latency, rows/s vs the HTTP ceiling, onnxruntime and torch (~4 min)
 #   make bench-aggregate  FedAvg over N = 10, 100, 1000 updates, default and 1.3 M-parameter models (~1 min)
 #   make bench-round      round overhead with 10, 100, 300 light HTTP clients (~2 min)
 #   make bench-resources  worker RSS idle / training / serving, epoch time, model sizes, bytes per round (~1 min)
+#   make bench-streams    one row per /detect request vs the constant handler, MQTT rows/s vs a bare subscriber,
+#                         publish -> alarm latency at 100 and 1,000 rows/s (needs mosquitto; ~3 min)
 #
 # Load generator: wrk (Debian: apt-get install wrk); without it the scripts fall back to a Python load generator,
 # which measures itself. py-spy (installed here) records the profiles `--profile` asks for.
@@ -18,7 +20,7 @@ PY ?= $(VENV)/bin/python
 BENCH_OUT ?= reports/benchmarks
 BENCH_ARGS ?=
 
-.PHONY: bench bench-detect bench-aggregate bench-round bench-resources
+.PHONY: bench bench-detect bench-aggregate bench-round bench-resources bench-streams
 
 $(VENV)/.bench-deps: | $(VENV)/.installed
 	$(PY) -m pip install -q 'py-spy>=0.3'
@@ -28,7 +30,7 @@ $(VENV)/.bench-deps: | $(VENV)/.installed
 $(BENCH_OUT):
 	mkdir -p $@
 
-bench: bench-detect bench-aggregate bench-round bench-resources  ## every benchmark (figures: BENCHMARKS.md)
+bench: bench-detect bench-aggregate bench-round bench-resources bench-streams  ## every benchmark (BENCHMARKS.md)
 
 bench-detect: venv $(VENV)/.bench-deps | $(BENCH_OUT)  ## /detect vs the HTTP ceiling, onnxruntime and torch eager
 	$(PY) -m benchmarks.detect --json $(BENCH_OUT)/detect.json --profile $(BENCH_OUT)/detect-profile.txt $(BENCH_ARGS)
@@ -41,3 +43,7 @@ bench-round: venv $(VENV)/.bench-deps | $(BENCH_OUT)  ## round overhead with 10,
 
 bench-resources: venv $(VENV)/.bench-deps | $(BENCH_OUT)  ## worker memory, epoch time, model sizes, bytes per round
 	$(PY) -m benchmarks.resources --json $(BENCH_OUT)/resources.json $(BENCH_ARGS)
+
+bench-streams: venv $(VENV)/.bench-deps | $(BENCH_OUT)  ## stream path, MQTT ingestion and alarm latency
+	@command -v mosquitto >/dev/null || test -x /usr/sbin/mosquitto || { echo "apt-get install mosquitto"; exit 1; }
+	$(PY) -m benchmarks.streams --json $(BENCH_OUT)/streams.json --profile $(BENCH_OUT)/streams-profile.txt $(BENCH_ARGS)

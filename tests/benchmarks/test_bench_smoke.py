@@ -64,3 +64,26 @@ def test_resources_script(tmp_path):
     assert r["onnx_bytes"]["fp32"] > 0 and r["onnx_bytes"]["int8"] > 0
     assert r["bytes_up_per_round"] > r["update_body_bytes"], "the update body crossed the relay"
     assert r["epoch_in_process"]["cpu_s"] > 0 and r["serving"]["1"]["req_per_s"] > 0
+
+
+def test_streams_script(tmp_path):
+    import shutil
+
+    if shutil.which("mosquitto") is None and not Path("/usr/sbin/mosquitto").exists():
+        if os.environ.get("CI"):
+            pytest.fail("mosquitto is not installed (apt-get install mosquitto)")
+        pytest.skip("mosquitto is not installed (apt-get install mosquitto)")
+    r = run_script("streams", tmp_path, "--duration", "1", "--repeat", "1", "--mqtt-rows", "200", "--devices", "2",
+                   "--rates", "50", "--latency-seconds", "3", "--connections", "2", timeout=300)
+    http = r["http"]
+    assert set(http) == {"constant", "stream 1 row"}
+    for name, v in http.items():
+        assert v["req_per_s"] > 0 and v["errors"] == 0, (name, v)
+    mqtt = r["mqtt"]
+    assert mqtt["worker_rows_per_s"] > 0 and mqtt["bare_rows_per_s"] > 0
+    assert [x["rows"] for x in mqtt["runs"]] == [200]
+    [latency] = r["latency"]
+    assert latency["rate"] == 50 and latency["events"]["opened"] >= 1, latency  # the spikes opened alarms
+    assert 0 < latency["p50_ms"] <= latency["p99_ms"] <= latency["max_ms"]
+    assert r["ingest"]["counts"]["rows_scored"] >= 200 and not r["ingest"]["refused"], r["ingest"]
+    assert {"stream_row_vs_constant", "mqtt_worker_vs_bare"} <= set(r["ratios"])
