@@ -51,16 +51,18 @@ def test_a_replayed_fault_raises_an_alarm_with_its_sensors_and_detect_explains(t
     run, mask = next((r, m) for r, m in zip(node.runs, node.masks) if r.name == "valve1/5.csv")
     url = f"{trained_stack.worker_url('valve1')}/detect"
     body = {"baseline": run.values[mask].tolist(), "samples": run.values[~mask].tolist()}
-    answer = httpx.post(url, json=body, timeout=60).json()
+    plain = httpx.post(url, json=body, timeout=60).json()
+    assert "top_sensors" not in plain, "a stateless batch is explained only when asked (scoring stays fast)"
+    answer = httpx.post(url, json={**body, "stream": "explained-valve1-5"}, timeout=60).json()
     flags, top = answer["is_anomaly"], answer["top_sensors"]
-    assert len(top) == len(flags) and any(flags)
-    assert [t is not None for t in top] == flags  # by default only flagged rows are explained
+    assert len(top) == len(flags) and any(flags) and answer["scores"] == plain["scores"]
+    assert [t is not None for t in top] == flags  # a stream's flagged rows are explained (its alarms name them)
     for entry in (t for t in top if t):
         assert [e["sensor"] for e in entry] != [] and len(entry) == 3
         assert {e["sensor"] for e in entry} <= set(SETTINGS.data.model_columns)
         assert entry[0]["share"] >= entry[1]["share"] >= entry[2]["share"]
     every = httpx.post(url, json={**body, "explain": True}, timeout=60).json()
-    assert all(t is not None for t in every["top_sensors"]) and every["scores"] == answer["scores"]
+    assert all(t is not None for t in every["top_sensors"]) and every["scores"] == plain["scores"]
     explained = np.array([t[0]["sensor"] == "Volume Flow RateRMS" for t in top if t])
     assert explained.mean() > 0.5, "most flagged rows of a closed outflow valve should point at the flow"
 

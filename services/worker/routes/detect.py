@@ -46,10 +46,11 @@ class DetectResponse(BaseModel):
     stream: str | None = Field(None, description="with a stream only")
     stream_rows: int | None = Field(None, description="with a stream only: rows of the stream the worker had scored "
                                                       "before this request (0: a new stream)")
-    top_sensors: list[list[dict] | None] = Field(
-        description=f"per row: the {explain.TOP} sensors with the largest shares of its reconstruction error, "
-                    "largest first, as {\"sensor\", \"share\"} (shares of all sensors sum to 1); null for a row "
-                    "that is not flagged, unless the request asked to explain every row")
+    top_sensors: list[list[dict] | None] | None = Field(
+        None, description=f"per row: the {explain.TOP} sensors with the largest shares of its reconstruction error, "
+                          "largest first, as {\"sensor\", \"share\"} (shares of all sensors sum to 1). A stream's "
+                          "answer lists them for flagged rows (null for the others); with \"explain\": true for "
+                          "every row; a stateless answer only when asked")
 
 
 ERRORS = openapi_responses(
@@ -89,10 +90,10 @@ def endpoint(ctx: WorkerContext):
         if stream is None:
             scores = model.score(rows, baseline)
             flags = model.detector.is_anomaly(scores)
-            which = np.ones(len(rows), dtype=bool) if every else flags
             answer = {"scores": scores, "is_anomaly": flags, "threshold": model.threshold,
-                      "model_round": model.model_round, "model": model.kind,
-                      "top_sensors": explainer.rows(model.detector, rows, baseline, which)}
+                      "model_round": model.model_round, "model": model.kind}
+            if every:  # asked for: explaining flagged rows by default cost a batch of 1 half its req/s (BENCHMARKS.md)
+                answer["top_sensors"] = explainer.rows(model.detector, rows, baseline, np.ones(len(rows), dtype=bool))
         else:
             context = explain.before(streams, stream)
             scores, flags, model, before = streams.score(stream, rows, baseline)
