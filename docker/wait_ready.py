@@ -1,4 +1,5 @@
-"""Wait until a compose project of fedad serves: the aggregator's and every worker's /readyz answer 200.
+"""Wait until a compose project of fedad serves: the aggregator's and every worker's /readyz answer 200, the broker
+is healthy and the replayer runs.
 
     python docker/wait_ready.py fedad [--since EPOCH] [--timeout 600] [--done]
 
@@ -19,6 +20,7 @@ import urllib.error
 import urllib.request
 
 OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: never through a proxy
+NOT_HTTP = {"broker", "replayer"}  # the MQTT broker and the device replayer serve no /readyz
 
 
 def containers(project: str) -> list[dict]:
@@ -70,9 +72,16 @@ def main() -> int:
                       f"; see its logs", file=sys.stderr)
                 return 1
             url = loopback_url(info)
-            if service in ready or url is None:
+            if service in ready:
                 continue
-            if service == "aggregator":
+            if service in NOT_HTTP:  # ready once running, and healthy if the image has a health check
+                health = info["State"].get("Health", {}).get("Status", "healthy")
+                if info["State"]["Status"] != "running" or health != "healthy":
+                    continue
+                note = "running"
+            elif url is None:
+                continue
+            elif service == "aggregator":
                 code, status = get(f"{url}/v1/status")
                 if code != 200 or get(f"{url}/readyz")[0] != 200:
                     continue
