@@ -202,11 +202,17 @@ def test_pages_show_an_open_alarm_with_its_sensors(observed_stack, browser):
     url = observed_stack.worker_url("valve1")
     held_out, baseline = run.values[~mask].tolist(), run.values[mask].tolist()
     httpx.delete(f"{url}/v1/streams/pump-5")
+    sent = observed_stack.traffic["valve1"]  # the stack is shared: later tests compare /metrics with this record
     for start in range(0, len(held_out), 25):
         body = {"stream": "pump-5", "samples": held_out[start:start + 25]}
         if start == 0:
             body["baseline"] = baseline
-        assert httpx.post(f"{url}/detect", json=body, timeout=30).status_code == 200
+        r = httpx.post(f"{url}/detect", json=body, timeout=30)
+        assert r.status_code == 200, r.text
+        answer = r.json()
+        sent["requests"] += 1
+        sent["rows"] += len(answer["scores"])
+        sent["anomalies"] += sum(answer["is_anomaly"])
         if httpx.get(f"{url}/v1/status").json()["alarms"]["open"]:
             break
     [alarm] = httpx.get(f"{url}/v1/status").json()["alarms"]["open"]
