@@ -69,7 +69,7 @@ def test_only_weights_and_aggregates_cross_the_wire(trained_stack):
         elif r["path"].endswith("/telemetry"):  # dashboard counters: scalars only, never rows or scores
             body = json.loads(r["body"])
             assert set(body) <= {"boot_id", "phase", "model_round", "threshold", "detect_requests", "rows_scored",
-                                 "anomalies_flagged", "training_loss"}
+                                 "anomalies_flagged", "training_loss", "open_alarms"}
             assert not any(isinstance(v, (list, dict)) for v in body.values())
         else:
             assert r["method"] == "GET" and r["body"] == b"", f"unexpected request {r['method']} {r['path']}"
