@@ -67,7 +67,9 @@ class Trainer:
         if result is None or not (job / "out.npy").exists():
             raise TrainingFailed("the training process exited without writing its result")
         trained = np.load(job / "out.npy")
-        peak = max(peak, result.get("peak_rss_bytes") or 0)
+        # The child's own high-water mark (VmHWM, read after exec) is its peak; wait4's ru_maxrss also counts the
+        # pages of this process at fork (Linux keeps the old mm's mark across exec): only a fallback.
+        peak = result.get("peak_rss_bytes") or peak
         shutil.rmtree(job, ignore_errors=True)
         return TrainingRun(trained, float(result["loss"]), seconds, peak, cpu)
 
@@ -109,7 +111,7 @@ class Trainer:
             child.stdout.close()
         child.returncode = os.waitstatus_to_exitcode(status)  # reaped here: Popen must not wait for it again
         seconds = time.time() - started
-        peak = usage.ru_maxrss * 1024  # KiB on Linux
+        peak = usage.ru_maxrss * 1024  # KiB on Linux; an upper bound (it counts this process at fork), see train()
         code = child.returncode
         if code < 0:
             name = signal.Signals(-code).name
