@@ -45,6 +45,7 @@ def observed_stack(tmp_path_factory):
             return d if all(got.get(w) == stack.traffic[w]["rows"] for w in stack.workers) else None
 
         stack.dashboard = wait_until(telemetry_caught_up, 20, "telemetry to reach the aggregator")
+        stack.dashboard_traffic = {w: dict(t) for w, t in stack.traffic.items()}  # what that snapshot counted
         yield stack
     finally:
         stack.stop()

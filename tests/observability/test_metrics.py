@@ -109,12 +109,12 @@ def test_dashboard_json_counts_match_the_workers(observed_stack):
     d = observed_stack.dashboard
     assert [w["id"] for w in d["workers"]] == observed_stack.workers
     for w in d["workers"]:
-        sent = observed_stack.traffic[w["id"]]
+        sent = observed_stack.dashboard_traffic[w["id"]]
         assert w["rows_scored"] == sent["rows"] and w["anomalies_flagged"] == sent["anomalies"]
         assert w["model_round"] == ROUNDS and w["joined"]
     assert d["losses"]["round"] == list(range(1, ROUNDS + 1))
     assert sum(sum(series) for series in d["anomalies"]["anomalies"].values()) == sum(
-        t["anomalies"] for t in observed_stack.traffic.values())
+        t["anomalies"] for t in observed_stack.dashboard_traffic.values())
 
 
 def documented_metrics(section: str) -> set[str]:
