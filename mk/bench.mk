@@ -1,4 +1,4 @@
-# Performance (issue 6): benchmark scripts that print figures beside their same-run references; BENCHMARKS.md holds
+# Performance: benchmark scripts that print figures beside their same-run references; BENCHMARKS.md holds
 # the figures and how they were made. Included by the main Makefile (`-include mk/*.mk`), which defines VENV, PY and
 # `venv`.
 #

@@ -1,4 +1,4 @@
-# Containers (issue 3): the wheelhouse, the two images and the compose stack. See docs/containers.md.
+# Containers: the wheelhouse, the two images and the compose stack. See docs/containers.md.
 # Included by the main Makefile (`include mk/*.mk`), which defines VENV, PY and the `venv` target; it also works on
 # its own: make -f mk/containers.mk images PY=python3
 #

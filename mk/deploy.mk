@@ -1,4 +1,4 @@
-# Deploy (issue 4): kustomize manifests (deploy/), Ansible playbooks (ansible/) for a GCP + KubeEdge testbed,
+# Deploy: kustomize manifests (deploy/), Ansible playbooks (ansible/) for a GCP + KubeEdge testbed,
 # and a single-node cluster for trying them locally. See docs/deploy.md.
 # Included by the main Makefile (`-include mk/*.mk`), which defines VENV, PY and the `venv` target.
 #

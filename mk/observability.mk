@@ -1,4 +1,4 @@
-# Observability (issue 8): /metrics, structured logs, the live dashboard. See docs/observability.md.
+# Observability: /metrics, structured logs, the live dashboard. See docs/observability.md.
 # Included by the main Makefile, which defines VENV, PY, PYTEST_ARGS and the `venv` target.
 #
 #   make chromium              Debian's Chromium for the dashboard's browser test (as root: apt-get)

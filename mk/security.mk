@@ -1,4 +1,4 @@
-# Identity (issue 7): certificates for mutual TLS and worker tokens. See docs/reliability.md.
+# Identity: certificates for mutual TLS and worker tokens. See docs/reliability.md.
 # Included by the main Makefile (`-include mk/*.mk`), which defines VENV, PY and the `venv` target.
 #
 #   make certs                     a CA plus aggregator and per-worker certificates in tls.dir (config.yaml: certs/)
