@@ -30,10 +30,6 @@ class WorkerState:
     evaluation: dict | None = None
     reference: dict | None = None  # default scaling of /detect rows (services/data/windows.Reference)
 
-    @property
-    def served_onnx(self) -> bytes:
-        return self.onnx_int8 if self.served == "int8" else self.onnx_fp32
-
 
 class WorkerStore:
     def __init__(self, state_dir: Path):
