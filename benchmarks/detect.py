@@ -76,7 +76,11 @@ def drive(kind: str, url: str, body_file: Path, content_type: str, connections: 
     else:
         argv = [sys.executable, "-m", "benchmarks.loadgen", "--url", url, "--body", str(body_file), "--type",
                 content_type, "-c", str(connections), "-d", str(duration)]
-    env = base_env(FEDAD_WRK_BODY=str(body_file), FEDAD_WRK_TYPE=content_type)
+    return measure(argv, base_env(FEDAD_WRK_BODY=str(body_file), FEDAD_WRK_TYPE=content_type), server_pid, duration)
+
+
+def measure(argv: list[str], env: dict, server_pid: int, duration: int) -> dict:
+    """Run a load generator that prints ``FEDAD_RESULT {json}``; add req/s and the server's CPU per request."""
     cpu_before = cpu_seconds(server_pid)
     out = subprocess.run(argv, env=env, cwd=REPO, capture_output=True, text=True, timeout=duration + 60)
     cpu_used = cpu_seconds(server_pid) - cpu_before

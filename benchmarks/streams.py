@@ -55,7 +55,7 @@ from benchmarks.common import (
     wait_until,
     workdir,
 )
-from benchmarks.detect import JSON, drive, json_body, loadgen_kind, summarise, verdict
+from benchmarks.detect import JSON, drive, json_body, loadgen_kind, measure, summarise, verdict
 
 TARGETS = {"stream_row_vs_constant": 0.60, "mqtt_worker_vs_bare": 0.50}
 TOPIC = "$ke/events/device/{device}/data/update"
@@ -161,22 +161,9 @@ def drive_stream(kind: str, url: str, bodies: Path, single: Path, connections: i
         body = single.with_name("stream-row1.json")
         body.write_bytes(bodies.read_bytes().split(b"\n", 1)[0])
         return drive(kind, url, body, JSON, connections, duration, pid)
-    from benchmarks.common import cpu_seconds
-
     argv = ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--timeout", "10s", "-s",
             str(REPO / "benchmarks" / "stream.lua"), url]
-    cpu_before = cpu_seconds(pid)
-    out = subprocess.run(argv, env=base_env(FEDAD_WRK_BODIES=str(bodies)), cwd=REPO, capture_output=True, text=True,
-                         timeout=duration + 60)
-    cpu_used = cpu_seconds(pid) - cpu_before
-    line = next((ln for ln in out.stdout.splitlines() if ln.startswith("FEDAD_RESULT ")), None)
-    if out.returncode != 0 or line is None:
-        raise RuntimeError(f"wrk failed ({out.returncode}): {out.stdout[-2000:]}\n{out.stderr[-2000:]}")
-    result = orjson.loads(line.removeprefix("FEDAD_RESULT "))
-    result["req_per_s"] = result["requests"] / result["duration_s"]
-    result["server_cpu_us_per_req"] = cpu_used / max(result["requests"], 1) * 1e6
-    result["server_cpu_share"] = cpu_used / result["duration_s"]
-    return result
+    return measure(argv, base_env(FEDAD_WRK_BODIES=str(bodies)), pid, duration)
 
 
 # -- (2) MQTT rows/s: the worker vs a bare subscriber ------------------------------------------------------------------
