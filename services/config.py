@@ -288,8 +288,20 @@ class ModelSettings(_Section):
         return problems
 
 
+class ContinualSettings(_Section):
+    """After the first ``rounds`` the federation stays open: a round opens on a schedule, on an admin request, on
+    enough new data at enough workers, or on a drift report (README: The life of a model)."""
+
+    enabled: bool = True
+    every_s: float | None = Field(None, gt=0)  # schedule: open a round this often (null: no schedule)
+    min_new_rows: int | None = Field(2000, ge=1)  # new data: a worker with this many rows not yet trained on ...
+    min_workers_with_new_data: int = Field(2, ge=1)  # ... at this many workers opens a round (null rows: off)
+    on_drift: bool = True  # a worker's drift report opens a round
+    skip_without_new_data: bool = True  # a scheduled round opens only if some worker has new rows
+
+
 class FederationSettings(_Section):
-    rounds: int = Field(10, ge=1)
+    rounds: int = Field(10, ge=1)  # the first campaign; continual rounds follow (federation.continual)
     min_workers: int = Field(3, ge=1)
     quorum: int = Field(2, ge=1)
     round_deadline_s: float = Field(120, gt=0)
@@ -297,6 +309,7 @@ class FederationSettings(_Section):
     trim_fraction: float = Field(0.2, ge=0, lt=0.5)
     clip_norm: float | None = Field(None, gt=0)
     fedprox_mu: float = Field(0.0, ge=0)
+    continual: ContinualSettings = ContinualSettings()
 
     @model_validator(mode="after")
     def _quorum_fits(self) -> FederationSettings:
@@ -461,6 +474,65 @@ class WorkerSettings(_Section):
         return self
 
 
+class GateSettings(_Section):
+    """The worker's check of a new model against the one it serves, on its held-out rows (README: The life of a
+    model): the new one is served only if no figure is worse by more than its bound."""
+
+    enabled: bool = True
+    max_f1_drop: float = Field(0.05, ge=0, le=1)  # labelled held-out rows: F1 may fall at most this much
+    max_alarm_rate_increase: float = Field(2.0, ge=0, le=100)  # percentage points on held-out normal rows
+    max_error_ratio: float = Field(1.5, gt=1)  # mean score of held-out normal rows, new model / served model
+
+
+class ModelVersionSettings(_Section):
+    keep: int = Field(5, ge=2, le=100)  # installed models each worker keeps (rollback targets); older ones retire
+    gate: GateSettings = GateSettings()
+
+
+class LiveBufferSettings(_Section):
+    """Live rows kept for the next rounds' training: only rows the served model scored normal, away from alarms."""
+
+    enabled: bool = True
+    max_rows: int = Field(20000, ge=0)  # per worker, oldest out first
+    margin_rows: int = Field(30, ge=0)  # rows just before an alarm opens and just after it clears are not kept
+
+
+class DriftSettings(_Section):
+    """Watches the scores of normal-scored live rows per stream (README: Drift)."""
+
+    enabled: bool = True
+    method: Literal["page_hinkley", "adwin"] = "page_hinkley"
+    min_rows: int = Field(200, ge=10)  # rows a stream's detector sees before it may signal
+    page_hinkley_delta: float = Field(0.005, ge=0)  # magnitude of change tolerated, in units of the threshold
+    page_hinkley_threshold: float = Field(50.0, gt=0)  # lambda, in units of the threshold
+    adwin_delta: float = Field(0.002, gt=0, lt=1)
+    action: Literal["recalibrate", "retrain", "both", "none"] = "both"
+    recalibrate_rows: int = Field(1000, ge=50)  # recent normal rows the new threshold is computed on
+
+
+class AdminSettings(_Section):
+    """The operator's token for control requests (start a round, roll back, pin): never a worker's token."""
+
+    token: str | None = Field(None, min_length=8)
+    token_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
+
+    @field_validator("token", "token_sha256", mode="before")
+    @classmethod
+    def _digits_are_text(cls, value):
+        return str(value) if isinstance(value, int) else value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> AdminSettings:
+        if self.token is not None and self.token_sha256 is not None and hash_token(self.token) != self.token_sha256:
+            raise ValueError("token_sha256 is not the SHA-256 of token")
+        return self
+
+    @property
+    def digest(self) -> str | None:
+        """The token's SHA-256, or None: no admin token configured, so every control request is refused."""
+        return self.token_sha256 or (hash_token(self.token) if self.token else None)
+
+
 class Settings(_Section):
     data: DataSettings
     model: ModelSettings
@@ -470,6 +542,10 @@ class Settings(_Section):
     streams: StreamSettings = StreamSettings()
     ingest: IngestSettings = IngestSettings()
     alarms: AlarmSettings = AlarmSettings()
+    models: ModelVersionSettings = ModelVersionSettings()
+    buffer: LiveBufferSettings = LiveBufferSettings()
+    drift: DriftSettings = DriftSettings()
+    admin: AdminSettings = AdminSettings()
     privacy: PrivacySettings = PrivacySettings()
     tls: TlsSettings = TlsSettings()
     logging: LoggingSettings = LoggingSettings()

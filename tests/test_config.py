@@ -87,6 +87,9 @@ def _section(annotation) -> type[BaseModel] | None:
 # user's own minimal config never silently assumes SKAB. The synthetic section applies only to kind: synthetic.
 DESCRIBE_THE_DATA_SET = {"data.source.delimiter", "data.source.timestamp", "data.source.label", "data.source.download",
                          "data.model_features", "data.source.synthetic"}
+# The shipped config carries a development admin token, as it carries development worker tokens; in code no token
+# is the default, so a config without one refuses every control request.
+DEVELOPMENT_SECRETS = {"admin.token"}
 
 
 def default_disagreements(model: type[BaseModel], raw: dict, where: str = "") -> tuple[set[str], list[str]]:
@@ -98,7 +101,7 @@ def default_disagreements(model: type[BaseModel], raw: dict, where: str = "") ->
     in_list_item = where.endswith("]")
     for name, field in model.model_fields.items():
         key = f"{where}.{name}" if where else name
-        if key in DESCRIBE_THE_DATA_SET:
+        if key in DESCRIBE_THE_DATA_SET or key in DEVELOPMENT_SECRETS:
             continue
         section = _section(field.annotation)
         item = (_section(typing.get_args(field.annotation)[0])

@@ -30,6 +30,10 @@ def _code(code: str, status: int, meaning: str) -> ErrorCode:
 MISSING_TOKEN = _code("missing_token", 401, "no `Authorization: Bearer <worker token>` header")
 BAD_TOKEN = _code("bad_token", 403, "the bearer token belongs to no configured worker")
 WRONG_WORKER = _code("wrong_worker", 403, "the token belongs to another worker than the id in the path")
+NOT_ADMIN = _code("not_admin", 403, "a control request (start a round, roll back, pin) needs the admin token; a "
+                                     "worker's token never is one")
+ADMIN_DISABLED = _code("admin_disabled", 403, "no admin token is configured (admin.token or admin.token_sha256): "
+                                              "control requests are refused")
 # -- federation state
 SPEC_MISMATCH = _code("spec_mismatch", 409, "the worker's model spec (features, window, layers) differs from the "
                                             "federation's")

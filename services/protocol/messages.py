@@ -67,3 +67,38 @@ class Telemetry(BaseModel):
     anomalies_flagged: int = Field(0, ge=0)
     open_alarms: int = Field(0, ge=0)  # streams whose alarm is open now (a gauge, not a counter)
     training_loss: float | None = None
+
+
+class RoundState(BaseModel):
+    """``GET /v1/round``: where the federation stands, so a worker knows when to train (long-poll with ``wait``)."""
+
+    phase: Literal["waiting", "training", "idle", "done"] = Field(
+        description="waiting: for min_workers to join | training: round open_round takes updates | idle: continual, "
+                    "waiting for a trigger | done: not continual, every round done")
+    open_round: int | None = Field(description="the round that takes updates now, or null")
+    rounds_done: int
+    rounds_total: int = Field(description="rounds of the first campaign (federation.rounds)")
+    continual: bool
+
+
+class ModelVersionReport(BaseModel):
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
+
+    round: int = Field(ge=0)
+    status: Literal["served", "kept", "refused", "retired"]
+    reason: str = Field("", max_length=500)
+    figures: dict[str, float | int | bool | None] = Field(default_factory=dict)
+
+
+class WorkerReport(BaseModel):
+    """``POST /v1/workers/{id}/report``: what a worker tells the aggregator about its data and its models, sent when
+    it changes (counts and figures only, never rows). New rows and drift may open a continual round."""
+
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
+
+    new_rows: int = Field(0, ge=0, description="rows not yet trained on: new source files, normal live rows")
+    drift: bool = Field(False, description="drift detected since the last round: asks for one")
+    drift_events: int = Field(0, ge=0)
+    served_round: int | None = Field(None, ge=0, description="the global round whose model /detect serves")
+    pinned: int | None = Field(None, ge=0, description="an admin pinned this round: newer models are not served")
+    versions: list[ModelVersionReport] = Field(default_factory=list, max_length=100)
