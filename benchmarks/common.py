@@ -25,6 +25,14 @@ import httpx
 
 REPO = Path(__file__).resolve().parent.parent
 LOOPBACK = "127.0.0.1"
+AFTER_CAMPAIGN = ("idle", "done")  # the phase once the first rounds are done: idle with continual rounds, else done
+
+
+def newest_round(worker_status: dict) -> int | None:
+    """The newest global round a worker installed, served or refused by its gate (its ``model_round`` is the served
+    one, which stays older when the gate refuses a model)."""
+    latest = (worker_status.get("models") or {}).get("latest_round")
+    return latest if latest is not None else worker_status.get("model_round")
 
 
 # -- the machine -------------------------------------------------------------------------------------------------------
@@ -222,10 +230,11 @@ class Federation:
     def wait_trained(self, timeout: float = 600) -> dict:
         def done():
             status = get_json(f"{self.agg_url}/v1/status")
-            if not status or status["phase"] != "done":
+            if not status or status["phase"] not in AFTER_CAMPAIGN or status["rounds_done"] < status["rounds_total"]:
                 return None
             ws = {w: get_json(f"{self.worker_url(w)}/v1/status") for w in self.workers}
-            ok = all(s and s["model_round"] == status["rounds_total"] and s["phase"] == "done" for s in ws.values())
+            ok = all(s and newest_round(s) == status["rounds_done"] and s["phase"] in AFTER_CAMPAIGN
+                     for s in ws.values())
             return ws if ok else None
         try:
             return wait_until(done, timeout, "the federation to finish", interval=0.25)

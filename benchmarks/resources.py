@@ -29,6 +29,7 @@ import threading
 import time
 
 from benchmarks.common import (
+    AFTER_CAMPAIGN,
     LOOPBACK,
     Federation,
     cpu_seconds,
@@ -269,7 +270,7 @@ def main(argv: list[str] | None = None) -> dict:
                         trainings[status["last_training"]["round"]] = status["last_training"]
                     if status:
                         phase["now"] = "training" if status["phase"] == "training" else (
-                            "done" if status["phase"] == "done" else "federating")
+                            "done" if status["phase"] in AFTER_CAMPAIGN else "federating")
                     time.sleep(0.05)
 
             threading.Thread(target=follow, daemon=True).start()

@@ -11,7 +11,14 @@ from pathlib import Path
 import httpx
 import uvicorn
 
-from benchmarks.common import Process, free_port, get_json, wait_until  # one harness for tests and benchmarks
+from benchmarks.common import (  # one harness for tests and benchmarks
+    AFTER_CAMPAIGN,
+    Process,
+    free_port,
+    get_json,
+    newest_round,
+    wait_until,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 WORKER_IDS = ("valve1", "valve2", "other")
@@ -73,12 +80,15 @@ class Stack:
         return get_json(f"{self.worker_url(w)}/v1/status")
 
     def wait_done(self, timeout: float = 180) -> dict:
+        """Until the first campaign is done and every worker installed its last model (served, or refused by its
+        gate): the aggregator is then idle (continual rounds, the default) or done, and so is each worker."""
         def done():
             s = self.status()
-            if not s or s["phase"] != "done":
+            if not s or s["phase"] not in AFTER_CAMPAIGN or s["rounds_done"] < s["rounds_total"]:
                 return None
             ws = [self.worker_status(w) for w in self.workers]
-            return s if all(x and x["model_round"] == s["rounds_total"] and x["phase"] == "done" for x in ws) else None
+            return s if all(x and newest_round(x) == s["rounds_done"] and x["phase"] in AFTER_CAMPAIGN
+                            for x in ws) else None
         try:
             return wait_until(done, timeout, "the federation to finish", interval=0.5)
         except TimeoutError:

@@ -19,12 +19,13 @@ from starlette.exceptions import HTTPException
 from services import logs
 from services.aggregator.publisher import Publisher
 from services.aggregator.rounds import Federation
-from services.aggregator.routes import model, status, telemetry, updates, workers
+from services.aggregator.routes import admin, model, report, round_state, status, telemetry, updates, workers
 from services.aggregator.store import AggregatorStore
 from services.config import Settings
 from services.observability.dashboard import AggregatorObservability
 from services.protocol import errors
 from services.protocol.errors import ProtocolError
+from services.security.admin import AdminCheck
 from services.security.tokens import TokenTable
 
 log = logging.getLogger("fedad.aggregator")
@@ -84,8 +85,9 @@ def create_app(settings: Settings) -> FastAPI:
                 publisher.check()
 
         task = asyncio.create_task(ticker())
-        log.info("aggregator run %s: %s, round %d of %d", federation.state["run_id"], federation.phase,
-                 federation.open_round, settings.federation.rounds)
+        log.info("aggregator run %s: %s, round %d (first campaign: %d rounds%s)", federation.state["run_id"],
+                 federation.phase, federation.open_round, settings.federation.rounds,
+                 ", then continual" if settings.federation.continual.enabled else "")
         yield
         task.cancel()
 
@@ -95,14 +97,15 @@ def create_app(settings: Settings) -> FastAPI:
     observability = AggregatorObservability(settings, federation, tokens.identify)
     observability.install(app)  # the per-request log context (which worker is calling)
     federation.round_listeners.append(observability.round_closed)
-    logs.bind_round(lambda: federation.rounds_done if federation.phase == "done" else federation.open_round)
+    logs.bind_round(lambda: federation.rounds_done if federation.phase in ("idle", "done") else federation.open_round)
     app.state.federation, app.state.tokens, app.state.observer = federation, tokens, observability
+    app.state.admin = AdminCheck(settings.admin)  # control routes: the admin token, never a worker's
 
     app.exception_handler(ProtocolError)(_protocol_error)
     app.exception_handler(RequestValidationError)(_invalid_request)
     app.exception_handler(HTTPException)(_http_exception)
     app.exception_handler(Exception)(_internal_error)
-    for resource in (status, workers, model, updates, telemetry):
+    for resource in (status, workers, model, round_state, updates, report, telemetry, admin):
         app.include_router(resource.router)
     app.include_router(observability.router())
     return app

@@ -1,10 +1,11 @@
-"""Wakes long-polling workers when a new global model is published."""
+"""Wakes long-polling workers when a new global model is published or a round opens."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 
 from services.aggregator.rounds import Federation
 
@@ -16,20 +17,35 @@ class Publisher:
         self.federation = federation
         self.event = asyncio.Event()
         self.seen = federation.rounds_done
+        self.seen_phase = federation.phase
 
     def check(self) -> None:
-        """Called after each update and once a second: wake the waiters if a round closed since the last call."""
-        if self.federation.rounds_done != self.seen:
-            self.seen = self.federation.rounds_done
-            last = self.federation.state["history"][-1] if self.federation.state["history"] else None
+        """Called after each request that may change the rounds and once a second: wake the waiters if a round
+        closed or opened (or the phase changed) since the last call."""
+        f = self.federation
+        if f.rounds_done == self.seen and f.phase == self.seen_phase:
+            return
+        if f.rounds_done != self.seen:
+            last = f.state["history"][-1] if f.state["history"] else None
             if last:
                 log.info("round %d closed (%s): %d updates, mean loss %.5f", last["round"], last["closed_by"],
                          len(last["workers"]), last["mean_loss"], extra={"round": last["round"]})
-            self.event.set()
-            self.event = asyncio.Event()
+        self.seen, self.seen_phase = f.rounds_done, f.phase
+        self.event.set()
+        self.event = asyncio.Event()
 
     async def wait(self, after_round: int, timeout: float) -> None:
-        if self.federation.rounds_done > after_round:
-            return
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self.event.wait(), timeout)
+        """Until a model newer than ``after_round`` is published, or ``timeout`` seconds."""
+        await self.wait_for(lambda: self.federation.rounds_done > after_round, timeout)
+
+    async def wait_for(self, ready: Callable[[], bool], timeout: float) -> None:
+        """Until ``ready()`` holds after a change (checked at each one), or ``timeout`` seconds."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not ready():
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return
+            event = self.event
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(event.wait(), remaining)

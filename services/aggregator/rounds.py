@@ -1,9 +1,22 @@
 """The round state machine, plain Python so tests can drive it without HTTP.
 
 waiting  → workers join with their scaling statistics; once ``min_workers`` have joined the scaler is frozen
-training → round r (= rounds_done + 1) is open; it closes when ``min_workers`` updates arrived, or at the deadline
-           with at least ``quorum``; the new global model is persisted, then published (rounds_done += 1)
-done     → all rounds done; the last global model stays published
+training → round r (= rounds_done + 1) is open while rounds_done < the round target; the new global model is
+           persisted, then published (rounds_done += 1)
+idle     → federation.continual: the first campaign (federation.rounds) is done; a trigger (continual.py: schedule,
+           admin, new data, drift) sets the round target to rounds_done + 1, which opens the next round
+done     → not continual: all rounds done; the last global model stays published
+
+A campaign round closes when ``min_workers`` updates arrived, or at the deadline with at least ``quorum``. A
+continual round closes once every live training worker (seen within continual.LIVE_S) has sent its update and there
+are at least ``quorum``, or at the deadline with ``quorum``: the workers of a running federation come and go.
+
+Crash safety: a trigger is committed to state.json (round target and what opened it) before anyone hears of it, so
+kill -9 leaves the federation idle or with the round open, and a round open before a restart is open after it.
+
+Late joiners (joining while idle or training, after the scaler is frozen) receive the frozen scaler; their
+statistics are recorded with their join but never merged into it: changing the scaler would change the meaning of
+every weight already learnt (with data.baseline run or node the scaling is per run or node anyway).
 
 Detect-only workers (``JoinRequest.role``) only pull the published models: they are listed in the status, never
 counted for ``min_workers`` or ``quorum``, never merged into the scaler, and their updates are refused.
@@ -11,6 +24,7 @@ counted for ``min_workers`` or ``quorum``, never merged into the scaler, and the
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import uuid
@@ -19,6 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from services import faults
+from services.aggregator import continual
 from services.aggregator.store import AggregatorStore
 from services.aggregator.strategies import make_strategy
 from services.config import Settings
@@ -27,7 +42,7 @@ from services.model.layout import Architecture
 from services.protocol import errors
 from services.protocol.codec import CodecError, content_hash, decode_weights
 from services.protocol.errors import ProtocolError
-from services.protocol.messages import JoinRequest, JoinResponse, TrainingPlan
+from services.protocol.messages import JoinRequest, JoinResponse, RoundState, TrainingPlan, WorkerReport
 from services.security.accountant import GaussianAccountant
 from services.security.filters import Filter, FilterContext, GaussianNoise, apply, update_filters
 
@@ -73,6 +88,10 @@ class Federation:
         self.last_seen: dict[str, float] = {}
         self.detect_only: dict[str, int] = {}  # detect-only workers (this process) → their sample count
         self.round_listeners: list = []  # called with each closed round's record once it is published (metrics)
+        self.continual = settings.federation.continual
+        self.reports = continual.Reports()
+        self.started_at = clock()  # until LIVE_S after a restart, every joined worker counts as live
+        self.fresh_since = 0.0  # reports from before the last round closed ask for no new round
         loaded = store.load(self.n_params)
         if loaded is None:
             initial = self.architecture.initial_weights(settings.model.seed)
@@ -99,10 +118,31 @@ class Federation:
         return self.rounds_done + 1
 
     @property
+    def rounds_target(self) -> int:
+        """Rounds to have done: the first campaign's, or one more than done once a trigger opened a round."""
+        return max(self.state.get("rounds_target", 0), self.fed.rounds)
+
+    @property
     def phase(self) -> str:
-        if self.rounds_done >= self.fed.rounds:
-            return "done"
-        return "training" if self.state["scaler"] is not None else "waiting"
+        if self.rounds_done < self.rounds_target:
+            return "training" if self.state["scaler"] is not None else "waiting"
+        return "idle" if self.continual.enabled else "done"
+
+    def trigger_of(self, round_no: int) -> str:
+        """What opened ``round_no``: a continual trigger, or "campaign" for the first rounds."""
+        opened = self.state.get("round_trigger") or {}
+        return opened.get("trigger", "campaign") if opened.get("round") == round_no else "campaign"
+
+    def trainers(self) -> set[str]:
+        return {w for w in self.state["joined"] if w not in self.detect_only}
+
+    def live_trainers(self) -> set[str]:
+        """Training workers seen within LIVE_S (all joined ones, for LIVE_S after a restart)."""
+        now = self.clock()
+        return {w for w in self.trainers() if now - self.last_seen.get(w, self.started_at) <= continual.LIVE_S}
+
+    def next_scheduled_at(self) -> float | None:
+        return continual.next_scheduled_at(self.continual, self.state["history"], self.state.get("skipped", []))
 
     @property
     def scaler(self) -> Scaler | None:
@@ -119,10 +159,37 @@ class Federation:
                             rounds_done=self.rounds_done, rounds_total=self.fed.rounds, plan=self.plan(),
                             scaler=self.scaler)
 
+    def round_state(self) -> RoundState:
+        training = self.phase == "training"
+        return RoundState(phase=self.phase, open_round=self.open_round if training else None,
+                          rounds_done=self.rounds_done, rounds_total=self.fed.rounds, continual=self.continual.enabled)
+
+    def continual_status(self) -> dict:
+        rule = self.continual
+        scheduled = self.next_scheduled_at() if self.phase == "idle" else None
+        return {"enabled": rule.enabled, "rule": continual.rule_text(rule, self.fed.quorum), "every_s": rule.every_s,
+                "next_scheduled_in_s": round(max(0.0, scheduled - self.clock()), 1) if scheduled else None,
+                "skip_without_new_data": rule.skip_without_new_data, "min_new_rows": rule.min_new_rows,
+                "min_workers_with_new_data": rule.min_workers_with_new_data, "on_drift": rule.on_drift,
+                "open_round_trigger": self.trigger_of(self.open_round) if self.phase == "training" else None,
+                "skipped": self.state.get("skipped", [])}
+
+    def worker_report_status(self, worker_id: str) -> dict:
+        """What the worker last reported: rows not yet trained on, drift, and which model it serves and why."""
+        received = self.reports.get(worker_id)
+        if received is None:
+            return {"new_rows": None, "drift": None, "drift_events": None, "reported_at": None, "model": None}
+        r = received.report
+        refused = next((v for v in reversed(r.versions) if v.status == "refused"), None)
+        return {"new_rows": r.new_rows, "drift": r.drift, "drift_events": r.drift_events, "reported_at": received.at,
+                "model": {"served_round": r.served_round, "pinned": r.pinned,
+                          "versions": [v.model_dump() for v in r.versions],
+                          "last_refused": {"round": refused.round, "reason": refused.reason} if refused else None}}
+
     def status(self) -> dict:
         joined = self.state["joined"]
         workers = {}
-        for worker_id in sorted(set(joined) | set(self.last_seen)):
+        for worker_id in sorted(set(joined) | set(self.last_seen) | set(self.reports.latest)):
             last = next((h["workers"][worker_id] for h in reversed(self.state["history"])
                          if worker_id in h["workers"]), None)
             detect_only = worker_id in self.detect_only and worker_id not in joined
@@ -134,6 +201,7 @@ class Federation:
                 "last_seen": self.last_seen.get(worker_id),
                 "last_loss": last["loss"] if last else None,
                 "update_in_open_round": worker_id in self.pending,
+                **self.worker_report_status(worker_id),
             }
         return {
             "run_id": self.state["run_id"],
@@ -152,6 +220,7 @@ class Federation:
             "model": {"spec_hash": self.spec_hash, "parameters": self.n_params,
                       "sha256": self.state["global_sha256"]},
             "workers": workers,
+            "continual": self.continual_status(),
             "history": self.state["history"],
         }
 
@@ -238,19 +307,87 @@ class Federation:
             raise RoundError(errors.STORAGE_UNAVAILABLE, f"cannot persist the update ({self.storage_error}): "
                                                          "not accepted, retry later") from None
         self._accept(worker_id, weights, update)
-        if len(self.pending) >= self.fed.min_workers:
-            self.close_round("min_workers")
+        reason = self._close_reason(deadline=False)  # an overdue round closes on the next tick
+        if reason:
+            self.close_round(reason)
         return {"accepted": True, "duplicate": False, "round": round_no}
+
+    def report(self, worker_id: str, report: WorkerReport) -> str | None:
+        """Keep a worker's report; if it asks for a round (drift, new data) and the federation is idle, open one,
+        committed before this returns. Returns the trigger that opened a round, or None."""
+        self.seen(worker_id)
+        self.reports.record(worker_id, report, self.clock())
+        return self._data_trigger()
+
+    def trigger(self, trigger: str, reason: str = "") -> int:
+        """Open the next round for ``trigger`` (continual.TRIGGERS): state.json names it before this returns."""
+        if self.phase == "waiting":
+            raise RoundError(errors.WAITING_FOR_WORKERS, f"the federation waits for {self.fed.min_workers} workers "
+                                                         f"to join ({len(self.state['joined'])} joined): round "
+                                                         f"{self.open_round} opens on its own once they have")
+        if self.phase == "training":
+            raise RoundError(errors.ROUND_OPEN, f"round {self.open_round} is open "
+                                                f"({self.trigger_of(self.open_round)}): wait for it to close")
+        if self.phase == "done":
+            raise RoundError(errors.CONTINUAL_OFF, "every round is done and federation.continual.enabled is false")
+        round_no = self.open_round
+        now = self.clock()
+        opened = {"round": round_no, "trigger": trigger, "reason": reason, "at": now}
+        self.state = self._commit_state({**self.state, "rounds_target": round_no, "round_trigger": opened})
+        self.round_opened_at = now
+        log.info("round %d opened (%s%s)", round_no, trigger, f": {reason}" if reason else "",
+                 extra={"round": round_no})
+        return round_no
 
     def tick(self) -> None:
         """Called about once a second: close an overdue round that has a quorum, or a full round whose close could
-        not be persisted before (full disk) or was interrupted by a restart."""
+        not be persisted before (full disk) or was interrupted by a restart; while idle, ask the triggers."""
+        if self.phase == "idle":
+            if self._data_trigger() is None:  # a data trigger opens the round the schedule would
+                self._schedule()
+            return
         if self.phase != "training":
             return
-        if len(self.pending) >= self.fed.min_workers:
-            self.close_round("min_workers")
-        elif self.clock() >= self.deadline() and len(self.pending) >= self.fed.quorum:
-            self.close_round("deadline")
+        reason = self._close_reason(deadline=True)
+        if reason:
+            self.close_round(reason)
+
+    def _close_reason(self, deadline: bool) -> str | None:
+        n = len(self.pending)
+        if self.trigger_of(self.open_round) == "campaign":
+            if n >= self.fed.min_workers:
+                return "min_workers"
+        elif n >= self.fed.quorum and self.live_trainers() <= set(self.pending):
+            return "all_live"
+        if deadline and self.clock() >= self.deadline() and n >= self.fed.quorum:
+            return "deadline"
+        return None
+
+    def _data_trigger(self) -> str | None:
+        if self.phase != "idle":
+            return None
+        trigger = continual.data_trigger(self.continual, self.reports.since(self.fresh_since), self.trainers())
+        if trigger is None:
+            return None
+        try:
+            self.trigger(trigger, _why(trigger, self.reports.since(self.fresh_since)))
+        except RoundError:  # the disk refused: the next report or tick asks again
+            return None
+        return trigger
+
+    def _schedule(self) -> None:
+        due = self.next_scheduled_at()
+        if due is None or self.clock() < due:
+            return
+        fresh = self.reports.since(self.fresh_since)
+        with contextlib.suppress(RoundError):  # the disk refused: the next tick tries again
+            if not self.continual.skip_without_new_data or continual.has_new_rows(fresh, self.trainers()):
+                self.trigger("schedule")
+                return
+            skip = {"round": self.open_round, "at": self.clock(), "reason": "no worker reported new rows"}
+            skipped = [*self.state.get("skipped", []), skip][-continual.SKIPPED_KEPT:]
+            self.state = self._commit_state({**self.state, "skipped": skipped})
+            log.info("scheduled round %d skipped: no worker reported new rows", self.open_round)
 
     def _accept(self, worker_id: str, weights: np.ndarray, update: Update) -> None:
         context = FilterContext(reference=self.global_weights)
@@ -275,6 +412,16 @@ class Federation:
         self.storage_error = None
         return committed
 
+    def _commit_state(self, state: dict) -> dict:
+        try:
+            committed = self.store.commit_state(state)
+        except OSError as exc:
+            self._storage_failed(exc)
+            raise RoundError(errors.STORAGE_UNAVAILABLE,
+                             f"cannot persist the aggregator state ({self.storage_error}); retry later") from None
+        self.storage_error = None
+        return committed
+
     def _storage_failed(self, exc: OSError) -> None:
         message = f"{exc.strerror or exc} in {self.store.dir}"
         if message != self.storage_error:
@@ -294,6 +441,7 @@ class Federation:
         closed_at = self.clock()
         record = {
             "round": self.open_round,
+            "trigger": self.trigger_of(self.open_round),
             "closed_by": reason,
             "duration_s": round(closed_at - self.round_opened_at, 3),
             "closed_at": closed_at,
@@ -317,9 +465,17 @@ class Federation:
         self.global_weights = new_weights
         self.pending = {}
         self.round_opened_at = closed_at
+        self.fresh_since = closed_at
         self.strategy.begin(self.global_weights)
         for listener in self.round_listeners:
             try:
                 listener(record)
             except Exception:  # the round is published; an observer's failure must not undo or block that
                 log.exception("round listener %r failed", listener)
+
+
+def _why(trigger: str, fresh: dict[str, WorkerReport]) -> str:
+    """Which workers asked for a data-triggered round, for the log and the round's trigger record."""
+    if trigger == "drift":
+        return "drift at " + ", ".join(sorted(w for w, r in fresh.items() if r.drift))
+    return "new rows at " + ", ".join(f"{w} ({r.new_rows})" for w, r in sorted(fresh.items()) if r.new_rows)

@@ -1,7 +1,8 @@
 """The aggregator's state on disk, written so that kill -9 at any instant leaves the old or the new state.
 
 Layout of the state dir:
-  state.json                 run id, rounds done, scaler, joined workers, history, hash of the global weights
+  state.json                 run id, rounds done, the round target and what opened it, scaler, joined workers,
+                             history, skipped scheduled rounds, hash of the global weights
   global-<round>.f32         global weights after <round> rounds (written before state.json names it)
   pending/<round>.log        the accepted updates of the open round, appended one record each (below)
 
@@ -49,6 +50,14 @@ class AggregatorStore:
         body = encode_weights(global_weights)
         state = {**state, "global_sha256": content_hash(body)}
         return atomic.commit_snapshot(self.dir, state["rounds_done"], {"global.f32": body}, state)
+
+    def commit_state(self, state: dict) -> dict:
+        """Persist a change of ``state.json`` alone (a round opened, a scheduled round skipped): the global weights
+        it names stay as they are, so nothing but one small atomic write happens."""
+        if "files" not in state:
+            raise ValueError("commit_state needs a state that commit() wrote before")
+        atomic.write_json(self.dir / "state.json", state)
+        return state
 
     def save_update(self, round_no: int, worker_id: str, body: bytes, meta: dict) -> None:
         """Append the update to its round's log and fdatasync it: durable when this returns, or OSError. The file

@@ -119,6 +119,9 @@ class AggregatorObservability:
                 "last_seen": known.get("last_seen"),
                 "last_loss": known.get("last_loss"),
                 "update_in_open_round": known.get("update_in_open_round", False),
+                "new_rows": known.get("new_rows"),  # from the worker's latest report (continual rounds)
+                "drift_events": known.get("drift_events"),
+                "model": known.get("model"),  # served round, pin, versions and the last refused one with its reason
                 "phase": t.get("phase"),
                 "model_round": t.get("model_round"),
                 "threshold": t.get("threshold"),
@@ -161,12 +164,15 @@ class WorkerObservability:
     def telemetry(self) -> dict:
         model, stats = self.detector.current, self.stats
         trained = getattr(self.loop, "last_training", None) or {}
+        drift, buffer = getattr(self.app_state, "drift", None), getattr(self.app_state, "buffer", None)
         return {"boot_id": stats.boot_id, "phase": str(self.loop.phase)[:64],
                 "model_round": model.model_round if model else None,
                 "threshold": finite_or_none(model.threshold) if model else None,
                 "detect_requests": stats.requests, "rows_scored": stats.rows, "anomalies_flagged": stats.anomalies,
                 "open_alarms": open_alarms(getattr(self.app_state, "ingest", None)),
-                "training_loss": finite_or_none(trained.get("loss"))}
+                "training_loss": finite_or_none(trained.get("loss")),
+                "drift_events": drift.events if drift is not None else 0,
+                "buffer_rows": len(buffer) if buffer is not None else 0}
 
     def start(self) -> None:
         """Report to the aggregator every dashboard.telemetry_interval_s (0: never)."""

@@ -43,6 +43,13 @@ STALE_ROUND = _code("stale_round", 409, "the round is already closed: pull the n
 FUTURE_ROUND = _code("future_round", 409, "the round is not open yet")
 CONFLICTING_UPDATE = _code("conflicting_update", 409, "this worker already sent a different update for the round "
                                                       "(the same bytes again are accepted)")
+ROUND_OPEN = _code("round_open", 409, "a round is open already: a new one can start once it has closed")
+WAITING_FOR_WORKERS = _code("waiting_for_workers", 409, "the federation still waits for min_workers to join: no "
+                                                        "round can start yet")
+CONTINUAL_OFF = _code("continual_off", 409, "every round is done and federation.continual.enabled is false: no "
+                                            "round starts any more")
+PINNED = _code("pinned", 409, "an admin pinned another model version on this worker: unpin it (DELETE "
+                              "/v1/admin/pin) or pin the one to serve")
 # -- the request itself
 CLIENT_DISCONNECTED = _code("client_disconnected", 400, "the client closed the connection before its body was "
                                                         "complete: nothing was accepted")

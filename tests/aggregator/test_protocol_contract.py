@@ -39,7 +39,7 @@ def test_an_update_refused_as_not_joined_makes_the_worker_rejoin(aggregator):
     loop = worker_loop(aggregator)
     weights = decode_weights(loop.client.get("/v1/model").content, loop.n_params)
     assert "valve2" not in aggregator.status()["workers"]
-    assert loop._push(1, weights, 0.1) == 1  # refused with not_joined: the worker joins and goes on
+    assert loop._push(1, weights, 0.1) == (1, False)  # refused with not_joined: not taken, the worker joins
     assert aggregator.status()["workers"]["valve2"]["joined"] is True
     assert loop.plan is not None and loop.plan.local_epochs == 2, "the join answer's plan is the one kept"
 

@@ -61,15 +61,30 @@ def test_pending_updates_survive_a_restart(federation, tmp_path):
     np.testing.assert_allclose(again.global_weights, (20 + 40 + 120) / 40)
 
 
-def test_federation_is_done_after_the_configured_rounds(federation):
+def test_after_the_configured_rounds_the_federation_is_idle_for_continual_rounds(federation):
     fed = federation
     for r in (1, 2):
         for w in ("valve1", "valve2", "other"):
             fed.submit(w, r, body(fed, r), 10, 0.1, None)
-    assert fed.phase == "done" and fed.rounds_done == 2
-    with pytest.raises(RoundError, match="federation is done") as refused:
+    assert fed.phase == "idle" and fed.rounds_done == 2, "continual (the default): idle until a trigger"
+    assert [h["trigger"] for h in fed.state["history"]] == ["campaign", "campaign"]
+    with pytest.raises(RoundError, match="federation is idle") as refused:
         fed.submit("valve1", 3, body(fed, 1.0), 10, 0.1, None)
     assert (refused.value.status, refused.value.code) == (409, "no_open_round")
+
+
+def test_without_continual_rounds_the_federation_is_done_after_the_configured_rounds(tmp_path):
+    settings = load_settings(environ={"FEDAD__FEDERATION__ROUNDS": "1", "FEDAD__FEDERATION__MIN_WORKERS": "1",
+                                      "FEDAD__FEDERATION__QUORUM": "1",
+                                      "FEDAD__FEDERATION__CONTINUAL__ENABLED": "false"})
+    fed = Federation(settings, AggregatorStore(tmp_path))
+    fed.join("valve1", JoinRequest(spec_hash=fed.spec_hash, sample_count=50,
+                                   stats=FeatureStats.from_rows(np.random.default_rng(0).normal(size=(50, 8)))))
+    fed.submit("valve1", 1, body(fed, 1.0), 10, 0.1, None)
+    assert fed.phase == "done" and fed.round_state().continual is False
+    with pytest.raises(RoundError) as refused:
+        fed.trigger("admin")
+    assert (refused.value.status, refused.value.code) == (409, "continual_off")
 
 
 @pytest.mark.parametrize("submit,status,code", [

@@ -222,7 +222,7 @@ def test_killed_worker_resumes_from_its_volume(stack):
                    lambda: (s := stack.status("valve1")) and s["model_round"] > before["model_round"], timeout=300)
     TIMINGS["worker restart -> its next round installed"] = f"{time.monotonic() - t0:.1f} s"
     final = stack.wait_for("the federation to finish", stack.done, timeout=300)
-    assert final["phase"] == "done"
+    assert final["phase"] in ("idle", "done")  # idle: continual rounds (the default) follow the first ones
     for w in WORKERS:
         stack.wait_for(f"{w} serving the last round",
                        lambda w=w: (s := stack.status(w)) and s["model_round"] == ROUNDS, timeout=60)

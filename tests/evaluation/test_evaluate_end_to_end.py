@@ -63,7 +63,7 @@ def evaluated(tmp_path_factory):
 def test_federated_mode_runs_the_aggregators_round_logic(evaluated):
     settings, _, results, lines = evaluated
     fed = SpyFederation.instances[-1]
-    assert fed.rounds_done == 2 and fed.phase == "done"
+    assert fed.rounds_done == 2 and fed.phase in ("idle", "done")  # idle: continual rounds would follow
     assert sorted(fed.submitted) == [1, 2] and all(set(u) == {"valve1", "valve2", "other"}
                                                    for u in fed.submitted.values())
     # The published model of round 2 is FedAvg of what the workers submitted (sample-weighted mean).

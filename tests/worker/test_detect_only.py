@@ -29,7 +29,7 @@ def test_a_detect_only_worker_serves_the_federated_model_and_never_uploads(tmp_p
         assert not list((tmp_path / "aggregator").rglob("*other*")), "nothing of the detect-only node is stored"
 
         status = stack.worker_status("other")
-        assert status["mode"] == "detect_only" and status["phase"] == "done"
+        assert status["mode"] == "detect_only" and status["phase"] in ("idle", "done")
         assert status["model_round"] == final["rounds_total"] and status["threshold"] > 0
         assert status["last_training"] is None and status["torch_loaded"] is False
         assert not (tmp_path / "other" / "training").exists(), "no training process was ever started"

@@ -15,16 +15,19 @@
     const phase = f.el("phase");
     phase.textContent = s.phase;
     phase.className = "pill " + s.phase;
+    phase.title = s.phase === "idle" ? "the first rounds are done; a new round opens on a trigger (below)" : "";
     f.text("run-id", s.run_id);
     f.text("strategy", s.strategy);
     f.text("round", s.phase === "waiting" ? "–" : s.round);
-    f.text("rounds-total", s.rounds_total);
+    const continual = s.continual && s.continual.enabled;
+    f.text("rounds-total", s.rounds_total + (continual ? " + continual" : ""));
     f.text("rounds-done", s.rounds_done);
-    f.el("round-bar").style.width = (100 * s.rounds_done / Math.max(1, s.rounds_total)) + "%";
+    f.el("round-bar").style.width = Math.min(100, 100 * s.rounds_done / Math.max(1, s.rounds_total)) + "%";
     f.text("updates", s.phase === "training" ? s.updates_in_open_round.length : "–");
     f.text("min-workers", s.min_workers);
     f.text("updates-from", s.phase === "training" && s.updates_in_open_round.length
-      ? "from " + s.updates_in_open_round.join(", ") : (s.phase === "done" ? "all rounds done" : ""));
+      ? "from " + s.updates_in_open_round.join(", ") : (s.phase === "done" ? "all rounds done"
+        : (s.phase === "idle" ? "idle: waiting for a trigger" : "")));
     f.text("deadline", s.deadline_in_s === null ? "–" : Math.max(0, Math.round(s.deadline_in_s)) + " s");
     f.text("quorum", s.quorum);
     const online = d.workers.filter(function (w) { return workerState(w, d.now, d.telemetry_interval_s) === "online"; });
@@ -38,18 +41,45 @@
     f.text("anomaly-rate", rows ? f.pct(anomalies / rows) + " of rows" : "");
   }
 
+  function renderContinual(d) {
+    const s = d.status, c = s.continual;
+    if (!c) return;
+    f.text("campaign-rounds", s.rounds_total === 1 ? "round" : s.rounds_total + " rounds");
+    f.text("continual-rule", c.rule);
+    f.text("open-trigger", s.phase === "training" ? c.open_round_trigger.replace("_", " ") : "–");
+    f.text("next-scheduled", c.next_scheduled_in_s === null ? (c.every_s ? "– (a round is open)" : "no schedule")
+      : Math.round(c.next_scheduled_in_s) + " s");
+    f.text("skipped-count", c.skipped.length);
+    const last = c.skipped[c.skipped.length - 1];
+    f.text("skipped-last", last ? "(last: round " + last.round + ", " + f.ago(last.at, d.now) + ": " + last.reason + ")" : "");
+  }
+
+  function served(w) {
+    const m = w.model;
+    if (!m) return "<td class=\"left served muted\">" + (w.model_round === null || w.model_round === undefined
+      ? "–" : "round " + w.model_round) + "</td>";
+    let html = m.served_round === null ? "none yet" : "round " + m.served_round;
+    if (m.pinned !== null) html += "<span class=\"pin\">pinned</span>";
+    if (m.last_refused) {
+      const why = m.last_refused.reason.replace(/^refused:\s*/i, "");
+      html += "<span class=\"why\">refused round " + m.last_refused.round + ": " + f.escape(why) + "</span>";
+    }
+    return "<td class=\"left served\">" + html + "</td>";
+  }
+
   function renderWorkers(d) {
     const body = f.el("workers").querySelector("tbody");
     body.innerHTML = d.workers.map(function (w, i) {
       const state = workerState(w, d.now, d.telemetry_interval_s);
-      const round = w.model_round === null || w.model_round === undefined ? "–" : w.model_round;
       return "<tr data-worker=\"" + f.escape(w.id) + "\">" +
         "<td><span class=\"swatch\" style=\"background:" + f.colour(i) + "\"></span>" + f.escape(w.id) + "</td>" +
         "<td class=\"left\"><span class=\"pill " + state + "\">" + state + "</span></td>" +
         "<td>" + f.ago(w.last_seen, d.now) + "</td>" +
         "<td>" + f.num(w.sample_count) + "</td>" +
         "<td>" + f.sig(w.last_loss) + "</td>" +
-        "<td>" + round + "</td>" +
+        served(w) +
+        "<td>" + f.num(w.new_rows) + "</td>" +
+        "<td>" + f.num(w.drift_events) + "</td>" +
         "<td>" + f.num(w.rows_scored) + "</td>" +
         "<td>" + f.num(w.anomalies_flagged) + "</td>" +
         "<td>" + f.pct(w.anomaly_rate) + "</td>" +
@@ -62,11 +92,12 @@
     const body = f.el("rounds").querySelector("tbody");
     const history = d.status.history.slice().reverse();
     if (!history.length) {
-      body.innerHTML = "<tr><td colspan=\"6\" class=\"left muted\">no round closed yet</td></tr>";
+      body.innerHTML = "<tr><td colspan=\"7\" class=\"left muted\">no round closed yet</td></tr>";
       return;
     }
     body.innerHTML = history.map(function (h) {
       return "<tr data-round=\"" + h.round + "\"><td>" + h.round + "</td>" +
+        "<td class=\"left\">" + f.escape((h.trigger || "campaign").replace("_", " ")) + "</td>" +
         "<td class=\"left\">" + f.escape(h.closed_by) + "</td>" +
         "<td>" + f.num(h.duration_s, 1) + " s</td>" +
         "<td>" + Object.keys(h.workers).length + "</td>" +
@@ -129,6 +160,7 @@
 
   function render(d) {
     renderCards(d);
+    renderContinual(d);
     renderWorkers(d);
     renderRounds(d);
     lossChart(d);
