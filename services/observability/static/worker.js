@@ -40,6 +40,30 @@
     }).join("");
   }
 
+  function renderVersions(d) {
+    const m = d.models || { versions: [] };
+    f.text("versions-summary", m.served === null || m.served === undefined ? "nothing served yet"
+      : "serving " + m.served + (m.pinned ? ", pinned by an admin" : "") + "; the last " + m.keep + " are kept");
+    const body = f.el("versions").querySelector("tbody");
+    const rows = m.versions.slice().reverse();
+    if (!rows.length) {
+      body.innerHTML = "<tr><td colspan=\"8\" class=\"left muted\">no model installed yet</td></tr>";
+      return;
+    }
+    const pill = { served: "done", kept: "waiting", refused: "failed" };
+    body.innerHTML = rows.map(function (v) {
+      const x = v.figures || {};
+      return "<tr data-version=\"" + f.escape(v.version) + "\"><td class=\"left\">" + f.escape(v.version) +
+        "</td><td class=\"left\"><span class=\"pill " + (pill[v.status] || "never") + "\">" + f.escape(v.status) +
+        "</span>" + (v.pinned ? " <span class=\"pill training\">pinned</span>" : "") + "</td><td>" +
+        f.sig(v.threshold) + "</td><td>" + (x.f1 === undefined || x.f1 === null ? "–" : f.num(x.f1, 3)) +
+        "</td><td>" + (x.normal_alarm_rate === null || x.normal_alarm_rate === undefined ? "–"
+          : f.num(x.normal_alarm_rate, 1) + " %") + "</td><td>" + f.sig(x.normal_mean_score) +
+        "</td><td class=\"left\">" + (v.installed_at ? f.clock(v.installed_at) : "–") + "</td><td class=\"left reason\">" +
+        f.escape(v.reason) + "</td></tr>";
+    }).join("");
+  }
+
   function renderAlarms(d) {
     const body = f.el("alarms").querySelector("tbody");
     const a = d.alarms;
@@ -66,6 +90,27 @@
         "</span></td><td class=\"left\">" + f.clock(x.start_time) + "</td>" +
         "<td>" + f.num(Math.max(0, end - x.start_time), 0) + " s</td><td>" + f.num(x.anomalous_rows) + "</td>" +
         "<td>" + f.sig(x.peak_score) + "</td><td class=\"left\">" + (top || "–") + "</td></tr>";
+    }).join("");
+  }
+
+  function renderLiveData(d) {
+    const b = d.buffer, dr = d.drift;
+    f.text("buffer-summary", (b ? "buffer: " + f.num(b.rows) + " of " + f.num(b.max_rows) + " rows in " +
+      b.segments.length + (b.segments.length === 20 ? "+" : "") + " segment(s), " + f.num(b.added) + " kept in all, " +
+      f.num(b.held_back) + " held back (" + b.margin_rows + " rows either side of an alarm are never kept)"
+      : "buffer off") + " · " + (dr ? "drift (" + dr.method + ", action " + dr.action + "): " + f.num(dr.events) +
+      " event(s), " + dr.streams_watched + " stream(s) watched" + (dr.pending_retrain ? ", a round asked for" : "")
+      : "drift off"));
+    const body = f.el("drift-events").querySelector("tbody");
+    const rows = dr ? dr.recent : [];
+    if (!rows.length) {
+      body.innerHTML = "<tr><td colspan=\"6\" class=\"left muted\">no drift " + (dr ? "yet" : "watch") + "</td></tr>";
+      return;
+    }
+    body.innerHTML = rows.map(function (x) {
+      return "<tr><td class=\"left\">" + f.escape(x.stream) + "</td><td class=\"left\">" + f.clock(x.time) +
+        "</td><td>" + x.model_round + "</td><td>" + f.num(x.mean_before, 3) + "</td><td>" + f.num(x.score_ratio, 3) +
+        "</td><td class=\"left\">" + f.escape(x.action) + "</td></tr>";
     }).join("");
   }
 
@@ -105,6 +150,8 @@
   function render(d) {
     renderCards(d);
     renderAlarms(d);
+    renderLiveData(d);
+    renderVersions(d);
     renderHistory(d);
     scoreChart(d);
     f.data = d;
