@@ -108,7 +108,7 @@ class FederationCollector:
         yield _gauge("fedad_aggregator_rounds_planned", "Rounds this run trains (federation.rounds)",
                      f.fed.rounds)
         phases = GaugeMetricFamily("fedad_aggregator_phase", "1 for the current phase", labels=["phase"])
-        for name in ("waiting", "training", "done"):
+        for name in ("waiting", "training", "idle", "done"):
             phases.add_metric([name], 1.0 if phase == name else 0.0)
         yield phases
         yield _gauge("fedad_aggregator_updates_in_open_round", "Updates received for the open round",
@@ -327,3 +327,28 @@ class IngestCollector:
         yield CounterMetricFamily("fedad_worker_alarm_outbox_dropped", "Alarm events dropped from a full outbox",
                                   value=s["outbox_dropped"])
         yield _gauge("fedad_worker_mqtt_connected", "1 while connected to the MQTT broker", s["mqtt_connected"])
+
+
+class LiveDataCollector:
+    """The live buffer (normal rows kept for the next rounds) and the drift tests of the streams, read at each
+    scrape; no series when they are switched off (buffer.enabled, drift.enabled: the families stay, empty)."""
+
+    def __init__(self, buffer, drift):
+        self.buffer, self.drift = buffer, drift  # services/worker/buffer.LiveBuffer, drift.DriftWatch, or None
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        buffer, drift = self.buffer, self.drift
+        yield _gauge("fedad_worker_buffer_rows", "Live rows kept for the next rounds' training (scored normal, away "
+                     "from alarms)", len(buffer) if buffer is not None else None)
+        added = CounterMetricFamily("fedad_worker_buffer_rows_added", "Live rows kept since the state dir began")
+        if buffer is not None:
+            added.add_metric([], buffer.added)
+        yield added
+        events = CounterMetricFamily("fedad_worker_drift_events", "Drift signals of the streams' Page-Hinkley tests "
+                                     "since this process started")
+        if drift is not None:
+            events.add_metric([], drift.events)
+        yield events

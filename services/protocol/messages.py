@@ -67,6 +67,8 @@ class Telemetry(BaseModel):
     anomalies_flagged: int = Field(0, ge=0)
     open_alarms: int = Field(0, ge=0)  # streams whose alarm is open now (a gauge, not a counter)
     training_loss: float | None = None
+    drift_events: int = Field(0, ge=0)  # drift signals since the process started (services/worker/drift.py)
+    buffer_rows: int = Field(0, ge=0)  # live rows kept for the next rounds (a gauge)
 
 
 class RoundState(BaseModel):

@@ -17,7 +17,9 @@ the streams over to the next start through ``streams.json`` in the state dir, re
 crash (kill -9, power loss) the streams start afresh, and the answers' ``stream_rows`` (0 for a new stream) tells a
 client to send its baseline again.
 
-``StreamTable.score`` is the one entry point: /detect calls it, and so can any other source of rows (MQTT).
+``StreamTable.score`` is the one entry point: /detect calls it, and so can any other source of rows (MQTT). Its
+``watchers`` see every scored request of a stream in order (the live buffer, the drift tests): rows, scores, flags
+and the stream row number of the first row, under the table's lock.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 import numpy as np
 import orjson
@@ -42,6 +44,13 @@ from services.worker.serving import ModelSlot, ServedModel
 
 log = logging.getLogger("fedad.worker")
 HANDOVER_FILE = "streams.json"
+
+
+class StreamWatcher(Protocol):
+    """Sees every scored request of every stream (services/worker/buffer.py, services/worker/drift.py)."""
+
+    def observe(self, stream: str, first_index: int, rows: np.ndarray, scores: np.ndarray, flags: np.ndarray,
+                model: ServedModel) -> None: ...
 
 
 class Scored(NamedTuple):
@@ -65,8 +74,9 @@ class StreamTable:
     may score at once; one lock, held for the scoring of one request."""
 
     def __init__(self, slot: ModelSlot, prep: Preprocessing, features: list[str], max_streams: int,
-                 state_dir: Path | None = None):
+                 state_dir: Path | None = None, watchers: tuple[StreamWatcher, ...] = ()):
         self.slot, self.prep, self.features, self.max_streams = slot, prep, list(features), max_streams
+        self.watchers = tuple(w for w in watchers if w is not None)
         self.keep = prep.window - 1  # rows a window reaches back
         self.handover = Path(state_dir) / HANDOVER_FILE if state_dir is not None else None
         self._streams: collections.OrderedDict[str, Stream] = collections.OrderedDict()
@@ -112,6 +122,11 @@ class StreamTable:
             state.rows += len(rows)
             state.last_seen = time.time()
             self._put(stream, state)
+            for watcher in self.watchers:
+                try:
+                    watcher.observe(stream, before, rows, scores, flags, model)
+                except Exception:  # the answer matters more than what the live buffer or drift tests make of it
+                    log.exception("%s failed on stream %s", type(watcher).__name__, stream)
         return Scored(scores, flags, model, before)
 
     def _checked(self, rows, what: str) -> np.ndarray:
