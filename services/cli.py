@@ -71,7 +71,7 @@ def _die_with_parent() -> None:
 
 
 def _interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt  # SIGTERM (kill, systemd) and SIGHUP (a closed terminal) stop like Ctrl-C
+    raise KeyboardInterrupt  # SIGINT (Ctrl-C), SIGTERM (kill, systemd) and SIGHUP (a closed terminal) stop alike
 
 
 def _get(client: httpx.Client, url: str) -> dict | None:
@@ -107,12 +107,18 @@ def follow_training(stack: Stack, settings: Settings, client: httpx.Client) -> N
                 print(f"round {record['round']:>3}/{status['rounds_total']}: {len(record['workers'])} updates "
                       f"in {record['duration_s']:.1f}s, mean loss {record['mean_loss']:.5f}  ({losses})", flush=True)
             printed = len(status["history"])
-            if status["phase"] == "done":
-                workers = [_get(client, f"{_worker_url(w)}/v1/status") for w in settings.workers]
-                if all(w and w["model_round"] == status["rounds_total"] and w["evaluation"] for w in workers):
+            if status["phase"] in ("idle", "done") and status["rounds_done"] >= status["rounds_total"]:
+                workers = [_get(client, f"{_worker_url(w)}/v1/status") for w in settings.workers]  # idle: continual
+                if all(w and _newest_round(w) == status["rounds_done"] and w["evaluation"] for w in workers):
                     print(f"training done in {time.time() - started:.0f}s", flush=True)
                     return
         time.sleep(POLL_S)
+
+
+def _newest_round(worker_status: dict) -> int | None:
+    """The newest round a worker installed: served, or refused by its gate (then ``model_round`` stays older)."""
+    latest = (worker_status.get("models") or {}).get("latest_round")
+    return latest if latest is not None else worker_status.get("model_round")
 
 
 def stop_on_failed_worker(settings: Settings, client: httpx.Client) -> None:
@@ -173,8 +179,8 @@ def cmd_run(args) -> None:
           flush=True)
     stack = Stack(settings, args.config)
     replay: tuple[Replayer, threading.Thread] | None = None
-    for signum in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, _interrupt)
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # SIGINT too: a shell starts a background job
+        signal.signal(signum, _interrupt)                            # (`fedad run &`, nohup) with it ignored
     try:
         stack.start()
         print(f"dashboard: {settings.aggregator.url}/  (live; each worker's page is at its own address, e.g. "
@@ -204,7 +210,7 @@ def cmd_run(args) -> None:
     except KeyboardInterrupt:
         print("\nstopping ...")
     finally:
-        for signum in (signal.SIGTERM, signal.SIGHUP):
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(signum, signal.SIG_IGN)  # a second kill must not cut the stop short
         if replay is not None:  # before the workers go: the replay must not knock at closed ports
             replay[0].stop()
@@ -249,7 +255,7 @@ def cmd_replay(args) -> None:
 def cmd_evaluate(args) -> None:
     from services.evaluation.cli import evaluate_command
 
-    evaluate_command(load_or_exit(args.config), args.out, args.modes)
+    evaluate_command(load_or_exit(args.config), args.out, args.modes, args.kinds, args.datasets)
 
 
 def cmd_report(args) -> None:
@@ -302,6 +308,10 @@ def main(argv: list[str] | None = None) -> None:
     evaluate.add_argument("--out", default="reports/evaluation", help="results folder (default reports/evaluation)")
     evaluate.add_argument("--modes", default="federated,centralised,local",
                           help="comma-separated subset of federated,centralised,local")
+    evaluate.add_argument("--kinds", default="dense,conv1d,lstm",
+                          help="model kinds to compare, comma-separated subset of dense,conv1d,lstm")
+    evaluate.add_argument("--datasets", default=None, help="comma-separated subset of skab,shuttle,synthetic "
+                          "(skab: the config; each into its own folder under --out; default: the config's data only)")
     evaluate.set_defaults(func=cmd_evaluate)
     report = commands.add_parser("report", help="render the evaluation results as one self-contained HTML page")
     report.add_argument("--results", default="reports/evaluation", help="folder written by `fedad evaluate`")

@@ -69,8 +69,16 @@ def test_only_weights_and_aggregates_cross_the_wire(trained_stack):
         elif r["path"].endswith("/telemetry"):  # dashboard counters: scalars only, never rows or scores
             body = json.loads(r["body"])
             assert set(body) <= {"boot_id", "phase", "model_round", "threshold", "detect_requests", "rows_scored",
-                                 "anomalies_flagged", "training_loss", "open_alarms"}
+                                 "anomalies_flagged", "training_loss", "open_alarms", "drift_events",
+                                 "buffer_rows"}
             assert not any(isinstance(v, (list, dict)) for v in body.values())
+        elif r["path"].endswith("/report"):  # rows not yet trained on, drift, model versions: counts and figures
+            body = json.loads(r["body"])
+            assert set(body) == {"new_rows", "drift", "drift_events", "served_round", "pinned", "versions"}
+            assert isinstance(body["new_rows"], int) and isinstance(body["drift_events"], int)
+            for version in body["versions"]:
+                assert set(version) <= {"round", "version", "status", "reason", "figures"}
+                assert not any(isinstance(v, (list, dict)) for v in version["figures"].values())
         else:
             assert r["method"] == "GET" and r["body"] == b"", f"unexpected request {r['method']} {r['path']}"
 
@@ -90,7 +98,8 @@ def test_int8_detect_agrees_with_torch_fp32_on_held_out_rows(trained_stack, work
     state_dir = trained_stack.tmp / worker
     state = json.loads((state_dir / "state.json").read_text())
     model = build_autoencoder(SETTINGS.input_width, SETTINGS.model.hidden)
-    set_flat_weights(model, decode_weights((state_dir / state["files"]["global.f32"]).read_bytes(), N_PARAMS))
+    served = state["files"][f"{state['served_id']}/global.f32"]  # the served version's weights
+    set_flat_weights(model, decode_weights((state_dir / served).read_bytes(), N_PARAMS))
     scaler = Scaler(**state["scaler"])
     node = load_node(SETTINGS, SETTINGS.worker(worker))
     fp32_threshold = calibrate_threshold(reconstruction_scores(model, node.windows(scaler, "train")),

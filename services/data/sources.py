@@ -1,7 +1,9 @@
-"""From config.yaml's ``data`` section to an edge node's data: which source reads it, which rows train."""
+"""From config.yaml's ``data`` section to an edge node's data: which source reads it, which rows train, and the
+node's data as its partition grows (new files are read at the next look)."""
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 from services.config import DataSettings, Settings, WorkerSettings
@@ -41,3 +43,51 @@ def load_node(settings: Settings, worker: WorkerSettings) -> NodeData:
     data = settings.data_for(worker)
     return NodeData(open_source(settings, worker).runs(), Preprocessing.from_settings(settings.data),
                     training_selection(data.training))
+
+
+def partition_fingerprint(settings: Settings, worker: WorkerSettings, root: Path | None = None) -> tuple:
+    """What a reload would read differently: name, size and modification time of every partition file (nothing
+    for generated data, which never grows). Cheap: a listing and a stat per file, no file is opened. ``root``:
+    the data folder if known (finding SKAB's download checks every file's digest)."""
+    data = settings.data_for(worker)
+    if data.source.kind != "files":
+        return ()
+    from services.data.tabular import partition_files
+
+    files = partition_files(root or data_root(data), worker.partition, data.source)
+    return tuple((str(f), st.st_size, st.st_mtime_ns) for f in files for st in [f.stat()])
+
+
+class NodeFeed:
+    """An edge node's data as its partition grows: ``current`` reads the source again only when a file appeared,
+    changed or went; otherwise it returns the data read last. Safe to call from several threads."""
+
+    def __init__(self, settings: Settings, worker: WorkerSettings):
+        self.settings = settings
+        self.worker = worker
+        self._lock = threading.Lock()
+        self._fingerprint: tuple | None = None
+        self._node: NodeData | None = None
+        self._root: Path | None = None
+        self._failed: tuple[tuple, DataError] | None = None  # the files that failed to read last, and why
+        self.reloads = 0  # times the source was read again after the first
+
+    def current(self) -> NodeData:
+        """The node's data as its files are now; a DataError (a file half copied, a bad row) leaves the previous
+        data in place for the caller to keep using."""
+        with self._lock:
+            data = self.settings.data_for(self.worker)
+            if self._root is None and data.source.kind == "files":
+                self._root = data_root(data)
+            fingerprint = partition_fingerprint(self.settings, self.worker, self._root)
+            if self._node is None or fingerprint != self._fingerprint:
+                if self._failed is not None and self._failed[0] == fingerprint:
+                    raise self._failed[1]  # the same files again: not read again until one changes
+                try:
+                    node = load_node(self.settings, self.worker)
+                except DataError as exc:
+                    self._failed = (fingerprint, exc)
+                    raise
+                self.reloads += self._node is not None
+                self._node, self._fingerprint, self._failed = node, fingerprint, None
+            return self._node

@@ -11,6 +11,8 @@ from fastapi import Depends, Request
 
 from services.config import Settings, WorkerSettings
 from services.observability.metrics import DetectStats
+from services.worker.buffer import LiveBuffer
+from services.worker.drift import DriftWatch
 from services.worker.loop import WorkerLoop
 from services.worker.parsing import BINARY_DTYPE, BYTES_PER_VALUE
 from services.worker.ingest.pipeline import DeviceIngest
@@ -27,6 +29,8 @@ class WorkerContext:
     streams: StreamTable
     stats: DetectStats
     ingest: DeviceIngest | None = None  # set by routes/ingest.router: device data and alarms
+    buffer: LiveBuffer | None = None  # normal live rows kept for the next rounds (buffer.enabled)
+    drift: DriftWatch | None = None  # drift tests of the streams (drift.enabled)
 
     @property
     def features(self) -> list[str]:
@@ -66,6 +70,10 @@ class WorkerContext:
             "window": self.settings.data.window,
             "streams": len(self.streams),
             "alarms": self.ingest.alarms.document() if self.ingest is not None else None,
+            "buffer": self.buffer.document() if self.buffer is not None else None,
+            "drift": self.drift.document() if self.drift is not None else None,
+            "models": loop.models.document(),  # kept versions, served, pinned (services/worker/models.py)
+            "continual": loop.continual_document(),  # rows not yet trained on, last round trained, rounds trained
             "evaluation": state.evaluation if state else None,
             "history": state.history if state else [],
             "last_error": loop.last_error,

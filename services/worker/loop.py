@@ -1,5 +1,10 @@
 """The worker's federation loop: join → pull → train → push → wait → install the new global model → repeat.
 
+After the first campaign (federation.rounds) a continual federation keeps going: the worker waits for the next round
+(GET /v1/round, long-polled), and when one opens it reads its partition again (new files), adds the live rows its
+buffer kept, trains from the global weights and pushes. Between rounds a reporter thread tells the aggregator how
+many rows this worker has not trained on yet (services/worker/reporter.py): that is what opens rounds on new data.
+
 Plain Python in a background thread, so tests can drive it without HTTP routes. Installing a model means: export
 ONNX, quantise to int8 on local normal rows, recalibrate the threshold on the served model's own scores, evaluate
 on the held-out rows, persist atomically, hot-swap the /detect session. While the aggregator is away the loop
@@ -10,10 +15,9 @@ so this process, which serves /detect, never imports torch.
 from __future__ import annotations
 
 import importlib.util
-import dataclasses
 import logging
+import math
 import threading
-import time
 
 import httpx
 import numpy as np
@@ -23,23 +27,29 @@ from services.config import Settings, WorkerSettings
 from services.data.node import NodeData
 from services.data.scaling import FeatureStats, Scaler
 from services.data.source import DataError
-from services.data.sources import load_node
-from services.data.windows import Reference
-from services.model.detector import AnomalyDetector, DetectorSpec, node_seed
+from services.data.sources import NodeFeed
+from services.model.detector import DetectorSpec, node_seed
 from services.protocol.codec import CONTENT_TYPE, content_hash, decode_weights, encode_weights
-from services.protocol.errors import (CONFLICTING_UPDATE, FATAL_CODES, FUTURE_ROUND, NO_OPEN_ROUND, NOT_JOINED,
-                                      STALE_ROUND, ErrorCode, error_of)
-from services.protocol.messages import H_LOSS, H_ROUND, H_SAMPLES, H_SHA256, JoinRequest, JoinResponse, TrainingPlan
+from services.protocol.errors import (CONFLICTING_UPDATE, FATAL_CODES, FUTURE_ROUND, NO_OPEN_ROUND, NOT_FOUND,
+                                      NOT_JOINED, STALE_ROUND, ErrorCode, error_of)
+from services.protocol.messages import (H_LOSS, H_ROUND, H_SAMPLES, H_SHA256, JoinRequest, JoinResponse, RoundState,
+                                        TrainingPlan, WorkerReport)
 from services.security.accountant import GaussianAccountant
 from services.security.filters import FilterContext, apply, client_privacy_filters
 from services.security.tls import client_context
-from services.worker.serving import ModelSlot, ServedModel
-from services.worker.state import WorkerState, WorkerStore
+from services.worker.buffer import LiveBuffer
+from services.worker.drift import DriftWatch
+from services.worker.marks import TrainedMarks
+from services.worker.models import ModelShelf
+from services.worker.reporter import Reporter
+from services.worker.serving import ModelSlot
+from services.worker.state import WorkerState
 from services.worker.trainer import Trainer, TrainingFailed
 
 log = logging.getLogger("fedad.worker")
 LONG_POLL_S = 30.0
 MAX_BACKOFF_S = 15.0
+REPORT_INTERVAL_S = 2.0  # a changed report waits at most this long, and no two are closer
 
 
 class Retry(Exception):
@@ -57,8 +67,9 @@ class WorkerLoop:
         self.settings = settings
         self.worker = worker
         self.slot = slot
-        self.store = WorkerStore(worker.state_dir)
         self.spec = DetectorSpec.from_settings(settings)
+        self.models = ModelShelf(settings, worker, slot, self.spec, lambda: self.data)  # versions, gate, serving
+        self.store = self.models.store
         self.spec_hash = self.spec.spec_hash
         self.n_params = self.spec.n_params
         self.stop_event = threading.Event()
@@ -71,12 +82,24 @@ class WorkerLoop:
         self.rounds_trained = 0
         self.last_error: str | None = None
         self.rounds_total = settings.federation.rounds
-        self.state: WorkerState | None = None
         self.data: NodeData | None = None
         self.plan: TrainingPlan | None = None  # the aggregator's, from the join answer: every worker trains alike
         self._backoff = 0.5
         self._seed = node_seed(settings.model.seed, worker.id)
         self.outbound = client_privacy_filters(settings.privacy)  # client-side DP: clip + noise before upload
+        # Set by create_app when enabled: live rows scored normal (LiveBuffer) and the drift watch (DriftWatch).
+        self.buffer: LiveBuffer | None = None
+        self.drift: DriftWatch | None = None
+        self.feed = NodeFeed(settings, worker)  # the partition as it grows
+        self.marks = TrainedMarks()  # rows already trained on (services/worker/marks.py)
+        self.continual: bool | None = None  # the aggregator's RoundState.continual; None: not asked yet
+        self.new_rows = 0  # rows not yet trained on, as last counted
+        self._declared_samples = 0  # sample_count of the last join: an update may not claim more
+        self._drift_asks = 0  # drift retrain requests taken from the drift watch ...
+        self._drift_asks_trained = 0  # ... of which a round this worker trained in has answered this many
+        self._report_refused: str | None = None  # the code of the last refused report, logged once
+        self.report_client: httpx.Client | None = None
+        self.reporter = Reporter(self._report, self._send_report, REPORT_INTERVAL_S)
 
     # -- lifecycle ------------------------------------------------------------------------------------------------
     def start(self) -> threading.Thread:
@@ -86,16 +109,24 @@ class WorkerLoop:
 
     def stop(self) -> None:
         self.stop_event.set()
+        self.reporter.stop()
+        if self.report_client is not None:
+            self.report_client.close()
 
     def restore(self) -> None:
         """Serve the persisted model at once, before the aggregator is even reachable."""
-        self.state = self.store.load(self.n_params)
-        if self.state is not None and self.state.spec_hash == self.spec_hash:
-            self._serve(self.state)
-            log.info("resumed at model round %d (threshold %.5f)", self.state.model_round, self.state.threshold)
-        elif self.state is not None:
-            log.warning("persisted model has another architecture (%s); starting fresh", self.state.spec_hash)
-            self.state = None
+        self.models.restore()
+
+    @property
+    def state(self) -> WorkerState | None:
+        """The kept versions, the served and the pinned one (services/worker/models.py)."""
+        return self.models.state
+
+    @state.setter
+    def state(self, value: None) -> None:  # None: the aggregator runs a new federation
+        if value is not None:
+            raise ValueError("the loop only forgets the persisted state; ModelShelf installs versions")
+        self.models.forget()
 
     def run(self) -> None:
         try:
@@ -103,10 +134,10 @@ class WorkerLoop:
                 raise Fatal(f"worker {self.worker.id} trains (mode train) but torch is not installed here (the "
                             f"detect-only image?): set workers.{self.worker.id}.mode to detect_only")
             self.restore()
-            self.data = load_node(self.settings, self.worker)
-            with httpx.Client(base_url=self.settings.aggregator.url, timeout=LONG_POLL_S + 15,
-                              verify=client_context(self.settings.tls, self.worker.id),
-                              headers={"Authorization": f"Bearer {self.worker.token}"}) as client:
+            self.data = self.feed.current()
+            self._load_marks()
+            self.report_client = self._client(10)  # the reporter's own, open until stop(): reports outlive the loop
+            with self._client(LONG_POLL_S + 15) as client:
                 self.client = client
                 self._follow() if self.worker.mode == "detect_only" else self._federate()
         except (Fatal, DataError) as exc:  # nothing to retry: say why in one line, keep serving what we have
@@ -117,63 +148,92 @@ class WorkerLoop:
             log.exception("federation loop failed")
 
     def _federate(self) -> None:
-        joined = self._retrying(self._join)
-        while joined.scaler is None:
-            self.phase = "waiting for workers"
-            self._sleep(1.0)
-            joined = self._retrying(self._join)
+        joined = self._joined()
         scaler = joined.scaler
-        self.rounds_total = joined.rounds_total
-        self.plan = joined.plan
         if self.state is not None and self.state.run_id != joined.run_id:
             log.warning("aggregator runs a new federation (%s, was %s): retraining", joined.run_id, self.state.run_id)
             self.state = None
-        global_round, global_weights = (self.state.model_round, self.state.weights) if self.state else (-1, None)
+        self._check_marks(joined.run_id)
+        global_round, global_weights = self._resume_point()
         pushed_round = 0
         while not self.stop_event.is_set():
-            if global_round >= self.rounds_total:
-                self.phase = "done"
-                log.info("federation done: serving round %d", global_round)
-                return
-            # long-poll only once this worker's update for the open round is in; before that nothing newer can come
-            wait = LONG_POLL_S if pushed_round > global_round else 0
+            may_train = True
+            if global_round >= self.rounds_total and pushed_round <= global_round:
+                # the first campaign is over and no update of ours waits for its round: is there a next round?
+                if self.continual:
+                    self.phase = "idle"
+                state = self._retrying(lambda: self._round_state(global_round))
+                if state is None or (not state.continual and state.rounds_done <= global_round):
+                    self.phase = "done"
+                    log.info("federation done at round %d: serving version %s", global_round,
+                             self.models.served_version)
+                    return
+                self.phase = "idle"
+                if state.rounds_done <= global_round and state.phase != "training":
+                    continue  # the long-poll elapsed without news
+                may_train = state.phase == "training" and state.open_round == global_round + 1
+                wait = 0
+            else:  # long-poll only once this worker's update for the open round is in: nothing newer can come before
+                wait = LONG_POLL_S if pushed_round > global_round else 0
             model_round, weights = self._retrying(lambda: self._pull(global_round, wait))
             if weights is not None and model_round > global_round:
                 global_round, global_weights = model_round, weights
                 if model_round >= 1:  # round 0 is the untrained starting point: nothing worth serving
                     self._install(joined.run_id, scaler, model_round, weights)
-                if global_round >= self.rounds_total:
-                    continue
+                    self.reporter.nudge()
+                continue  # look again: the campaign may be over, the next round open or not yet
             open_round = global_round + 1
-            if pushed_round < open_round:
+            if may_train and pushed_round < open_round:
+                buffer_mark, drift_asks = self._refresh_data()
                 update, loss = self._train(scaler, open_round, global_weights)
-                pushed_round = self._retrying(lambda: self._push(open_round, update, loss))
+                pushed_round, taken = self._retrying(lambda: self._push(open_round, update, loss))
+                if taken:
+                    self._trained(open_round, buffer_mark, drift_asks, joined.run_id)
             self.phase = "waiting for round"
 
     def _follow(self) -> None:
         """A detect-only node: join as such, then install every published global model (int8 scales and threshold
-        calibrated on its own normal rows, onnxruntime only) until the last round; it never trains or uploads."""
+        calibrated on its own normal rows, onnxruntime only), until the last round or, when the federation is
+        continual, for good; it never trains or uploads."""
         if self.spec.kind != "dense":
             raise Fatal(f"a detect-only worker serves the dense kind only: a {self.spec.kind} model needs torch to "
                         "export its graph")
+        joined = self._joined()
+        if self.state is not None and self.state.run_id != joined.run_id:
+            log.warning("aggregator runs a new federation (%s, was %s)", joined.run_id, self.state.run_id)
+            self.state = None
+        served_round = max(self._resume_point()[0], 0)
+        while not self.stop_event.is_set():
+            if served_round >= self.rounds_total and not self.continual:
+                state = self._retrying(lambda: self._round_state(served_round, wait=0))
+                if state is None or (not state.continual and state.rounds_done <= served_round):
+                    break
+            self.phase = "waiting for round" if served_round < self.rounds_total else "idle"
+            model_round, weights = self._retrying(lambda: self._pull(served_round, LONG_POLL_S))
+            if weights is not None and model_round > served_round:
+                self._install(joined.run_id, joined.scaler, model_round, weights)
+                served_round = model_round
+                self.reporter.nudge()
+        self.phase = "done"
+        log.info("federation done: serving round %d", served_round)
+
+    def _joined(self) -> JoinResponse:
+        """Joined, with the federation's scaler (it exists once min_workers have joined)."""
         joined = self._retrying(self._join)
         while joined.scaler is None:
             self.phase = "waiting for workers"
             self._sleep(1.0)
             joined = self._retrying(self._join)
         self.rounds_total = joined.rounds_total
-        if self.state is not None and self.state.run_id != joined.run_id:
-            log.warning("aggregator runs a new federation (%s, was %s)", joined.run_id, self.state.run_id)
-            self.state = None
-        served_round = self.state.model_round if self.state else 0
-        while not self.stop_event.is_set() and served_round < self.rounds_total:
-            self.phase = "waiting for round"
-            model_round, weights = self._retrying(lambda: self._pull(served_round, LONG_POLL_S))
-            if weights is not None and model_round > served_round:
-                self._install(joined.run_id, joined.scaler, model_round, weights)
-                served_round = model_round
-        self.phase = "done"
-        log.info("federation done: serving round %d", served_round)
+        self.reporter.start(f"reporter-{self.worker.id}")  # the aggregator knows this worker now
+        return joined
+
+    def _resume_point(self) -> tuple[int, np.ndarray | None]:
+        """The newest global model installed, served or not (the federation trains on from the global weights), or
+        (-1, None) before the first."""
+        if self.state is None or self.models.latest_round is None:
+            return -1, None
+        return self.models.latest_round, self.models.latest_weights
 
     # -- one step each ----------------------------------------------------------------------------------------------
     def _join(self) -> JoinResponse:
@@ -183,6 +243,7 @@ class WorkerLoop:
                               role=self.worker.mode)
         response = self._call("POST", f"/v1/workers/{self.worker.id}/join", json=request.model_dump())
         joined = JoinResponse.model_validate(response.json())
+        self._declared_samples = len(raw)
         own = TrainingPlan.from_settings(self.settings)
         if joined.plan != own and joined.plan != self.plan:  # once per change, not at every rejoin
             differs = ", ".join(f"{k} {v} (own config: {getattr(own, k)})" for k, v in joined.plan
@@ -244,7 +305,8 @@ class WorkerLoop:
                 self._sleep(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF_S)
 
-    def _push(self, round_no: int, weights: np.ndarray, loss: float) -> int:
+    def _push(self, round_no: int, weights: np.ndarray, loss: float) -> tuple[int, bool]:
+        """The round sent for, and whether the aggregator took the update (else the round moved on without it)."""
         self.phase = "uploading"
         body = encode_weights(weights)
         headers = {"Content-Type": CONTENT_TYPE, H_SAMPLES: str(len(self.data.train_raw())), H_LOSS: repr(loss),
@@ -257,53 +319,140 @@ class WorkerLoop:
             log.info("update for round %d not taken: %s (%s)", round_no, problem.detail, problem.code)
             if problem.code == NOT_JOINED.code:
                 self._join()
-        return round_no
+            return round_no, False
+        return round_no, True
 
     def _install(self, run_id: str, scaler: Scaler, model_round: int, weights: np.ndarray) -> None:
-        """Export, quantise, recalibrate, evaluate, persist, swap."""
+        """Install a global model as a new version (services/worker/models.py): served if it passes the gate."""
         self.phase = "installing model"
-        started = time.time()
-        train_inputs = self.data.windows(scaler, "train")
-        reference = self.data.default_reference(scaler)
         exported = None if self.spec.kind == "dense" else self._in_child(  # only torch exports the other kinds
             f"exporting round {model_round}", lambda: self.trainer.export(self.spec.architecture, weights))
-        detector = AnomalyDetector(self.spec, weights).calibrate(train_inputs, reference, workdir=self.store.dir,
-                                                                 onnx_fp32=exported)
-        threshold = detector.threshold_
-        evaluation, _ = detector.evaluate(self.data.windows(scaler, "held_out"), self.data.held_out_labels())
-        loss = getattr(self, "_last_loss", None)
-        history = [*(self.state.history if self.state else []),
-                   {"round": model_round, "local_loss": loss, "threshold": threshold, **evaluation}]
-        state = WorkerState(run_id=run_id, model_round=model_round, threshold=threshold,
-                            scaler=scaler.model_dump(), spec_hash=self.spec_hash, served=self.spec.served,
-                            weights=weights, onnx_fp32=detector.onnx_fp32_, onnx_int8=detector.onnx_int8_,
-                            history=history, evaluation=evaluation, reference=reference.model_dump())
-        try:
-            self.store.save(state)
-        except OSError as exc:  # full or read-only state disk: serve the new model, keep the last persisted one
-            self.last_error = f"cannot persist round {model_round} to {self.store.dir}: {exc.strerror or exc}"
-            log.error("%s; serving it from memory, a restart falls back to the last persisted round", self.last_error)
-        self.state = state
-        self.slot.swap(ServedModel(detector, model_round))
-        if evaluation["labels"]:
-            figures = f"held-out F1 {evaluation['f1']:.3f} FAR {evaluation['far']:.1f}% MAR {evaluation['mar']:.1f}%"
-        else:
-            figures = f"no labels: held-out alarm rate {evaluation['alarm_rate']:.1f}%"
-        log.info("round %d installed in %.1fs: %s model, threshold %.5f, %s", model_round, time.time() - started,
-                 self.spec.served, threshold, figures)
+        self.models.install(run_id, scaler, model_round, weights, self.data, exported,
+                            getattr(self, "_last_loss", None))
+        if self.models.last_error:
+            self.last_error = self.models.last_error
 
-    def _serve(self, state: WorkerState) -> None:
-        """Serve a persisted model as it was calibrated."""
-        reference = (Reference(**state.reference) if state.reference
-                     else self.spec.prep.reference(None, Scaler(**state.scaler))
-                     if self.spec.prep.baseline == "federation" else None)
-        if reference is None:  # persisted by a version without references: rebuilt once local data is loaded
-            log.warning("persisted model has no reference scaling: not served until the next round is installed")
-            return
-        spec = dataclasses.replace(self.spec, served=state.served)
-        detector = AnomalyDetector.restore(spec, state.weights, state.onnx_fp32, state.onnx_int8, reference,
-                                           state.threshold)
-        self.slot.swap(ServedModel(detector, state.model_round))
+    # -- between rounds: new rows, reports ------------------------------------------------------------------------
+    def _round_state(self, after: int, wait: float = LONG_POLL_S) -> RoundState | None:
+        """Where the federation stands; with ``wait`` the aggregator answers once a round opens, a newer model than
+        ``after`` is published, or the wait elapsed. None: an aggregator without continual rounds (no route)."""
+        wait = wait if self.continual else 0  # the first question: is there anything to wait for at all?
+        response = self._call("GET", "/v1/round", params={"after": after, "wait": wait}, accept=(NOT_FOUND,))
+        if response.status_code == 404:
+            self.continual = False
+            return None
+        state = RoundState.model_validate(response.json())
+        self.continual = state.continual
+        return state
+
+    def _refresh_data(self) -> tuple[int | None, int]:
+        """Before a round: the partition as it is now (new files) plus the live rows the buffer kept; re-join when
+        the training rows grew, so the update's sample count stays within what the aggregator was told. Returns the
+        buffer's mark and the drift requests this round answers."""
+        drift_asks = self._drift_asks
+        try:
+            node = self.feed.current()
+        except (DataError, OSError) as exc:  # a file half copied or a bad row: train on what was read before
+            log.warning("partition not re-read (%s): training on the rows read before", exc)
+            node = self.data.with_extra([]) if self.data.extra else self.data
+        buffer_mark, extra = None, []
+        if self.buffer is not None:
+            buffer_mark = self.buffer.mark()  # before the rows: a row committed in between is counted new again
+            extra = self.buffer.runs(min_rows=self.settings.data.window)
+        data = node.with_extra(extra) if extra else node
+        grown = len(data.train_raw()) - len(self.data.train_raw())
+        if grown or data.extra:
+            log.info("round data: %d training rows (%+d since the last round; %d live rows in %d runs)",
+                     len(data.train_raw()), grown, sum(len(r.values) for r in data.extra), len(data.extra))
+        self.data = data
+        if len(data.train_raw()) > self._declared_samples:
+            self._retrying(self._join)
+        return buffer_mark, drift_asks
+
+    def _trained(self, round_no: int, buffer_mark: int | None, drift_asks: int, run_id: str) -> None:
+        """The update for ``round_no`` was taken: the rows it trained on are not new any more."""
+        self.marks.run_id = run_id
+        self.marks.trained(round_no, self.data, buffer_mark)
+        self._drift_asks_trained = drift_asks
+        self._save_marks()
+        self.reporter.nudge(force=True)
+
+    def _load_marks(self) -> None:
+        """The marks of the last run; a worker that served a model before marks were kept trained on its rows."""
+        marks = TrainedMarks.load(self.worker.state_dir)
+        if marks is None and self.state is not None:
+            marks = TrainedMarks(source_rows=self.data.train_counts(),
+                                 buffer_mark=self.buffer.mark() if self.buffer is not None else None)
+        self.marks = marks or TrainedMarks()
+
+    def _check_marks(self, run_id: str) -> None:
+        if self.marks.run_id not in (None, run_id):  # another federation: none of its rounds trained on our rows
+            self.marks = TrainedMarks(run_id=run_id)
+            self._save_marks()
+
+    def _save_marks(self) -> None:
+        try:
+            self.marks.save(self.worker.state_dir)
+        except OSError as exc:  # a full disk: the counts stay right in memory, a restart may count rows again
+            log.error("cannot persist the trained-rows marks: %s", exc.strerror or exc)
+
+    def count_new_rows(self) -> int:
+        """Rows not yet trained on: new partition rows and live rows since the last round this worker trained.
+        A detect-only worker trains on nothing, so it counts none (they must not open rounds)."""
+        if self.worker.mode != "train" or self.data is None:
+            return 0
+        try:
+            node = self.feed.current()
+        except (DataError, OSError):  # said once, when a round reads the partition
+            node = self.data
+        self.new_rows = self.marks.new_rows(node, self.buffer)
+        return self.new_rows
+
+    def _report(self) -> WorkerReport:
+        """What the aggregator hears about this worker: counts and model versions, never rows."""
+        drift = self.drift
+        if drift is not None and drift.take_retrain_request():
+            self._drift_asks += 1
+        models = self.models
+        served = models.served_round if models is not None else None
+        if served is None and self.slot.current is not None:
+            served = self.slot.current.model_round
+        return WorkerReport(new_rows=self.count_new_rows(), drift=self._drift_asks > self._drift_asks_trained,
+                            drift_events=int(getattr(drift, "events", 0) or 0), served_round=served,
+                            pinned=models.pinned_round if models is not None else None,
+                            versions=[_finite(v) for v in (models.versions if models is not None else [])[-100:]])
+
+    def _send_report(self, report: WorkerReport) -> bool:
+        try:
+            response = self.report_client.post(f"/v1/workers/{self.worker.id}/report",
+                                               json=report.model_dump(mode="json"))
+        except (httpx.HTTPError, RuntimeError) as exc:  # RuntimeError: the client closed as the worker stops
+            log.debug("report not sent: %s", exc)
+            return False
+        if response.status_code == 404 and error_of(response.content).code == NOT_FOUND.code:
+            if self._report_refused != NOT_FOUND.code:  # an aggregator without reports: no round on new data
+                log.warning("the aggregator takes no worker reports (404): new rows are not announced")
+                self._report_refused = NOT_FOUND.code
+            return True
+        if response.is_error:  # sent again at the next look (at most every REPORT_INTERVAL_S)
+            problem = error_of(response.content)
+            if problem.code != self._report_refused:
+                log.warning("report refused (%s %s): %s", response.status_code, problem.code, problem.detail)
+            self._report_refused = problem.code
+            return False
+        self._report_refused = None
+        return True
+
+    def continual_document(self) -> dict:
+        """The ``continual`` block of /v1/status."""
+        return {"enabled": self.continual, "new_rows": self.new_rows, "last_round_trained": self.marks.last_round,
+                "rounds_trained": self.marks.rounds, "reports_sent": self.reporter.sent,
+                "source_reloads": self.feed.reloads}
+
+    def _client(self, timeout: float) -> httpx.Client:
+        return httpx.Client(base_url=self.settings.aggregator.url, timeout=timeout,
+                            verify=client_context(self.settings.tls, self.worker.id),
+                            headers={"Authorization": f"Bearer {self.worker.token}"})
 
     # -- HTTP with retries ------------------------------------------------------------------------------------------
     def _call(self, method: str, path: str, accept: tuple[ErrorCode, ...] = (), **kwargs) -> httpx.Response:
@@ -338,3 +487,11 @@ class WorkerLoop:
     def _sleep(self, seconds: float) -> None:
         if self.stop_event.wait(seconds):
             raise SystemExit(0)
+
+
+def _finite(version: dict) -> dict:
+    """A version for the report: a NaN or infinite figure (an undefined F1, say) is sent as null, as JSON has no
+    other way to say it."""
+    figures = {k: None if isinstance(v, float) and not math.isfinite(v) else v
+               for k, v in version.get("figures", {}).items()}
+    return {**version, "figures": figures}
