@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
-from services.config import REPO_ROOT, Settings
+from services.config import MODEL_KINDS, REPO_ROOT, ConfigError, Settings
 from services.data.source import DataError
-from services.evaluation.runner import KINDS, MODES, describe_data, run_evaluation
-from services.evaluation.table import MODE_NAMES, SKAB_LEADERBOARD, is_skab, table_rows
+from services.evaluation.runner import KINDS, MODES, Progress, describe_data
+from services.evaluation.table import (
+    MODE_NAMES,
+    SKAB_LEADERBOARD,
+    find_comparison,
+    format_kinds_table,
+    is_skab,
+    table_rows,
+)
 
 
 def _resolve(path: str) -> Path:
@@ -47,26 +55,61 @@ def format_table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def evaluate_command(settings: Settings, out: str, modes: str) -> None:
-    chosen = tuple(m.strip() for m in modes.split(",") if m.strip())
-    unknown = [m for m in chosen if m not in MODES]
-    if unknown or not chosen:
-        raise SystemExit(f"--modes: unknown mode(s) {unknown}; choose from {', '.join(MODES)}")
+def evaluate_command(settings: Settings, out: str, modes: str, kinds: str | None = None,
+                     datasets: str | None = None) -> None:
+    """The config's data set (or each of ``datasets``): every mode of the config's kind with the report's figures,
+    then every other model kind in the same modes; the comparison of kinds printed as one table."""
+    from services.evaluation.grid import DATASETS, dataset_name, evaluate_datasets, evaluate_with_kinds
+    from services.evaluation.kinds import parse_list
+
+    chosen = parse_list(modes, MODES, "--modes")
+    model_kinds = parse_list(kinds, MODEL_KINDS, "--kinds") if kinds else MODEL_KINDS
     s = settings
-    print(f"evaluating {', '.join(chosen)} and a reference IsolationForest on {describe_data(s)}; "
-          f"{s.federation.rounds} rounds × {s.model.local_epochs} epochs", flush=True)
+    echo = lambda m: print(m, flush=True)  # noqa: E731
     try:
-        results = run_evaluation(settings, _resolve(out), chosen, echo=lambda m: print(m, flush=True))
-    except DataError as exc:
+        if datasets:
+            names = parse_list(datasets, tuple(DATASETS), "--datasets")
+            print(f"evaluating kinds {', '.join(model_kinds)} × {', '.join(chosen)} on {', '.join(names)} "
+                  f"(and a reference IsolationForest on each)", flush=True)
+            summary = evaluate_datasets(s, names, _resolve(out), chosen, model_kinds, echo=echo)
+            for name in summary["comparison"]:
+                print(f"\n{name}:\n" + format_table(_load(_resolve(out) / name)))
+            print("\nmodel kinds on every data set (figures of the served model; pooled held-out rows):\n")
+            print(format_kinds_table(summary["comparison"]))
+            for name, reason in summary["skipped"].items():
+                print(f"- {name} skipped: {reason}")
+            print(f"\nevaluation took {summary['seconds']:.0f}s; {out}/kinds.md holds the table; `make report` "
+                  f"(or fedad report) renders the report of {next(iter(summary['comparison']), 'a data set')}")
+            return
+        print(f"evaluating {', '.join(chosen)} and a reference IsolationForest on {describe_data(s)}; "
+              f"{s.federation.rounds} rounds × {s.model.local_epochs} epochs; kinds {', '.join(model_kinds)}",
+              flush=True)
+        progress = Progress(echo)
+        results = evaluate_with_kinds(settings, _resolve(out), chosen, model_kinds, progress)
+    except (DataError, ConfigError) as exc:
         raise SystemExit(f"data error: {exc}") from None
     print("\n" + format_table(results))
-    print(f"\nevaluation took {results['seconds']:.0f}s; `make report` (or fedad report) renders the report")
+    if results.get("model_kinds"):
+        print("\nmodel kinds (figures of the served model; pooled held-out rows):\n")
+        print(format_kinds_table({dataset_name(settings): results["model_kinds"]}))
+    print(f"\nevaluation took {time.time() - progress.started:.0f}s; `make report` (or fedad report) renders the "
+          "report")
+
+
+def _load(folder: Path) -> dict:
+    import json
+
+    return json.loads((folder / "results.json").read_text())
 
 
 def report_command(results_dir: str, out: str) -> None:
     from services.evaluation.report import write_report  # here, not above: matplotlib is the optional report extra
 
     folder = _resolve(results_dir)
+    if not (folder / "results.json").is_file():  # `make evaluate` over several data sets: the first one's
+        summary = find_comparison(folder)
+        if summary and summary["comparison"]:
+            folder = folder / next(iter(summary["comparison"]))
     if not (folder / "results.json").is_file():
         raise SystemExit(f"no evaluation results in {folder}: run `make evaluate` (fedad evaluate) first")
     path = write_report(folder, _resolve(out))

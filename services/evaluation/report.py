@@ -26,7 +26,16 @@ import numpy as np  # noqa: E402
 from sklearn.metrics import precision_recall_curve, roc_curve  # noqa: E402
 
 from services.evaluation.runner import KINDS  # noqa: E402
-from services.evaluation.table import MODE_NAMES, SKAB_LEADERBOARD, is_skab, table_rows  # noqa: E402
+from services.evaluation.table import (  # noqa: E402
+    KIND_HEAD,
+    MODE_NAMES,
+    SKAB_LEADERBOARD,
+    find_comparison,
+    is_skab,
+    kinds_notes,
+    kinds_rows,
+    table_rows,
+)
 
 FIGURES = {
     "fig-distribution": "Reconstruction-error distribution with the threshold",
@@ -320,6 +329,23 @@ def worker_table(d: Data) -> str:
     return _table(["training", "model", "worker", "held-out rows", "alarms %", "threshold"], rows)
 
 
+def kinds_section(d: Data, results_dir: Path) -> str:
+    """Every model kind in every mode: across data sets when the evaluation ran several, else this data set's."""
+    summary = find_comparison(results_dir)
+    own = d.results.get("model_kinds")
+    name = "skab" if is_skab(d.results) else "this data"
+    comparison = summary["comparison"] if summary else ({name: own} if own else None)
+    if not comparison:
+        return "<p>Only the config's model kind was evaluated (<code>fedad evaluate --kinds</code>).</p>"
+    notes = kinds_notes(comparison) + [f"{name} skipped: {reason}"
+                                       for name, reason in (summary or {}).get("skipped", {}).items()]
+    return (_table(KIND_HEAD, kinds_rows(comparison)) + "<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in notes)
+            + "</ul><p>Figures of the served model (int8, or fp32 where int8 is refused), pooled held-out rows. "
+            "s / round: training of all workers per round, in-process on one core. µs/row: onnxruntime, one thread, "
+            "model only. Training round: one round of the first worker in the worker's own training process (CPU "
+            "seconds, peak resident memory).</p>")
+
+
 def checks_table(d: Data) -> str:
     rows = [[("✔" if c["ok"] else "✘"), name, c["value"]] for name, c in d.results["checks"].items()]
     return _table(["", "target", "measured"], rows, ["ok" if c["ok"] else "fail" for c in d.results["checks"].values()])
@@ -384,6 +410,7 @@ def write_report(results_dir: Path, out: Path) -> Path:
         f"</code> (evaluation took {d.results['seconds']:.0f} s). Protocol: {protocol} "
         f"Thresholds come from training rows only.{reference}</p>",
         "<h2>" + ("Comparison with SKAB's leaderboard" if skab else "Comparison") + "</h2>", comparison_table(d),
+        "<h2>Model kinds</h2>", kinds_section(d, Path(results_dir)),
         "<h2>Targets</h2>", checks_table(d),
         "<h2>Per worker</h2>", worker_table(d),
         "<h2>int8 vs fp32</h2>", quantisation_table(d),

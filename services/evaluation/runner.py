@@ -248,10 +248,11 @@ def latent_view(settings: Settings, weights: np.ndarray, nodes: dict[str, NodeDa
 
 
 def run_evaluation(settings: Settings, out_dir: Path, modes: tuple[str, ...] = MODES, echo=print,
-                   latent: bool = True) -> dict:
+                   latent: bool = True, progress: Progress | None = None) -> dict:
     """Train and score every mode; write ``results.json`` and ``arrays.npz`` to ``out_dir``; return the results."""
     torch.set_num_threads(1)
-    progress = Progress(echo)
+    progress = progress or Progress(echo)
+    began = time.time()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     nodes = load_nodes(settings)
@@ -277,7 +278,7 @@ def run_evaluation(settings: Settings, out_dir: Path, modes: tuple[str, ...] = M
         for mode in modes:
             trained = trainers[mode](settings, nodes, progress)
             scored = score_trained(settings, nodes, trained, Path(tmp) / mode)
-            entry = {"train_seconds": round(trained.seconds, 1), "losses": trained.losses, "kinds": {}}
+            entry = {"train_seconds": round(trained.seconds, 2), "losses": trained.losses, "kinds": {}}
             for kind in KINDS:
                 per_worker = {w: {**scored[w][kind]["metrics"], "threshold": scored[w][kind]["threshold"]}
                               for w in nodes}
@@ -315,8 +316,8 @@ def run_evaluation(settings: Settings, out_dir: Path, modes: tuple[str, ...] = M
         arrays[f"threshold/reference/{w}"] = np.array([r["threshold"]])
     progress(f"reference {REFERENCE_NAME} (per node, same inputs): {summary(results['reference']['pooled'])}")
     results["checks"] = acceptance(results, skab=settings.data.source.download == "skab")
-    results["seconds"] = round(time.time() - progress.started, 1)
-    (out_dir / "results.json").write_text(json.dumps(results, indent=1, default=_json_default))
+    results["seconds"] = round(time.time() - began, 1)
+    (out_dir / "results.json").write_text(json.dumps(results, indent=1, default=json_default))
     np.savez_compressed(out_dir / "arrays.npz", **arrays)
     progress(f"results in {out_dir}/results.json")
     return results
@@ -392,7 +393,7 @@ def _without_dir(data: dict) -> dict:
     return {**data, "source": {k: v for k, v in data["source"].items() if k != "dir"}}
 
 
-def _json_default(value):
+def json_default(value):
     if isinstance(value, (np.floating, np.integer)):
         return value.item()
     if isinstance(value, np.ndarray):

@@ -1,10 +1,13 @@
 """Every model kind (dense, conv1d, lstm): the numpy layout the aggregator uses is the torch model's, training moves
 the weights, the exported ONNX scores like torch, bad combinations are refused at config load, and a real federation
-(aggregator + 2 workers as processes on loopback) trains a conv1d and an LSTM model and serves /detect with them."""
+(aggregator + 2 workers as processes on loopback) trains each kind, serves /detect with it and stays within the
+worker container's memory limit; the kinds comparison of the evaluation runs every kind in every mode."""
 
 import hashlib
 import json
+import re
 from dataclasses import replace
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -21,6 +24,7 @@ from services.model.layout import Architecture
 from services.model.training import reconstruction_scores
 from services.protocol.codec import decode_weights
 from services.protocol.messages import TrainingPlan
+from benchmarks.common import peak_rss_mib
 from support import Stack
 
 RAW = {"FEDAD__DATA__WINDOW_STATS": "[]"}
@@ -30,6 +34,8 @@ KIND_ENV = {
     "lstm": {**RAW, "FEDAD__MODEL__KIND": "lstm", "FEDAD__SERVING__MODEL": "fp32"},
 }
 SMALL = {"FEDAD__WORKERS__VALVE1__PARTITION": "[valve1/0.csv]"}
+CONTAINER_LIMIT_MIB = 512  # a training worker's memory limit (deploy/base/worker/worker.yaml, test_constrained.py)
+REPO = Path(__file__).resolve().parents[2]
 
 
 def settings_for(kind: str, **extra):
@@ -145,10 +151,18 @@ def test_raw_window_kinds_load_when_consistent():
     assert load_settings(environ={**KIND_ENV["conv1d"], "FEDAD__DATA__WINDOW": "5"}).data.window == 5
 
 
-@pytest.mark.parametrize("kind", ["conv1d", "lstm"])
+def test_the_worker_memory_limit_is_the_one_tested():
+    manifest = (REPO / "deploy/base/worker/worker.yaml").read_text()
+    limit = re.search(r"limits:\s*\n(?:\s*cpu: \S+\s*\n)?\s*memory: (\d+)Mi", manifest)
+    assert limit and int(limit.group(1)) == CONTAINER_LIMIT_MIB
+
+
+@pytest.mark.parametrize("kind", ["dense", "conv1d", "lstm"])
 def test_real_federation_trains_the_kind_and_serves_detect(kind, tmp_path):
     """Aggregator + 2 workers as processes, 1 round of 1 epoch on 2 small SKAB files; /detect then scores a
-    held-out run with the federation's model of that kind, as torch scores it."""
+    held-out run with the federation's model of that kind, as torch scores it; each worker's training process
+    (its peak resident memory in /v1/status last_training) stays under the container limit, and the serving
+    process never imports torch."""
     overrides = {**KIND_ENV[kind], "FEDAD__WORKERS__VALVE1__PARTITION": "[valve1/0.csv]",
                  "FEDAD__WORKERS__VALVE2__PARTITION": "[valve2/0.csv]"}
     settings = load_settings(environ=overrides)
@@ -170,6 +184,13 @@ def test_real_federation_trains_the_kind_and_serves_detect(kind, tmp_path):
         answer = r.json()
         assert answer["model"] == settings.serving.model and len(answer["scores"]) == len(samples)
         assert sum(answer["is_anomaly"]) > 0  # SKAB's valve1/0.csv holds a fault after its first 400 rows
+        for worker in ("valve1", "valve2"):
+            status = stack.worker_status(worker)
+            training = status["last_training"]
+            assert training["round"] == 1 and 50 < training["peak_rss_mib"] < CONTAINER_LIMIT_MIB, training
+            assert not status["torch_loaded"]
+            serving = peak_rss_mib(stack.worker_services[worker].pid)  # both live in one container while training
+            assert serving + training["peak_rss_mib"] < CONTAINER_LIMIT_MIB, (serving, training)
     finally:
         stack.stop()
     spec = DetectorSpec.from_settings(settings)
@@ -186,9 +207,14 @@ def test_real_federation_trains_the_kind_and_serves_detect(kind, tmp_path):
         assert np.corrcoef(ranks(served), ranks(expected))[0, 1] > 0.98
 
 
-def test_evaluate_kinds_trains_every_kind_federated_and_tables_both_precisions(tmp_path):
-    """services/evaluation/kinds.py on three one-file workers, 1 round of 1 epoch: a row per kind and precision."""
-    from services.evaluation.kinds import format_table, kind_settings, run_kinds
+def test_kinds_comparison_trains_every_kind_in_every_mode_and_tables_it(tmp_path):
+    """services/evaluation/grid.py on three one-file workers, 1 round of 1 epoch: the config's kind (dense) from the
+    full evaluation, conv1d and lstm trained in every mode, each with sizes, serving time and a training round in
+    the worker's training process; one table row per kind and mode."""
+    from services.evaluation.grid import evaluate_with_kinds
+    from services.evaluation.kinds import kind_settings
+    from services.evaluation.runner import Progress
+    from services.evaluation.table import format_kinds_table
 
     settings = load_settings(environ={"FEDAD__FEDERATION__ROUNDS": "1", "FEDAD__MODEL__LOCAL_EPOCHS": "1",
                                       "FEDAD__WORKERS__VALVE1__PARTITION": "[valve1/0.csv]",
@@ -196,16 +222,60 @@ def test_evaluate_kinds_trains_every_kind_federated_and_tables_both_precisions(t
                                       "FEDAD__WORKERS__OTHER__PARTITION": "[other/9.csv]"})
     lstm = kind_settings(settings, "lstm")
     assert lstm.data.window_stats == [] and lstm.serving.model == "fp32" and settings.data.window_stats
-    results = run_kinds(settings, ("dense", "conv1d", "lstm"), tmp_path, echo=None)
-    assert json.loads((tmp_path / "kinds.json").read_text())["kinds"].keys() == {"dense", "conv1d", "lstm"}
-    for kind, entry in results["kinds"].items():
+    lines = []
+    results = evaluate_with_kinds(settings, tmp_path, ("federated", "centralised", "local"),
+                                  ("dense", "conv1d", "lstm"), Progress(lines.append))
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["model_kinds"].keys() == {"dense", "conv1d", "lstm"}
+    comparison = results["model_kinds"]
+    # the config's own kind is the full evaluation's, not trained again
+    assert comparison["dense"]["modes"]["federated"]["int8"]["f1"] == \
+        results["modes"]["federated"]["kinds"]["int8"]["pooled"]["f1"]
+    assert sum("federated round 1/1" in line for line in lines) == 3  # once per kind
+    for kind, entry in comparison.items():
         assert entry["parameters"] == Architecture.from_settings(kind_settings(settings, kind)).n_params
+        assert set(entry["modes"]) == {"federated", "centralised", "local"}
+        for mode in entry["modes"].values():
+            for precision in ("fp32", "int8"):
+                p = mode[precision]
+                assert 0 < p["f1"] <= 1 and 0 <= p["far"] <= 100 and 0.5 < p["roc_auc"] <= 1
+            assert mode["seconds_per_round"] >= 0
+        assert entry["onnx_bytes"]["fp32"] > 0 and entry["onnx_bytes"]["int8"] > 0
         for precision in ("fp32", "int8"):
-            p = entry["precisions"][precision]
-            assert 0 < p["f1"] <= 1 and 0 <= p["far"] <= 100 and 0.5 < p["roc_auc"] <= 1 and p["onnx_bytes"] > 0
-            assert p["us_per_row_batch1"] > 0 and p["us_per_row_batch256"] > 0
-        assert entry["int8_minus_fp32_roc_auc"] == round(entry["precisions"]["int8"]["roc_auc"]
-                                                         - entry["precisions"]["fp32"]["roc_auc"], 4)
-    table = format_table(results).splitlines()
-    assert len([line for line in table if line.startswith(("| dense", "| conv1d", "| lstm"))]) == 6
-    assert any(line.startswith("| lstm | int8") and line.endswith("| refused |") for line in table)
+            assert entry["serving_us"][precision]["us_per_row_batch1"] > 0
+        training = entry["training_process"]
+        assert training["worker"] == "valve1" and training["inputs"] > 0
+        assert 50 < training["peak_rss_mib"] < CONTAINER_LIMIT_MIB and training["cpu_seconds"] > 0
+    table = format_kinds_table({"skab": comparison}).splitlines()
+    rows = [line for line in table if line.startswith("| ")][1:]
+    assert len(rows) == 9 and rows[0].startswith("| skab | dense | federated | int8 |")
+    assert any(line.startswith("| skab | lstm | federated | fp32 (int8 refused) |") for line in rows)
+
+
+def test_windows_that_do_not_apply_leave_the_raw_window_kinds_one_row():
+    """Shuttle's rows are independent (window 1): conv1d's kernel is cut to the window and both kinds say so."""
+    from services.evaluation.kinds import kind_note, kind_settings
+
+    shuttle = load_settings(REPO / "examples" / "shuttle.yaml")
+    assert shuttle.data.window == 1
+    conv = kind_settings(shuttle, "conv1d")
+    assert conv.model.conv1d.kernel == 1 and Architecture.from_settings(conv).width == 9
+    assert "one row" in kind_note(conv, "conv1d") and "one row" in kind_note(kind_settings(shuttle, "lstm"), "lstm")
+    assert kind_note(settings_for("conv1d"), "conv1d") is None
+    assert kind_settings(settings_for("dense", FEDAD__DATA__WINDOW="4"), "conv1d").model.conv1d.kernel == 3
+
+
+def test_kinds_benchmark_prints_each_kind_beside_dense(tmp_path, capsys):
+    """benchmarks/kinds.py with tiny sizes (it must not rot): dense is measured too, ratios are to it."""
+    from benchmarks import kinds as bench
+
+    out = tmp_path / "kinds.json"
+    payload = bench.main(["--kinds", "lstm", "--worker", "valve2", "--rounds", "1", "--repeat", "1", "--number", "20",
+                          "--batch", "64", "--json", str(out)])
+    assert list(payload["kinds"]) == ["dense", "lstm"] and json.loads(out.read_text())["kinds"].keys() == {"dense",
+                                                                                                          "lstm"}
+    for figures in payload["kinds"].values():
+        assert 50 < figures["train_peak_rss_mib"] < CONTAINER_LIMIT_MIB and figures["train_seconds_per_round"] > 0
+        assert figures["batch1_us_per_row"] > 0 and figures["batch_us_per_row"] > 0
+    assert payload["ratios_to_dense"]["dense"]["batch1_us_per_row"] == 1.0
+    assert "| serving µs/row, batch 64 |" in capsys.readouterr().out
