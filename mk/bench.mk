@@ -9,6 +9,8 @@
 #   make bench-resources  worker RSS idle / training / serving, epoch time, model sizes, bytes per round (~1 min)
 #   make bench-streams    one row per /detect request vs the constant handler, MQTT rows/s vs a bare subscriber,
 #                         publish -> alarm latency at 100 and 1,000 rows/s (needs mosquitto; ~3 min)
+#   make bench-kinds      per model kind: training s / round and peak RSS of the training process, serving µs/row at
+#                         batch 1 and 4,096, each beside the dense model's (~1 min)
 #
 # Load generator: wrk (Debian: apt-get install wrk); without it the scripts fall back to a Python load generator,
 # which measures itself. py-spy (installed here) records the profiles `--profile` asks for.
@@ -20,7 +22,7 @@ PY ?= $(VENV)/bin/python
 BENCH_OUT ?= reports/benchmarks
 BENCH_ARGS ?=
 
-.PHONY: bench bench-detect bench-aggregate bench-round bench-resources bench-streams
+.PHONY: bench bench-detect bench-aggregate bench-round bench-resources bench-streams bench-kinds
 
 $(VENV)/.bench-deps: | $(VENV)/.installed
 	$(PY) -m pip install -q 'py-spy>=0.3'
@@ -30,7 +32,7 @@ $(VENV)/.bench-deps: | $(VENV)/.installed
 $(BENCH_OUT):
 	mkdir -p $@
 
-bench: bench-detect bench-aggregate bench-round bench-resources bench-streams  ## every benchmark (BENCHMARKS.md)
+bench: bench-detect bench-aggregate bench-round bench-resources bench-streams bench-kinds bench-late-join  ## every benchmark (BENCHMARKS.md)
 
 bench-detect: venv $(VENV)/.bench-deps | $(BENCH_OUT)  ## /detect vs the HTTP ceiling, onnxruntime and torch eager
 	$(PY) -m benchmarks.detect --json $(BENCH_OUT)/detect.json --profile $(BENCH_OUT)/detect-profile.txt $(BENCH_ARGS)
@@ -47,3 +49,12 @@ bench-resources: venv $(VENV)/.bench-deps | $(BENCH_OUT)  ## worker memory, epoc
 bench-streams: venv $(VENV)/.bench-deps | $(BENCH_OUT)  ## stream path, MQTT ingestion and alarm latency
 	@command -v mosquitto >/dev/null || test -x /usr/sbin/mosquitto || { echo "apt-get install mosquitto"; exit 1; }
 	$(PY) -m benchmarks.streams --json $(BENCH_OUT)/streams.json --profile $(BENCH_OUT)/streams-profile.txt $(BENCH_ARGS)
+
+bench-kinds: venv | $(BENCH_OUT)  ## each model kind's training round and serving cost, ratio to dense
+	$(PY) -m benchmarks.kinds --json $(BENCH_OUT)/kinds.json $(BENCH_ARGS)
+
+# make bench-late-join  a 4th worker started after a 3-round campaign: process start -> first /readyz and /detect 200,
+#                       beside the campaign workers' first model and a restart from persisted state (~30 s)
+.PHONY: bench-late-join
+bench-late-join: venv | $(BENCH_OUT)  ## how fast a worker that joins after the campaign serves
+	$(PY) -m benchmarks.late_join --json $(BENCH_OUT)/late_join.json $(BENCH_ARGS)

@@ -87,3 +87,13 @@ def test_streams_script(tmp_path):
     assert 0 < latency["p50_ms"] <= latency["p99_ms"] <= latency["max_ms"]
     assert r["ingest"]["counts"]["rows_scored"] >= 200 and not r["ingest"]["refused"], r["ingest"]
     assert {"stream_row_vs_constant", "mqtt_worker_vs_bare"} <= set(r["ratios"])
+
+
+def test_late_join_script(tmp_path):
+    r = run_script("late_join", tmp_path, "--rounds", "1", "--epochs", "1", "--interval", "0.1")
+    assert set(r["campaign_first_served"]) == {"valve1", "valve2", "other"}
+    for name, first in [*r["campaign_first_served"].items(), ("late", r["late"]), ("restart", r["restart"])]:
+        assert 0 < first["readyz"] < 300 and 0 < first["detect"] < 300, (name, first)
+    assert r["late"]["model_round"] == r["rounds"] == 1, "the late worker serves the campaign's last model"
+    assert r["late"]["aggregator_rounds_done"] >= 1
+    assert r["ratios"]["late_vs_fastest_campaign_worker"] > 0 and r["ratios"]["late_vs_restart"] > 0
