@@ -480,7 +480,7 @@ class GateSettings(_Section):
 
     enabled: bool = True
     max_f1_drop: float = Field(0.05, ge=0, le=1)  # labelled held-out rows: F1 may fall at most this much
-    max_alarm_rate_increase: float = Field(2.0, ge=0, le=100)  # percentage points on held-out normal rows
+    max_alarm_rate_increase: float = Field(2.0, ge=0, le=100)  # unlabelled: percentage points of held-out alarms
     max_error_ratio: float = Field(1.5, gt=1)  # mean score of held-out normal rows, new model / served model
 
 
@@ -501,11 +501,10 @@ class DriftSettings(_Section):
     """Watches the scores of normal-scored live rows per stream (README: Drift)."""
 
     enabled: bool = True
-    method: Literal["page_hinkley", "adwin"] = "page_hinkley"
+    method: Literal["page_hinkley"] = "page_hinkley"  # services/worker/drift.py says why no other
     min_rows: int = Field(200, ge=10)  # rows a stream's detector sees before it may signal
     page_hinkley_delta: float = Field(0.005, ge=0)  # magnitude of change tolerated, in units of the threshold
     page_hinkley_threshold: float = Field(50.0, gt=0)  # lambda, in units of the threshold
-    adwin_delta: float = Field(0.002, gt=0, lt=1)
     action: Literal["recalibrate", "retrain", "both", "none"] = "both"
     recalibrate_rows: int = Field(1000, ge=50)  # recent normal rows the new threshold is computed on
 
