@@ -121,6 +121,34 @@ def _newest_round(worker_status: dict) -> int | None:
     return latest if latest is not None else worker_status.get("model_round")
 
 
+class RoundPrinter:
+    """After the first campaign: one line per continual round, with what opened it and what each worker serves."""
+
+    def __init__(self, settings: Settings, client: httpx.Client):
+        self.settings, self.client = settings, client
+        status = _get(client, f"{settings.aggregator.url}/v1/status")
+        self.printed = len(status["history"]) if status else 0
+
+    def poll(self) -> list[str]:
+        status = _get(self.client, f"{self.settings.aggregator.url}/v1/status")
+        if status is None or len(status["history"]) <= self.printed:
+            return []
+        lines = []
+        for record in status["history"][self.printed:]:
+            samples = sum(w["sample_count"] for w in record["workers"].values())
+            lines.append(f"round {record['round']:>3} ({record.get('trigger', 'campaign')}): "
+                         f"{len(record['workers'])} updates on {samples} rows, mean loss {record['mean_loss']:.5f}")
+        self.printed = len(status["history"])
+        serving = []
+        for w, s in status["workers"].items():
+            model = s.get("model") or {}
+            refused = model.get("last_refused")
+            serving.append(f"{w} serves {model.get('served_round')}"
+                           + (f" (refused {refused['round']})" if refused else ""))
+        lines.append("            " + ", ".join(serving))
+        return lines
+
+
 def stop_on_failed_worker(settings: Settings, client: httpx.Client) -> None:
     """A worker whose loop stopped for good (no data, refused by the aggregator) never finishes: say why, now."""
     for w in settings.workers:
@@ -198,9 +226,10 @@ def cmd_run(args) -> None:
         if args.exit_when_done and replay is None:
             return
         watcher = AlarmWatcher({w.id: _worker_url(w) for w in settings.workers})
+        rounds = RoundPrinter(settings, httpx.Client(timeout=5))  # the federation keeps learning from the live rows
         while True:
             stack.check_alive()
-            for line in watcher.poll():
+            for line in [*watcher.poll(), *rounds.poll()]:
                 print(line, flush=True)
             if replay is not None and not replay[1].is_alive() and args.exit_when_done:
                 for line in watcher.poll():
