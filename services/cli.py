@@ -122,30 +122,45 @@ def _newest_round(worker_status: dict) -> int | None:
 
 
 class RoundPrinter:
-    """After the first campaign: one line per continual round, with what opened it and what each worker serves."""
+    """After the first campaign: one line per continual round (what opened it), and one when what the workers serve
+    changes (a newer round, or a round their gate refused)."""
 
-    def __init__(self, settings: Settings, client: httpx.Client):
+    def __init__(self, settings: Settings, client: httpx.Client, status: dict | None = None):
         self.settings, self.client = settings, client
-        status = _get(client, f"{settings.aggregator.url}/v1/status")
+        status = status or _get(client, f"{settings.aggregator.url}/v1/status")
         self.printed = len(status["history"]) if status else 0
+        self.serving = self._serving(status) if status else {}
+
+    @staticmethod
+    def _serving(status: dict) -> dict[str, tuple]:
+        models = {w: s.get("model") or {} for w, s in status["workers"].items()}
+        return {w: (m.get("served_round"), (m.get("last_refused") or {}).get("round")) for w, m in models.items()}
 
     def poll(self) -> list[str]:
         status = _get(self.client, f"{self.settings.aggregator.url}/v1/status")
-        if status is None or len(status["history"]) <= self.printed:
-            return []
+        return [] if status is None else self.lines(status)
+
+    def lines(self, status: dict) -> list[str]:
+        """What changed since the last status document."""
         lines = []
         for record in status["history"][self.printed:]:
             samples = sum(w["sample_count"] for w in record["workers"].values())
             lines.append(f"round {record['round']:>3} ({record.get('trigger', 'campaign')}): "
                          f"{len(record['workers'])} updates on {samples} rows, mean loss {record['mean_loss']:.5f}")
         self.printed = len(status["history"])
-        serving = []
-        for w, s in status["workers"].items():
-            model = s.get("model") or {}
-            refused = model.get("last_refused")
-            serving.append(f"{w} serves {model.get('served_round')}"
-                           + (f" (refused {refused['round']})" if refused else ""))
-        lines.append("            " + ", ".join(serving))
+        serving, before = self._serving(status), self.serving
+        changed = {w: now for w, now in serving.items() if now != before.get(w) and now[0] is not None}
+        refusals = {w: now[1] for w, now in changed.items() if now[1] != (before.get(w) or (None, None))[1]}
+        self.serving = serving
+        served = {now[0] for now in changed.values()}
+        if changed and len(changed) == len(serving) and len(served) == 1 and not refusals:
+            lines.append(f"            every worker serves round {served.pop()}")
+        else:
+            for w, (round_no, _) in sorted(changed.items()):
+                reason = ((status["workers"][w].get("model") or {}).get("last_refused") or {}).get("reason", "")
+                refused = refusals.get(w)
+                lines.append(f"            {w} serves round {round_no}" +
+                             (f"; its gate refused round {refused}: {reason[:160]}" if refused else ""))
         return lines
 
 

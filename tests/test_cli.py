@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 
+import httpx
 import pytest
 
 from support import REPO, Stack
@@ -107,3 +108,26 @@ def test_stopping_the_cli_any_way_stops_every_service(tmp_path, sig):
         with socket.socket() as s:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: TIME_WAIT is no listener
             s.bind(("127.0.0.1", port))  # nobody listens there any more
+
+
+def test_continual_rounds_and_gate_refusals_are_printed_once_each():
+    from services.cli import RoundPrinter
+    from services.config import load_settings
+
+    def status(rounds: int, serving: dict[str, tuple]) -> dict:
+        history = [{"round": r, "trigger": "campaign" if r <= 2 else "new_data", "mean_loss": 0.5,
+                    "workers": {w: {"sample_count": 100} for w in serving}} for r in range(1, rounds + 1)]
+        workers = {w: {"model": {"served_round": served, "last_refused":
+                                 {"round": refused, "reason": "refused: held-out F1 0.5"} if refused else None}}
+                   for w, (served, refused) in serving.items()}
+        return {"history": history, "workers": workers}
+
+    printer = RoundPrinter(load_settings(), httpx.Client(), status(2, {"a": (2, None), "b": (2, None)}))
+    assert printer.lines(status(2, {"a": (2, None), "b": (2, None)})) == []
+    assert printer.lines(status(3, {"a": (3, None), "b": (3, None)})) == [
+        "round   3 (new_data): 2 updates on 200 rows, mean loss 0.50000", "            every worker serves round 3"]
+    refused = printer.lines(status(4, {"a": (4, None), "b": (3, 4)}))
+    assert refused[1:] == ["            a serves round 4",
+                           "            b serves round 3; its gate refused round 4: refused: held-out F1 0.5"]
+    assert printer.lines(status(5, {"a": (5, None), "b": (5, 4)}))[1:] == [
+        "            every worker serves round 5"]  # the old refusal is not printed again
