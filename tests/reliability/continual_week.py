@@ -79,7 +79,6 @@ def run_week(rounds: int, every_s: float, replay_s: float, workdir: Path, kill: 
         replayer = Replayer(devices(settings, WORKERS), speed=speed, repeat=False)
         replay = threading.Thread(target=replayer.run, daemon=True)
         replay.start()
-        replay_started = time.time()
         killed: set[str] = set()
         last_seen = campaign_rounds
         last_round_seen = [campaign_rounds, time.time()]  # rounds done, when that changed
