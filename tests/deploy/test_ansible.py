@@ -144,8 +144,11 @@ def test_render_takes_tokens_from_variables_and_generates_the_missing_ones(rende
         generated = (store / "other").read_text().strip()
         assert r.secret_value("fedad-token-other", "token") == generated and len(generated) >= 32
         assert digests["other"] == hash_token(generated)
-        assert sorted(p.name for p in store.iterdir()) == ["other"], "no token is generated when one is given"
-        for path in (store / "other", r.dir / "manifests.yaml", r.dir / "tokens" / "valve1"):
+        assert sorted(p.name for p in store.iterdir()) == ["admin", "other"], "no token generated when one is given"
+        admin = (store / "admin").read_text().strip()  # none in the vault here: generated, only its digest deployed
+        assert config["admin"] == {"token": None, "token_sha256": hash_token(admin)} and len(admin) >= 32
+        assert "dev-admin-token" not in (r.dir / "manifests.yaml").read_text()
+        for path in (store / "other", store / "admin", r.dir / "manifests.yaml", r.dir / "tokens" / "valve1"):
             assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
     assert rendered["gcp-kubeedge"].configmap_value("fedad-site", "aggregator_url") == GCP_AGGREGATOR_URL
 
@@ -156,6 +159,13 @@ def test_render_refuses_a_weak_vault_token_without_showing_it(tmp_path):
     result = playbook("render.yml", "-e", extra, check=False)
     assert result.returncode != 0 and "fedad_worker_tokens.valve1" in result.stdout
     assert "short-secret" not in result.stdout + result.stderr
+
+
+def test_render_refuses_a_weak_admin_token_without_showing_it(tmp_path):
+    extra = write_vars(tmp_path / "vault.json", {"fedad_admin_token": "short-admin", "fedad_build_dir": str(tmp_path)})
+    result = playbook("render.yml", "-e", extra, check=False)
+    assert result.returncode != 0 and "fedad_admin_token" in result.stdout
+    assert "short-admin" not in result.stdout + result.stderr
 
 
 # --- the smoke check against real services --------------------------------------------------------------------------
