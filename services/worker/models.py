@@ -232,6 +232,7 @@ class ModelShelf:
         self._persist(f"version {version.id}")
         if version.status == "served":
             self.slot.swap(ServedModel(detector, version.round))
+        self._close_unserved()
         what = (f"round {version.round}" if version.order[1] == 0
                 else f"version {version.id} (round {version.round} recalibrated)")
         verdict = {"served": "served", "kept": "kept, not served", "refused": "REFUSED by the gate"}[version.status]
@@ -291,8 +292,16 @@ class ModelShelf:
             version.status, version.reason = "served", reason + refused
             self._mark_served(version, f"replaced by {version.id} ({reason})")
         self.slot.swap(ServedModel(detector, version.round))
+        self._close_unserved()
 
     # -- helpers -----------------------------------------------------------------------------------------------------
+    def _close_unserved(self) -> None:
+        """Keep only the served version's session open: each onnxruntime session holds its own memory, and a small
+        gateway should not carry ``models.keep`` of them. A kept version is opened again from its bytes when an
+        admin serves it or a gate compares with it (a request in flight keeps its own reference)."""
+        served = self.state.served_id if self.state is not None else None
+        for version_id in [v for v in self._detectors if v != served]:
+            del self._detectors[version_id]
     def _kept(self) -> WorkerState:
         """The state, where a version is at hand: install and recalibrate set or check it, _find raises without."""
         assert self.state is not None, "no model version kept"
