@@ -135,14 +135,14 @@ class Process:
     The tests' harness (tests/support.py) uses it too: one way to start, probe and stop a service.
     """
 
-    def __init__(self, name: str, argv: list[str], env: dict[str, str], log_dir: Path, url: str):
-        self.name, self.argv, self.env, self.url = name, argv, env, url
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], log_dir: Path, url: str, cwd: Path = REPO):
+        self.name, self.argv, self.env, self.url, self.cwd = name, argv, env, url, cwd  # cwd: whose services run
         self.log_path = Path(log_dir) / f"{name}.log"
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> Process:
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(self.argv, env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+            self.proc = subprocess.Popen(self.argv, env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=self.cwd)
         return self
 
     @property
@@ -188,7 +188,9 @@ def base_env(**overrides: str) -> dict[str, str]:
 class Federation:
     """A real aggregator and workers from config.yaml on free loopback ports, state in ``workdir``."""
 
-    def __init__(self, workdir: Path, workers: list[str], rounds: int, epochs: int, **overrides: str):
+    def __init__(self, workdir: Path, workers: list[str], rounds: int, epochs: int, checkout: Path = REPO,
+                 **overrides: str):
+        """``checkout``: the source tree whose services run (another revision's worktree, for a reference)."""
         self.workdir = Path(workdir)
         self.workers = workers
         self.agg_port = free_port()
@@ -211,9 +213,9 @@ class Federation:
         env.update(overrides)
         self.env = env
         self.aggregator = Process("aggregator", [sys.executable, "-m", "services.aggregator"], env, self.workdir,
-                                  self.agg_url)
+                                  self.agg_url, checkout)
         self.services = {w: Process(w, [sys.executable, "-m", "services.worker", "--id", w], env, self.workdir,
-                                    self.worker_url(w)) for w in workers}
+                                    self.worker_url(w), checkout) for w in workers}
 
     def worker_url(self, w: str) -> str:
         return f"http://{LOOPBACK}:{self.ports[w]}"

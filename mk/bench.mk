@@ -32,7 +32,7 @@ $(VENV)/.bench-deps: | $(VENV)/.installed
 $(BENCH_OUT):
 	mkdir -p $@
 
-bench: bench-detect bench-aggregate bench-round bench-resources bench-streams bench-kinds bench-late-join  ## every benchmark (BENCHMARKS.md)
+bench: bench-detect bench-aggregate bench-round bench-resources bench-streams bench-kinds bench-late-join bench-serving-rss  ## every benchmark (BENCHMARKS.md)
 
 bench-detect: venv $(VENV)/.bench-deps | $(BENCH_OUT)  ## /detect vs the HTTP ceiling, onnxruntime and torch eager
 	$(PY) -m benchmarks.detect --json $(BENCH_OUT)/detect.json --profile $(BENCH_OUT)/detect-profile.txt $(BENCH_ARGS)
@@ -58,3 +58,10 @@ bench-kinds: venv | $(BENCH_OUT)  ## each model kind's training round and servin
 .PHONY: bench-late-join
 bench-late-join: venv | $(BENCH_OUT)  ## how fast a worker that joins after the campaign serves
 	$(PY) -m benchmarks.late_join --json $(BENCH_OUT)/late_join.json $(BENCH_ARGS)
+
+# make bench-serving-rss  each worker's serving-process memory after a 6-round federation with a detect-only node,
+#                         here and at BENCH_REF (a git revision, the reference) in the same run (~2 min)
+BENCH_REF ?= 31f7bff
+.PHONY: bench-serving-rss
+bench-serving-rss: venv | $(BENCH_OUT)  ## serving-process memory here vs at BENCH_REF, same run
+	$(PY) -m benchmarks.serving_rss --ref $(BENCH_REF) --json $(BENCH_OUT)/serving_rss.json $(BENCH_ARGS)

@@ -97,3 +97,10 @@ def test_late_join_script(tmp_path):
     assert r["late"]["model_round"] == r["rounds"] == 1, "the late worker serves the campaign's last model"
     assert r["late"]["aggregator_rounds_done"] >= 1
     assert r["ratios"]["late_vs_fastest_campaign_worker"] > 0 and r["ratios"]["late_vs_restart"] > 0
+
+
+def test_serving_rss_script(tmp_path):
+    r = run_script("serving_rss", tmp_path, "--rounds", "1", "--requests", "2")
+    for worker in ("valve1", "valve2", "other"):
+        figures = r["mib"]["this"][worker]
+        assert 50 < figures["VmRSS"] <= figures["VmHWM"] < 1024, (worker, figures)
