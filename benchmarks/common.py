@@ -23,6 +23,8 @@ from pathlib import Path
 
 import httpx
 
+from services.machine import cpu_flags, cpu_model
+
 REPO = Path(__file__).resolve().parent.parent
 LOOPBACK = "127.0.0.1"
 AFTER_CAMPAIGN = ("idle", "done")  # the phase once the first rounds are done: idle with continual rounds, else done
@@ -36,14 +38,6 @@ def newest_round(worker_status: dict) -> int | None:
 
 
 # -- the machine -------------------------------------------------------------------------------------------------------
-def cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
-
-
 def load_average() -> tuple[float, float, float]:
     with contextlib.suppress(OSError):
         return os.getloadavg()
@@ -52,7 +46,8 @@ def load_average() -> tuple[float, float, float]:
 
 def machine() -> dict:
     return {"date": dt.datetime.now().astimezone().isoformat(timespec="seconds"), "nproc": os.cpu_count(),
-            "cpu": cpu_model(), "python": platform.python_version(), "load_avg": [round(x, 2) for x in load_average()]}
+            "cpu": cpu_model(), "cpu_flags": cpu_flags(), "python": platform.python_version(),
+            "load_avg": [round(x, 2) for x in load_average()]}
 
 
 def print_header(title: str, argv: list[str] | None = None) -> dict:
@@ -61,7 +56,8 @@ def print_header(title: str, argv: list[str] | None = None) -> dict:
                                                                                   else sys.argv[1:])])
     print(f"# {title}")
     print(f"# command: {command}")
-    print(f"# machine: nproc={m['nproc']}, cpu={m['cpu']!r}, python {m['python']}; date {m['date']}; "
+    flags = " ".join(m["cpu_flags"]) or "no avx2/vnni"
+    print(f"# machine: nproc={m['nproc']}, cpu={m['cpu']!r} ({flags}), python {m['python']}; date {m['date']}; "
           f"load average {m['load_avg'][0]:.2f} {m['load_avg'][1]:.2f} {m['load_avg'][2]:.2f} (at start)")
     return m
 

@@ -10,6 +10,13 @@ sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve
 
 from support import RecordingProxy, Stack  # noqa: E402
 
+from services.machine import describe_cpu  # noqa: E402
+
+
+def pytest_report_header(config):
+    """int8 scores and their quality figures depend on the CPU's instruction sets: every run says which it had."""
+    return f"cpu: {describe_cpu()}"
+
 
 @pytest.fixture(scope="session")
 def trained_stack(tmp_path_factory):

@@ -9,6 +9,7 @@ import threading
 from pathlib import Path
 
 import httpx
+import pytest
 import uvicorn
 
 from benchmarks.common import (  # one harness for tests and benchmarks
@@ -147,3 +148,14 @@ def partition_runs(settings, partition: list[str]):
 
     worker = settings.workers[0].model_copy(update={"partition": partition})
     return load_node(settings, worker).runs
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
+
+
+def missing_tool(message: str) -> None:
+    """A test that needs a tool this machine lacks: skipped on a laptop, a failure in CI (.ci/run installs it)."""
+    if in_ci():
+        pytest.fail(f"{message} — CI=true, so this is a failure, not a skip (.ci/run must install it)", pytrace=False)
+    pytest.skip(message)

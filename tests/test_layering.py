@@ -3,7 +3,7 @@
 Imports are read with ``ast``, including those inside functions: a local import hides a cycle from Python's import
 machinery, not from the design. Layers, bottom to top (a package may import its own layer and the ones below):
 
-    protocol, config, atomic, logs, faults, data, model
+    protocol, config, atomic, logs, faults, machine, data, model
     security
     observability      metrics, logging context and dashboard pages the services push to (it imports no
                        aggregator or worker internals), so it sits below them
@@ -20,7 +20,7 @@ from pathlib import Path
 SERVICES = Path(__file__).resolve().parent.parent / "services"
 
 LAYERS = [
-    {"protocol", "config", "atomic", "logs", "faults", "data", "model"},
+    {"protocol", "config", "atomic", "logs", "faults", "machine", "data", "model"},
     {"security"},
     {"observability"},
     {"aggregator", "worker"},
