@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from services import logs
+from services.aggregator import strategies
 from services.aggregator.publisher import Publisher
 from services.aggregator.rounds import Federation
 from services.aggregator.routes import admin, model, report, round_state, status, telemetry, updates, workers
@@ -71,7 +72,8 @@ async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 def create_app(settings: Settings) -> FastAPI:
-    federation = Federation(settings, AggregatorStore(settings.aggregator.state_dir))
+    federation = Federation(settings, AggregatorStore(settings.aggregator.state_dir),
+                            strategy=strategies.from_settings(settings))
     tokens = TokenTable.from_settings(settings.workers)  # SHA-256 digests only; plaintext tokens are not kept
 
     @contextlib.asynccontextmanager
@@ -85,7 +87,7 @@ def create_app(settings: Settings) -> FastAPI:
                 publisher.check()
 
         task = asyncio.create_task(ticker())
-        log.info("aggregator run %s: %s, round %d (first campaign: %d rounds%s)", federation.state["run_id"],
+        log.info("aggregator run %s: %s, round %d (first campaign: %d rounds%s)", federation.state.run_id,
                  federation.phase, federation.open_round, settings.federation.rounds,
                  ", then continual" if settings.federation.continual.enabled else "")
         yield

@@ -26,7 +26,7 @@ class Publisher:
         if f.rounds_done == self.seen and f.phase == self.seen_phase:
             return
         if f.rounds_done != self.seen:
-            last = f.state["history"][-1] if f.state["history"] else None
+            last = f.state.history[-1] if f.state.history else None
             if last:
                 log.info("round %d closed (%s): %d updates, mean loss %.5f", last["round"], last["closed_by"],
                          len(last["workers"]), last["mean_loss"], extra={"round": last["round"]})

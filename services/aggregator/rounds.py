@@ -28,14 +28,15 @@ import contextlib
 import logging
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from services import faults
-from services.aggregator import continual
+from services.aggregator import continual, strategies
+from services.aggregator.state import RunState
 from services.aggregator.store import AggregatorStore
-from services.aggregator.strategies import make_strategy
+from services.aggregator.strategies import DifferentialPrivacyServerSideFixedClipping, Strategy
 from services.config import Settings
 from services.data.scaling import FeatureStats, Scaler
 from services.model.layout import Architecture
@@ -43,8 +44,7 @@ from services.protocol import errors
 from services.protocol.codec import CodecError, content_hash, decode_weights
 from services.protocol.errors import ProtocolError
 from services.protocol.messages import JoinRequest, JoinResponse, RoundState, TrainingPlan, WorkerReport
-from services.security.accountant import GaussianAccountant
-from services.security.filters import Filter, FilterContext, GaussianNoise, apply, update_filters
+from services.security.filters import update_norm
 
 log = logging.getLogger("fedad.aggregator")
 
@@ -64,7 +64,10 @@ class Update:
 
 
 class Federation:
-    def __init__(self, settings: Settings, store: AggregatorStore, clock=time.time):
+    """One federated run: ``store`` persists it, ``strategy`` (services/aggregator/strategies.py, with its clipping
+    and DP wrappers; by default as config.yaml says) aggregates each round."""
+
+    def __init__(self, settings: Settings, store: AggregatorStore, clock=time.time, strategy: Strategy | None = None):
         self.settings = settings
         self.fed = settings.federation
         self.store = store
@@ -72,17 +75,7 @@ class Federation:
         self.architecture = Architecture.from_settings(settings)
         self.spec_hash = self.architecture.spec_hash
         self.n_params = self.architecture.n_params
-        self.strategy = make_strategy(self.fed.strategy, self.fed.trim_fraction)
-        privacy = settings.privacy
-        self.server_dp = privacy.enabled and privacy.side == "server"
-        clip = self.fed.clip_norm
-        if self.server_dp:
-            clip = min(clip or privacy.clip_norm, privacy.clip_norm)
-        self.update_clip_norm = clip or None
-        self.inbound = update_filters(clip)  # every update, before the strategy sees it
-        self.outbound: list[Filter] = ([GaussianNoise(privacy.noise_multiplier, privacy.clip_norm)]
-                                       if self.server_dp else [])
-        self.accountant = GaussianAccountant()
+        self.strategy = strategy if strategy is not None else strategies.from_settings(settings)
         self.storage_error: str | None = None
         self.pending: dict[str, Update] = {}
         self.last_seen: dict[str, float] = {}
@@ -95,14 +88,11 @@ class Federation:
         loaded = store.load(self.n_params)
         if loaded is None:
             initial = self.architecture.initial_weights(settings.model.seed)
-            self.state = store.commit(
-                {"run_id": uuid.uuid4().hex[:12], "rounds_done": 0, "scaler": None, "joined": {}, "history": []},
-                initial,
-            )
+            self.state = RunState.from_json(store.commit(RunState(run_id=uuid.uuid4().hex[:12]).to_json(), initial))
             self.global_weights = initial
         else:
-            self.state, self.global_weights = loaded
-        self.accountant.load_state_dict(self.state.get("privacy"))
+            self.state, self.global_weights = RunState.from_json(loaded[0]), loaded[1]
+        self.strategy.load_state_dict(self.state.privacy)
         self.round_opened_at = self.clock()
         self.strategy.begin(self.global_weights)
         for worker_id, weights, meta in store.pending_updates(self.open_round, self.n_params):
@@ -111,7 +101,7 @@ class Federation:
     # -- read side ------------------------------------------------------------------------------------------------
     @property
     def rounds_done(self) -> int:
-        return self.state["rounds_done"]
+        return self.state.rounds_done
 
     @property
     def open_round(self) -> int:
@@ -120,21 +110,21 @@ class Federation:
     @property
     def rounds_target(self) -> int:
         """Rounds to have done: the first campaign's, or one more than done once a trigger opened a round."""
-        return max(self.state.get("rounds_target", 0), self.fed.rounds)
+        return max(self.state.rounds_target, self.fed.rounds)
 
     @property
     def phase(self) -> str:
         if self.rounds_done < self.rounds_target:
-            return "training" if self.state["scaler"] is not None else "waiting"
+            return "training" if self.state.scaler is not None else "waiting"
         return "idle" if self.continual.enabled else "done"
 
     def trigger_of(self, round_no: int) -> str:
         """What opened ``round_no``: a continual trigger, or "campaign" for the first rounds."""
-        opened = self.state.get("round_trigger") or {}
+        opened = self.state.round_trigger or {}
         return opened.get("trigger", "campaign") if opened.get("round") == round_no else "campaign"
 
     def trainers(self) -> set[str]:
-        return {w for w in self.state["joined"] if w not in self.detect_only}
+        return {w for w in self.state.joined if w not in self.detect_only}
 
     def live_trainers(self) -> set[str]:
         """Training workers seen within LIVE_S (all joined ones, for LIVE_S after a restart)."""
@@ -142,11 +132,11 @@ class Federation:
         return {w for w in self.trainers() if now - self.last_seen.get(w, self.started_at) <= continual.LIVE_S}
 
     def next_scheduled_at(self) -> float | None:
-        return continual.next_scheduled_at(self.continual, self.state["history"], self.state.get("skipped", []))
+        return continual.next_scheduled_at(self.continual, self.state.history, self.state.skipped)
 
     @property
     def scaler(self) -> Scaler | None:
-        return Scaler(**self.state["scaler"]) if self.state["scaler"] else None
+        return Scaler(**self.state.scaler) if self.state.scaler else None
 
     def deadline(self) -> float:
         return self.round_opened_at + self.fed.round_deadline_s
@@ -155,7 +145,7 @@ class Federation:
         return TrainingPlan.from_settings(self.settings)
 
     def join_response(self) -> JoinResponse:
-        return JoinResponse(run_id=self.state["run_id"], phase=self.phase, round=self.open_round,
+        return JoinResponse(run_id=self.state.run_id, phase=self.phase, round=self.open_round,
                             rounds_done=self.rounds_done, rounds_total=self.fed.rounds, plan=self.plan(),
                             scaler=self.scaler)
 
@@ -172,7 +162,7 @@ class Federation:
                 "skip_without_new_data": rule.skip_without_new_data, "min_new_rows": rule.min_new_rows,
                 "min_workers_with_new_data": rule.min_workers_with_new_data, "on_drift": rule.on_drift,
                 "open_round_trigger": self.trigger_of(self.open_round) if self.phase == "training" else None,
-                "skipped": self.state.get("skipped", [])}
+                "skipped": self.state.skipped}
 
     def worker_report_status(self, worker_id: str) -> dict:
         """What the worker last reported: rows not yet trained on, drift, and which model it serves and why."""
@@ -187,10 +177,10 @@ class Federation:
                           "last_refused": {"round": refused.round, "reason": refused.reason} if refused else None}}
 
     def status(self) -> dict:
-        joined = self.state["joined"]
+        joined = self.state.joined
         workers = {}
         for worker_id in sorted(set(joined) | set(self.last_seen) | set(self.reports.latest)):
-            last = next((h["workers"][worker_id] for h in reversed(self.state["history"])
+            last = next((h["workers"][worker_id] for h in reversed(self.state.history)
                          if worker_id in h["workers"]), None)
             detect_only = worker_id in self.detect_only and worker_id not in joined
             workers[worker_id] = {
@@ -204,7 +194,7 @@ class Federation:
                 **self.worker_report_status(worker_id),
             }
         return {
-            "run_id": self.state["run_id"],
+            "run_id": self.state.run_id,
             "phase": self.phase,
             "round": self.open_round if self.phase == "training" else self.rounds_done,
             "rounds_done": self.rounds_done,
@@ -214,14 +204,14 @@ class Federation:
             "updates_in_open_round": sorted(self.pending),
             "deadline_in_s": round(self.deadline() - self.clock(), 1) if self.phase == "training" else None,
             "strategy": self.fed.strategy,
-            "update_clip_norm": self.update_clip_norm,
+            "update_clip_norm": self.strategy.clip_norm,
             "privacy": self.privacy_status(),
             "storage_error": self.storage_error,
             "model": {"spec_hash": self.spec_hash, "parameters": self.n_params,
-                      "sha256": self.state["global_sha256"]},
+                      "sha256": self.state.global_sha256},
             "workers": workers,
             "continual": self.continual_status(),
-            "history": self.state["history"],
+            "history": self.state.history,
         }
 
     def privacy_status(self) -> dict | None:
@@ -230,9 +220,9 @@ class Federation:
             return None
         status = {"side": privacy.side, "noise_multiplier": privacy.noise_multiplier, "clip_norm": privacy.clip_norm,
                   "delta": privacy.delta}
-        if self.server_dp:
-            status["epsilon"] = round(self.accountant.get_epsilon(privacy.delta), 3)
-            status["rounds_accounted"] = self.accountant.steps
+        if isinstance(self.strategy, DifferentialPrivacyServerSideFixedClipping):
+            status["epsilon"] = round(self.strategy.accountant.get_epsilon(privacy.delta), 3)
+            status["rounds_accounted"] = self.strategy.accountant.steps
         return status
 
     # -- write side -----------------------------------------------------------------------------------------------
@@ -253,12 +243,12 @@ class Federation:
             self.detect_only[worker_id] = request.sample_count
             return self.join_response()
         self.detect_only.pop(worker_id, None)
-        joined = dict(self.state["joined"])
-        joined[worker_id] = {"sample_count": request.sample_count, "stats": request.stats.model_dump()}
-        state = {**self.state, "joined": joined}
-        if state["scaler"] is None and len(joined) >= self.fed.min_workers:
+        joined = {**self.state.joined,
+                  worker_id: {"sample_count": request.sample_count, "stats": request.stats.model_dump()}}
+        state = replace(self.state, joined=joined)
+        if state.scaler is None and len(joined) >= self.fed.min_workers:
             merged = FeatureStats.merge([FeatureStats(**j["stats"]) for j in joined.values()])
-            state["scaler"] = merged.scaler(self.settings.data.scaling).model_dump()
+            state = replace(state, scaler=merged.scaler(self.settings.data.scaling).model_dump())
             self.round_opened_at = self.clock()
         self.state = self._commit(state, self.global_weights)
         return self.join_response()
@@ -267,12 +257,12 @@ class Federation:
                sha256: str | None) -> dict:
         """Accept one worker's weights for ``round_no``; closes the round once enough have arrived."""
         self.seen(worker_id)
-        if worker_id in self.detect_only and worker_id not in self.state["joined"]:
+        if worker_id in self.detect_only and worker_id not in self.state.joined:
             raise RoundError(errors.NOT_JOINED, f"worker {worker_id} joined as detect_only: it takes no part in "
                                                 "training; join with role train to send updates")
-        if worker_id not in self.state["joined"]:
+        if worker_id not in self.state.joined:
             raise RoundError(errors.NOT_JOINED,
-                             f"worker {worker_id} has not joined this run ({self.state['run_id']}); join first")
+                             f"worker {worker_id} has not joined this run ({self.state.run_id}); join first")
         if self.phase != "training":
             raise RoundError(errors.NO_OPEN_ROUND, f"no round is open: the federation is {self.phase}")
         if round_no != self.open_round:
@@ -281,7 +271,7 @@ class Federation:
                              f"round {round_no} is {when}; the open round is {self.open_round}")
         if sample_count < 1:
             raise RoundError(errors.INVALID_REQUEST, "X-Sample-Count must be a positive integer")
-        declared = self.state["joined"][worker_id]["sample_count"]
+        declared = self.state.joined[worker_id]["sample_count"]
         if sample_count > declared:
             raise RoundError(errors.TOO_MANY_SAMPLES, f"X-Sample-Count {sample_count} exceeds the {declared} "
                                                       f"samples {worker_id} declared when it joined")
@@ -323,7 +313,7 @@ class Federation:
         """Open the next round for ``trigger`` (continual.TRIGGERS): state.json names it before this returns."""
         if self.phase == "waiting":
             raise RoundError(errors.WAITING_FOR_WORKERS, f"the federation waits for {self.fed.min_workers} workers "
-                                                         f"to join ({len(self.state['joined'])} joined): round "
+                                                         f"to join ({len(self.state.joined)} joined): round "
                                                          f"{self.open_round} opens on its own once they have")
         if self.phase == "training":
             raise RoundError(errors.ROUND_OPEN, f"round {self.open_round} is open "
@@ -333,7 +323,7 @@ class Federation:
         round_no = self.open_round
         now = self.clock()
         opened = {"round": round_no, "trigger": trigger, "reason": reason, "at": now}
-        self.state = self._commit_state({**self.state, "rounds_target": round_no, "round_trigger": opened})
+        self.state = self._commit_state(replace(self.state, rounds_target=round_no, round_trigger=opened))
         self.round_opened_at = now
         log.info("round %d opened (%s%s)", round_no, trigger, f": {reason}" if reason else "",
                  extra={"round": round_no})
@@ -385,24 +375,21 @@ class Federation:
                 self.trigger("schedule")
                 return
             skip = {"round": self.open_round, "at": self.clock(), "reason": "no worker reported new rows"}
-            skipped = [*self.state.get("skipped", []), skip][-continual.SKIPPED_KEPT:]
-            self.state = self._commit_state({**self.state, "skipped": skipped})
+            skipped = [*self.state.skipped, skip][-continual.SKIPPED_KEPT:]
+            self.state = self._commit_state(replace(self.state, skipped=skipped))
             log.info("scheduled round %d skipped: no worker reported new rows", self.open_round)
 
     def _accept(self, worker_id: str, weights: np.ndarray, update: Update) -> None:
-        context = FilterContext(reference=self.global_weights)
-        weights = apply(self.inbound, weights, context)
-        norm = context.notes.get("update_norm")
-        if norm is None:
-            norm = float(np.linalg.norm(weights.astype(np.float64) - self.global_weights))
+        norm = update_norm(weights, self.global_weights)  # as sent: the strategy's wrappers may clip it
+        clip = self.strategy.clip_norm
         update = Update(update.sample_count, update.loss, update.sha256, round(norm, 6),
-                        bool(context.notes.get("clipped", False)))
+                        clip is not None and norm > clip)
         self.strategy.add(weights, update.sample_count)
         self.pending[worker_id] = update
 
-    def _commit(self, state: dict, weights: np.ndarray) -> dict:
+    def _commit(self, state: RunState, weights: np.ndarray) -> RunState:
         try:
-            committed = self.store.commit(state, weights)
+            committed = RunState.from_json(self.store.commit(state.to_json(), weights))
         except OSError as exc:
             self._storage_failed(exc)
             raise RoundError(errors.STORAGE_UNAVAILABLE,
@@ -412,9 +399,9 @@ class Federation:
         self.storage_error = None
         return committed
 
-    def _commit_state(self, state: dict) -> dict:
+    def _commit_state(self, state: RunState) -> RunState:
         try:
-            committed = self.store.commit_state(state)
+            committed = RunState.from_json(self.store.commit_state(state.to_json()))
         except OSError as exc:
             self._storage_failed(exc)
             raise RoundError(errors.STORAGE_UNAVAILABLE,
@@ -430,13 +417,9 @@ class Federation:
 
     def close_round(self, reason: str) -> None:
         """Aggregate, persist, then publish: a crash before the commit leaves the round open with its updates."""
+        kept = self.strategy.state_dict()  # the privacy budget before this release, back if the commit fails
         new_weights = self.strategy.result()
         total = sum(u.sample_count for u in self.pending.values())
-        privacy_state = self.accountant.state_dict()
-        if self.outbound:
-            share = max(u.sample_count for u in self.pending.values()) / total
-            new_weights = apply(self.outbound, new_weights, FilterContext(self.global_weights, weight_share=share))
-            self.accountant.step(self.settings.privacy.noise_multiplier)
         faults.point("aggregator.aggregate")
         closed_at = self.clock()
         record = {
@@ -450,13 +433,14 @@ class Federation:
                         for w, u in sorted(self.pending.items())},
             "mean_loss": sum(u.loss * u.sample_count for u in self.pending.values()) / total,
         }
-        state = {**self.state, "rounds_done": self.open_round, "history": [*self.state["history"], record]}
-        if self.outbound:
-            state["privacy"] = self.accountant.state_dict()
+        state = replace(self.state, rounds_done=self.open_round, history=[*self.state.history, record])
+        spent = self.strategy.state_dict()
+        if spent is not None:
+            state = replace(state, privacy=spent)
         try:
             self.state = self._commit(state, new_weights)
         except RoundError:
-            self.accountant.load_state_dict(privacy_state)  # nothing was released
+            self.strategy.load_state_dict(kept)  # nothing was released
             return
         try:
             self.store.drop_pending(self.rounds_done)

@@ -117,10 +117,10 @@ def train_federated(settings: Settings, nodes: dict[str, NodeData], progress: Pr
                     weights = apply(outbound, weights, FilterContext(reference=start))
                 body = encode_weights(weights)
                 fed.submit(worker_id, round_no, body, len(node.train_raw()), result.loss, content_hash(body))
-            record = fed.state["history"][-1]
+            record = fed.state.history[-1]
             progress(f"federated round {record['round']}/{settings.federation.rounds}: "
                      + ", ".join(f"{w} {v['loss']:.4f}" for w, v in record["workers"].items()))
-        history = fed.state["history"]
+        history = fed.state.history
         weights = fed.global_weights.copy()
     losses = {w: [h["workers"][w]["loss"] for h in history] for w in nodes}
     return Trained({w: weights for w in nodes}, {w: scaler for w in nodes}, losses, time.time() - started, history)

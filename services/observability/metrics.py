@@ -115,8 +115,8 @@ class FederationCollector:
                      len(f.pending))
         yield _gauge("fedad_aggregator_round_deadline_seconds", "Seconds until the open round's deadline",
                      f.deadline() - f.clock() if phase == "training" else None)
-        yield _gauge("fedad_aggregator_workers_joined", "Workers that joined this run", len(f.state["joined"]))
-        history = f.state["history"]
+        yield _gauge("fedad_aggregator_workers_joined", "Workers that joined this run", len(f.state.joined))
+        history = f.state.history
         yield _gauge("fedad_aggregator_last_round_mean_loss", "Sample-weighted mean training loss of the last "
                      "closed round", history[-1]["mean_loss"] if history else None)
         yield _gauge("fedad_aggregator_storage_error", "1 while the state dir refuses writes",

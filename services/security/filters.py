@@ -21,6 +21,11 @@ class FilterContext:
     notes: dict = field(default_factory=dict)  # what the stages did, for logs and status
 
 
+def update_norm(weights: np.ndarray, reference: np.ndarray) -> float:
+    """L2 norm of an update's change to the weights it started from (float64, whatever the inputs' dtype)."""
+    return float(np.linalg.norm(np.asarray(weights, dtype=np.float64) - np.asarray(reference, dtype=np.float64)))
+
+
 class Filter:
     name = "filter"
 
@@ -40,13 +45,13 @@ class ClipUpdateNorm(Filter):
         self.max_norm = float(max_norm)
 
     def process(self, weights: np.ndarray, context: FilterContext) -> np.ndarray:
-        reference = np.asarray(context.reference, dtype=np.float64)
-        delta = np.asarray(weights, dtype=np.float64) - reference
-        norm = float(np.linalg.norm(delta))
+        norm = update_norm(weights, context.reference)
         context.notes["update_norm"] = norm
         context.notes["clipped"] = norm > self.max_norm
         if norm <= self.max_norm:
             return np.asarray(weights, dtype=np.float32)
+        reference = np.asarray(context.reference, dtype=np.float64)
+        delta = np.asarray(weights, dtype=np.float64) - reference
         return (reference + delta * (self.max_norm / norm)).astype(np.float32)
 
 
@@ -74,11 +79,6 @@ def apply(chain: list[Filter], weights: np.ndarray, context: FilterContext) -> n
     for stage in chain:
         weights = stage.process(weights, context)
     return weights
-
-
-def update_filters(clip_norm: float | None) -> list[Filter]:
-    """The aggregator's inbound chain for each update."""
-    return [ClipUpdateNorm(clip_norm)] if clip_norm else []
 
 
 def client_privacy_filters(privacy, rng: np.random.Generator | None = None) -> list[Filter]:

@@ -71,7 +71,7 @@ def test_an_admin_round_is_on_disk_before_it_is_acknowledged_and_closes_when_eve
     assert fed.rounds_done == 1, "min_workers is a campaign rule: a continual round waits for every live worker"
     fed.submit("other", 2, body(fed, 6.0), 10, 0.1, None)
     assert fed.rounds_done == 2 and fed.phase == "idle"
-    record = fed.state["history"][-1]
+    record = fed.state.history[-1]
     assert (record["trigger"], record["closed_by"]) == ("admin", "all_live")
     np.testing.assert_allclose(fed.global_weights, 4.0)
 
@@ -85,7 +85,7 @@ def test_a_continual_round_does_not_wait_for_a_silent_worker_and_never_closes_be
     assert fed.rounds_done == 1, "the only live worker sent, but a round needs a quorum of 2"
     fed.seen("valve2")
     fed.submit("valve2", 2, body(fed, 4.0), 10, 0.1, None)
-    assert fed.rounds_done == 2 and fed.state["history"][-1]["closed_by"] == "all_live", "other is silent"
+    assert fed.rounds_done == 2 and fed.state.history[-1]["closed_by"] == "all_live", "other is silent"
 
 
 def test_a_continual_round_closes_at_its_deadline_with_a_quorum(tmp_path, clock):
@@ -97,7 +97,7 @@ def test_a_continual_round_closes_at_its_deadline_with_a_quorum(tmp_path, clock)
     assert fed.rounds_done == 1, "other is live and has not sent: wait"
     clock.now += 31
     fed.tick()
-    assert fed.rounds_done == 2 and fed.state["history"][-1]["closed_by"] == "deadline"
+    assert fed.rounds_done == 2 and fed.state.history[-1]["closed_by"] == "deadline"
 
 
 def test_the_schedule_skips_a_round_without_new_rows_and_opens_one_with_them(tmp_path, clock):
@@ -105,11 +105,11 @@ def test_the_schedule_skips_a_round_without_new_rows_and_opens_one_with_them(tmp
     assert fed.status()["continual"]["next_scheduled_in_s"] == 59
     clock.now += 58
     fed.tick()
-    assert fed.state.get("skipped", []) == []
+    assert fed.state.skipped == []
     clock.now += 1
     fed.tick()
-    assert fed.phase == "idle" and [s["reason"] for s in fed.state["skipped"]] == ["no worker reported new rows"]
-    assert Federation(fed.settings, AggregatorStore(tmp_path), clock=clock).state["skipped"] == fed.state["skipped"]
+    assert fed.phase == "idle" and [s["reason"] for s in fed.state.skipped] == ["no worker reported new rows"]
+    assert Federation(fed.settings, AggregatorStore(tmp_path), clock=clock).state.skipped == fed.state.skipped
     assert fed.status()["continual"]["next_scheduled_in_s"] == 60, "the next try is every_s after the skip"
 
     fed.report("valve2", WorkerReport(new_rows=5))
@@ -124,7 +124,7 @@ def test_skipped_rounds_are_bounded(tmp_path, clock):
     for _ in range(continual.SKIPPED_KEPT + 5):
         clock.now += 1
         fed.tick()
-    assert len(fed.state["skipped"]) == continual.SKIPPED_KEPT and fed.phase == "idle"
+    assert len(fed.state.skipped) == continual.SKIPPED_KEPT and fed.phase == "idle"
 
 
 def test_new_rows_at_enough_workers_open_a_round_and_reports_from_before_the_last_round_do_not(tmp_path, clock):
@@ -133,11 +133,11 @@ def test_new_rows_at_enough_workers_open_a_round_and_reports_from_before_the_las
     assert fed.report("valve2", WorkerReport(new_rows=99)) is None, "below min_new_rows"
     assert fed.report("valve2", WorkerReport(new_rows=100)) == "new_data"
     assert fed.phase == "training" and fed.trigger_of(2) == "new_data"
-    assert "valve1 (150)" in fed.state["round_trigger"]["reason"]
+    assert "valve1 (150)" in fed.state.round_trigger["reason"]
     clock.now += 1
     for w in WORKERS:
         fed.submit(w, 2, body(fed, 2.0), 10, 0.1, None)
-    assert fed.phase == "idle" and fed.state["history"][-1]["trigger"] == "new_data"
+    assert fed.phase == "idle" and fed.state.history[-1]["trigger"] == "new_data"
     clock.now += 1
     fed.tick()
     assert fed.phase == "idle", "the reports before the round asked for that round, not for another"
@@ -147,7 +147,7 @@ def test_new_rows_at_enough_workers_open_a_round_and_reports_from_before_the_las
 def test_a_drift_report_opens_a_round_when_on_drift(tmp_path, clock):
     fed = campaign(make(tmp_path, clock, min_new_rows="null"))
     fed.report("other", WorkerReport(drift=True, drift_events=3))
-    assert fed.phase == "training" and fed.trigger_of(2) == "drift" and "other" in fed.state["round_trigger"]["reason"]
+    assert fed.phase == "training" and fed.trigger_of(2) == "drift" and "other" in fed.state.round_trigger["reason"]
     assert fed.status()["workers"]["other"]["drift_events"] == 3
 
     off = campaign(make(tmp_path / "off", clock, min_new_rows="null", on_drift="false"))
@@ -170,16 +170,16 @@ def test_a_late_joiner_gets_the_frozen_scaler_and_counts_in_the_next_round(tmp_p
                     "FEDAD__FEDERATION__QUORUM": "2"}
     fed = Federation(load_settings(environ=settings_env), AggregatorStore(tmp_path), clock=clock)
     campaign(fed, workers=("valve1", "valve2"))
-    frozen = fed.state["scaler"]
+    frozen = fed.state.scaler
     answer = fed.join("other", JoinRequest(spec_hash=fed.spec_hash, sample_count=50, stats=stats(1, shift=100.0)))
-    assert answer.phase == "idle" and answer.scaler.model_dump() == frozen and fed.state["scaler"] == frozen
-    assert fed.state["joined"]["other"]["stats"]["sum"][0] > 1000, "its statistics are recorded"
+    assert answer.phase == "idle" and answer.scaler.model_dump() == frozen and fed.state.scaler == frozen
+    assert fed.state.joined["other"]["stats"]["sum"][0] > 1000, "its statistics are recorded"
     fed.trigger("admin")
     fed.submit("valve1", 2, body(fed, 1.0), 10, 0.1, None)
     fed.submit("valve2", 2, body(fed, 1.0), 10, 0.1, None)
     assert fed.rounds_done == 1, "the late joiner is live: the round waits for it"
     fed.submit("other", 2, body(fed, 1.0), 10, 0.1, None)
-    assert fed.rounds_done == 2 and set(fed.state["history"][-1]["workers"]) == {"valve1", "valve2", "other"}
+    assert fed.rounds_done == 2 and set(fed.state.history[-1]["workers"]) == {"valve1", "valve2", "other"}
 
 
 def test_the_status_shows_the_rule_and_each_workers_served_model_and_why(tmp_path, clock):

@@ -44,7 +44,7 @@ def test_round_closes_at_deadline_with_quorum_and_refuses_the_straggler(federati
     fed.submit("valve2", 1, body(fed, 3.0), 30, 0.1, None)
     assert fed.rounds_done == 0, "two of three updates: wait for the third until the deadline"
     fed.tick()
-    assert fed.rounds_done == 1 and fed.state["history"][0]["closed_by"] == "deadline"
+    assert fed.rounds_done == 1 and fed.state.history[0]["closed_by"] == "deadline"
     np.testing.assert_allclose(fed.global_weights, 2.5)
     with pytest.raises(RoundError) as late:
         fed.submit("other", 1, body(fed, 9.0), 10, 0.1, None)
@@ -67,7 +67,7 @@ def test_after_the_configured_rounds_the_federation_is_idle_for_continual_rounds
         for w in ("valve1", "valve2", "other"):
             fed.submit(w, r, body(fed, r), 10, 0.1, None)
     assert fed.phase == "idle" and fed.rounds_done == 2, "continual (the default): idle until a trigger"
-    assert [h["trigger"] for h in fed.state["history"]] == ["campaign", "campaign"]
+    assert [h["trigger"] for h in fed.state.history] == ["campaign", "campaign"]
     with pytest.raises(RoundError, match="federation is idle") as refused:
         fed.submit("valve1", 3, body(fed, 1.0), 10, 0.1, None)
     assert (refused.value.status, refused.value.code) == (409, "no_open_round")

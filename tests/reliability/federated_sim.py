@@ -28,6 +28,7 @@ import torch
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from services.aggregator import strategies  # noqa: E402
 from services.aggregator.rounds import Federation  # noqa: E402
 from services.aggregator.store import AggregatorStore  # noqa: E402
 from services.config import Settings, load_settings  # noqa: E402
@@ -120,9 +121,9 @@ def simulate(strategy: str = "fedavg", attack: str | None = None, rounds: int = 
     rng = np.random.default_rng(seed)
     scratch = "/dev/shm" if Path("/dev/shm").is_dir() else None  # fsync is free there: the simulation is about maths
     with tempfile.TemporaryDirectory(prefix="fedad-sim-", dir=scratch) as tmp:
-        fed = Federation(settings, AggregatorStore(Path(tmp)))
-        if fed.outbound:  # server-side DP noise: reproducible in a simulation
-            fed.outbound[0].rng = np.random.default_rng(seed + 1)
+        # server-side DP noise (if any) from a seeded generator: reproducible in a simulation
+        fed = Federation(settings, AggregatorStore(Path(tmp)),
+                         strategy=strategies.from_settings(settings, np.random.default_rng(seed + 1)))
         client_filters = client_privacy_filters(settings.privacy, np.random.default_rng(seed + 2))
         for name, node in nodes.items():
             raw = node.train_raw()
@@ -145,7 +146,7 @@ def simulate(strategy: str = "fedavg", attack: str | None = None, rounds: int = 
                 fed.submit(name, round_no, encode_weights(weights), len(node.train_raw()), result.loss, None)
         figures = evaluate(settings, fed.global_weights, scaler, nodes, inputs)
         return Outcome(figures["f1"], figures["far"], figures["mar"], round(time.time() - started, 1),
-                       fed.state["history"])
+                       fed.state.history)
 
 
 def evaluate(settings: Settings, weights: np.ndarray, scaler, nodes: dict[str, NodeData], inputs) -> dict:

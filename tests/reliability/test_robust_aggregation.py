@@ -70,7 +70,7 @@ def test_update_norm_clipping_bounds_a_scaled_update(tmp_path):
     fed.submit("valve1", 1, encode_weights(g + 100 * direction), 50, 0.1, None)
     fed.submit("valve2", 1, encode_weights(g + 0.1 * direction), 50, 0.1, None)
     fed.submit("other", 1, encode_weights(g + 0.1 * direction), 50, 0.1, None)
-    record = fed.state["history"][0]["workers"]
+    record = fed.state.history[0]["workers"]
     assert record["valve1"]["clipped"] and record["valve1"]["update_norm"] == pytest.approx(100, rel=1e-4)
     assert not record["valve2"]["clipped"]
     np.testing.assert_allclose(np.linalg.norm(fed.global_weights - g), (0.5 + 0.1 + 0.1) / 3, rtol=1e-4)

@@ -27,8 +27,8 @@ async def model(
 ) -> Response:
     if after_round is not None and wait > 0:
         await publisher.wait(after_round, wait)
-    etag = f'"{federation.rounds_done}-{federation.state["global_sha256"][:16]}"'
-    headers = {"ETag": etag, H_ROUND: str(federation.rounds_done), H_SHA256: federation.state["global_sha256"],
+    etag = f'"{federation.rounds_done}-{federation.state.global_sha256[:16]}"'
+    headers = {"ETag": etag, H_ROUND: str(federation.rounds_done), H_SHA256: federation.state.global_sha256,
                H_SPEC: federation.spec_hash}
     if if_none_match == etag or (after_round is not None and federation.rounds_done <= after_round):
         return Response(status_code=304, headers=headers)

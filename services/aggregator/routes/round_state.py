@@ -23,7 +23,7 @@ def something_to_do(federation: Federation, worker_id: str, after: int) -> bool:
         return True
     if federation.phase != "training":
         return False
-    detect_only = worker_id in federation.detect_only and worker_id not in federation.state["joined"]
+    detect_only = worker_id in federation.detect_only and worker_id not in federation.state.joined
     return not detect_only and worker_id not in federation.pending
 
 
