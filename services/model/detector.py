@@ -45,6 +45,16 @@ CALIBRATION_ROWS = 2000  # int8 activation ranges: an even sample of the node's 
 GRAPH_MIN_ROWS = 2
 
 
+class NotFittedError(ValueError, AttributeError):
+    """Scores asked of a detector that is not fitted: no served session, reference scaling or threshold yet
+    (scikit-learn's and PyOD's name and bases, so callers catching either keep working)."""
+
+
+def _unfitted(needs: str, method: str) -> NotFittedError:
+    return NotFittedError(f"this AnomalyDetector has no {needs} yet: fit it, or calibrate or restore it, before "
+                          f"calling {method}")
+
+
 def node_seed(base_seed: int, node_id: str) -> int:
     """Each node's training seed: the federation's seed + crc32(node id); round r trains with node_seed + r."""
     return base_seed + zlib.crc32(node_id.encode())
@@ -127,15 +137,12 @@ class AnomalyDetector:
     # -- training --------------------------------------------------------------------------------------------------
     def partial_fit(self, inputs: np.ndarray, plan: TrainingPlan, seed: int, epochs: int | None = None,
                     on_epoch=None):
-        """``plan.local_epochs`` (or ``epochs``) of local training from the current weights; returns TrainResult."""
-        from services.model.autoencoder import build_autoencoder, get_flat_weights, set_flat_weights
-        from services.model.training import train_local
+        """``plan.local_epochs`` (or ``epochs``) of local training from the current weights; returns TrainResult.
+        The worker's training process trains through the same function (services/model/training.train_weights)."""
+        from services.model.training import train_weights
 
-        model = build_autoencoder(self.spec)
-        set_flat_weights(model, self.weights_)
-        result = train_local(model, inputs, epochs or plan.local_epochs, plan.batch_size, plan.learning_rate,
-                             seed=seed, fedprox_mu=plan.fedprox_mu, on_epoch=on_epoch)
-        self.weights_ = get_flat_weights(model)
+        self.weights_, result = train_weights(self.spec.architecture, self.weights_, inputs, plan.model_dump(), seed,
+                                              epochs, on_epoch)
         return result
 
     def fit(self, rows: np.ndarray, plan: TrainingPlan, epochs: int | None = None) -> "AnomalyDetector":
@@ -223,6 +230,8 @@ class AnomalyDetector:
         """Raw sensor rows (consecutive, in feature order) → model inputs, one per row. With ``reference_rows``
         (``run`` baseline) the rows are scaled by them and windows reach back into them."""
         if reference_rows is None or self.spec.prep.baseline != "run":
+            if self.pipeline_ is None:
+                raise _unfitted("reference scaling", "inputs")
             return self.pipeline_(rows)
         pipeline = InputPipeline(self.spec.prep, self.spec.prep.reference(reference_rows, None))
         return pipeline(np.concatenate([reference_rows, rows]))[len(reference_rows):]
@@ -230,12 +239,18 @@ class AnomalyDetector:
     def score_inputs(self, inputs: np.ndarray) -> np.ndarray:
         """Scores of ready model inputs: per-row mean squared reconstruction error (float32), computed inside the
         session (services/model/scoring.with_score_output)."""
+        if self.session_ is None:
+            raise _unfitted("served session", "score_inputs")
         return self.session_.run(SCORE_OUTPUT, {INPUT_NAME: np.ascontiguousarray(inputs, dtype=np.float32)})[0]
 
     def decision_function(self, rows: np.ndarray, reference_rows: np.ndarray | None = None) -> np.ndarray:
         """Scores of raw rows; fewer than ``GRAPH_MIN_ROWS`` through the numpy pipeline and the model session, more
         through the in-graph session (the one place that rule lives)."""
+        if self.session_ is None:
+            raise _unfitted("served session", "decision_function")
         run_baseline = reference_rows is not None and self.spec.prep.baseline == "run"
+        if self.reference_ is None and not run_baseline:
+            raise _unfitted("reference scaling (and no reference rows came with the rows)", "decision_function")
         if len(rows) < GRAPH_MIN_ROWS and not run_baseline:
             return self.score_inputs(self.inputs(rows, reference_rows))
         rows = np.ascontiguousarray(rows, dtype=np.float32)
@@ -253,6 +268,8 @@ class AnomalyDetector:
         of one value per channel — so a channel's share is the sum of its inputs' squared errors (the session's
         ``error`` output, the terms the score averages) over the row's total. Asked for separately, so scoring
         alone stays as fast as before."""
+        if self.session_ is None:
+            raise _unfitted("served session", "contributions")
         errors = self.session_.run([ERROR_NAME], {INPUT_NAME: np.ascontiguousarray(inputs, dtype=np.float32)})[0]
         channels = self.spec.prep.channels
         per_channel = errors.astype(np.float64).reshape(len(errors), -1, channels).sum(axis=1)
@@ -262,6 +279,8 @@ class AnomalyDetector:
 
     def is_anomaly(self, scores: np.ndarray) -> np.ndarray:
         """The one place a score becomes a verdict."""
+        if self.threshold_ is None:
+            raise _unfitted("threshold", "is_anomaly")
         return np.asarray(scores) > self.threshold_
 
     def predict(self, rows: np.ndarray, reference_rows: np.ndarray | None = None) -> np.ndarray:

@@ -1,5 +1,9 @@
 """Local training: E epochs of Adam on the node's own windows, starting from the global weights.
 
+``train_weights`` is a node's one training path: ``AnomalyDetector.partial_fit`` (evaluation, benchmarks) and the
+worker's training process (services/worker/train_round.py) both call it, so what is evaluated trains as the worker
+trains (tests/worker/test_trainer.py holds the weights equal).
+
 Adam is written out here (``Adam``) rather than taken from ``torch.optim``: the first ``torch.optim.Adam`` imports
 ``torch._dynamo`` and with it sympy and torch.fx, +80 MiB on a training process whose whole peak is ~300 MiB
 (BENCHMARKS.md section 4). The maths is torch.optim.Adam's on CPU with its defaults (tests/model/test_training.py
@@ -8,11 +12,14 @@ holds the weights equal).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
+
+from services.model.autoencoder import build_autoencoder, get_flat_weights, set_flat_weights
 
 
 class Adam:
@@ -90,6 +97,18 @@ def train_local(
             on_epoch(epoch + 1, losses[-1])
     model.eval()
     return TrainResult(loss=losses[-1], epoch_losses=losses)
+
+
+def train_weights(architecture, weights: np.ndarray, inputs: np.ndarray, plan: Mapping, seed: int,
+                  epochs: int | None = None, on_epoch=None) -> tuple[np.ndarray, TrainResult]:
+    """Train the model ``architecture`` (services/model/layout.py, or anything with one) from the flat ``weights``
+    on ``inputs`` as ``plan`` says (a TrainingPlan's fields: local_epochs, batch_size, learning_rate, fedprox_mu;
+    ``epochs`` overrides local_epochs). Returns the trained flat weights and the losses."""
+    model = build_autoencoder(architecture)
+    set_flat_weights(model, weights)
+    result = train_local(model, inputs, epochs or plan["local_epochs"], plan["batch_size"], plan["learning_rate"],
+                         seed=seed, fedprox_mu=plan["fedprox_mu"], on_epoch=on_epoch)
+    return get_flat_weights(model), result
 
 
 def reconstruction_scores(model: nn.Module, inputs: np.ndarray) -> np.ndarray:

@@ -11,8 +11,9 @@ The worker that serves /detect never imports torch; torch lives only here, in a 
 
 The job holds the model's ``Architecture`` (services/model/layout.py) and the plan as plain numbers, so this process
 imports torch and the model's torch modules and nothing of serving (onnxruntime, the detector, pydantic): its peak
-memory is torch's. ``AnomalyDetector.partial_fit`` runs the same two calls (tests/worker/test_trainer.py holds the
-weights equal). The fault point ``worker.train`` is reached here, in the child (services/faults.py).
+memory is torch's. It trains through ``services.model.training.train_weights``, the function
+``AnomalyDetector.partial_fit`` calls too (tests/worker/test_trainer.py holds the weights equal). The fault point
+``worker.train`` is reached here, in the child (services/faults.py).
 """
 
 from __future__ import annotations
@@ -60,17 +61,16 @@ def main(job_dir: Path) -> int:
 
     import torch
 
-    from services.model.autoencoder import build_autoencoder, get_flat_weights, set_flat_weights
-
     torch.set_num_threads(1)  # an edge box: one core for training, the others keep serving
-    model = build_autoencoder(job["architecture"])
-    set_flat_weights(model, weights)
     if job["task"] == "export":
+        from services.model.autoencoder import build_autoencoder, set_flat_weights
         from services.model.onnx_export import export_onnx
 
+        model = build_autoencoder(job["architecture"])
+        set_flat_weights(model, weights)
         atomic.write_bytes(job_dir / "model.onnx", export_onnx(model, job["architecture"].width))
         return 0
-    from services.model.training import train_local
+    from services.model.training import train_weights
 
     faults.point("worker.train")
     inputs = np.load(job_dir / "inputs.npy")
@@ -78,11 +78,9 @@ def main(job_dir: Path) -> int:
     def on_epoch(epoch: int, loss: float) -> None:
         print(json.dumps({"epoch": epoch, "loss": loss}), flush=True)
 
-    plan = job["plan"]
-    result = train_local(model, inputs, plan["local_epochs"], plan["batch_size"], plan["learning_rate"],
-                         seed=job["seed"], fedprox_mu=plan["fedprox_mu"], on_epoch=on_epoch)
+    trained, result = train_weights(job["architecture"], weights, inputs, job["plan"], job["seed"], on_epoch=on_epoch)
     with open(job_dir / "out.npy.tmp", "wb") as f:
-        np.save(f, get_flat_weights(model))
+        np.save(f, trained)
     os.replace(job_dir / "out.npy.tmp", job_dir / "out.npy")
     atomic.write_json(job_dir / "result.json", {"loss": float(result.loss), "peak_rss_bytes": peak_rss_bytes(),
                                                 "seconds": time.time() - started})

@@ -10,7 +10,7 @@ from services.config import load_settings
 from services.data.node import NodeData
 from services.data.scaling import FeatureStats
 from services.data.sources import load_node
-from services.model.detector import AnomalyDetector, DetectorSpec, node_seed
+from services.model.detector import AnomalyDetector, DetectorSpec, NotFittedError, node_seed
 from services.protocol.messages import TrainingPlan
 
 SETTINGS = load_settings(environ={})
@@ -39,6 +39,22 @@ def test_fit_on_one_run_flags_its_fault_and_not_its_normal_start(node):
     flags = detector.predict(rest, reference_rows=train)
     labels = run.labels[400:].astype(bool)
     assert flags[labels].mean() > 2 * flags[~labels].mean(), "anomalous rows are flagged far more than normal ones"
+
+
+def test_an_unfitted_detector_says_so_before_it_scores(node):
+    """PyOD and scikit-learn raise NotFittedError; ours does too (a ValueError and an AttributeError, as theirs),
+    naming what is missing and the method asked, instead of a TypeError from deep inside."""
+    fresh = AnomalyDetector(SPEC)
+    rows = node.runs[0].values[:5]
+    for call, missing in ((lambda: fresh.decision_function(rows), "served session"),
+                          (lambda: fresh.decision_function(rows[:1]), "served session"),
+                          (lambda: fresh.predict(rows), "served session"),
+                          (lambda: fresh.score_inputs(np.zeros((2, SPEC.width), np.float32)), "served session"),
+                          (lambda: fresh.is_anomaly(np.zeros(2)), "threshold"),
+                          (lambda: fresh.inputs(rows), "reference scaling")):
+        with pytest.raises(NotFittedError, match=f"no {missing} yet: fit it") as raised:
+            call()
+        assert isinstance(raised.value, ValueError) and isinstance(raised.value, AttributeError)
 
 
 def test_weights_are_the_only_federated_surface(node):
