@@ -52,21 +52,83 @@ class LabelSettings(_Section):
 
 class CategoricalSettings(_Section):
     """A column of named states (``on``/``off``, ``open``/``closed``): ``codes`` gives one column holding the
-    level's position in ``levels``; ``onehot`` gives one 0/1 column per level, named ``<column>=<level>``."""
+    state's position in ``levels``; ``onehot`` gives one 0/1 column per state, named ``<column>=<state>``.
 
-    levels: list[str] = Field(min_length=1)
+    ``levels`` lists the states, each written in the files as its name, or maps each state to the spellings the
+    files use for it (``{"off": ["off", "0", "false"], "on": ["on", "1", "true"]}``; a state's name is always one
+    of its spellings), so one export's ``0``, ``false  `` and ``off`` are one state. Spaces around a cell never
+    count; ``ignore_case`` compares spellings case-insensitively, ``ignore_spaces`` without any whitespace
+    (``stand by`` = ``standby``). Any other spelling is refused with its ``file:line``."""
+
+    levels: list[str] | dict[str, list[str]] = Field(min_length=1)
     encoding: Literal["codes", "onehot"] = "codes"
+    ignore_case: bool = False
+    ignore_spaces: bool = False
 
     @field_validator("levels", mode="before")
     @classmethod
     def _levels_are_text(cls, levels):
-        return [str(v).strip() for v in levels] if isinstance(levels, list) else levels
+        def text(value):
+            if isinstance(value, bool):  # YAML 1.1 reads unquoted on/off/yes/no/true/false as booleans
+                raise ValueError(f"YAML read a state or spelling as the boolean {value}: quote it (\"on\", \"off\", "
+                                 "\"true\" ...) so it stays the text the files hold")
+            return str(value).strip()
+
+        if isinstance(levels, list):
+            return [text(v) for v in levels]
+        if isinstance(levels, dict):
+            return {text(state): [text(v) for v in (spellings if isinstance(spellings, list) else [spellings])]
+                    for state, spellings in levels.items()}
+        return levels
 
     @model_validator(mode="after")
     def _distinct(self) -> CategoricalSettings:
-        if len(set(self.levels)) != len(self.levels):
+        if isinstance(self.levels, list) and len(set(self.levels)) != len(self.levels):
             raise ValueError(f"levels repeat a value: {self.levels}")
+        owner: dict[str, str] = {}
+        for state, spellings in self.spellings().items():
+            for spelling in spellings:
+                key = self.normalise(spelling)
+                if not key:
+                    raise ValueError(f"levels: state {state!r} has an empty spelling")
+                if owner.setdefault(key, state) != state:
+                    raise ValueError(f"levels: the spelling {spelling!r} names two states, {owner[key]!r} and "
+                                     f"{state!r}" + (" (compared ignoring case/spaces)" if self._loose else ""))
         return self
+
+    @property
+    def states(self) -> list[str]:
+        """The states in code order."""
+        return list(self.levels)
+
+    @property
+    def _loose(self) -> bool:
+        return self.ignore_case or self.ignore_spaces
+
+    def spellings(self) -> dict[str, list[str]]:
+        """Every state with the spellings that mean it, its own name first."""
+        if isinstance(self.levels, list):
+            return {state: [state] for state in self.levels}
+        return {state: [state, *(s for s in spellings if s != state)] for state, spellings in self.levels.items()}
+
+    def normalise(self, cell: str) -> str:
+        """A cell as spellings are compared: stripped, then without whitespace / case-folded as configured."""
+        text = cell.strip()
+        if self.ignore_spaces:
+            text = "".join(text.split())
+        return text.casefold() if self.ignore_case else text
+
+    def codes(self) -> dict[str, int]:
+        """Normalised spelling → the state's code (its position in ``levels``)."""
+        return {self.normalise(spelling): code for code, spellings in enumerate(self.spellings().values())
+                for spelling in spellings}
+
+    def describe(self) -> str:
+        """The states (and spellings) as an error message lists them."""
+        if isinstance(self.levels, list) and not self._loose:
+            return f"one of its levels {self.levels}"
+        rule = ", ".join(w for w, on in (("case", self.ignore_case), ("spaces", self.ignore_spaces)) if on)
+        return f"a spelling of its levels {self.spellings()}" + (f" (ignoring {rule})" if rule else "")
 
 
 class SyntheticSettings(_Section):
@@ -205,7 +267,7 @@ class DataSettings(_Section):
         for name in names:
             cat = self.source.categorical.get(name)
             if cat is not None and cat.encoding == "onehot":
-                out.extend(f"{name}={level}" for level in cat.levels)
+                out.extend(f"{name}={state}" for state in cat.states)
             else:
                 out.append(name)
         return out

@@ -174,7 +174,7 @@ def test_a_worker_can_override_how_its_files_are_read(tmp_path, skab_dir):
     ({"FEDAD__DATA__TRAINING__POLICY": "before"}, "policy before needs a timestamp"),
     ({"FEDAD__DATA__SOURCE__TIMESTAMP": "null", "FEDAD__DATA__SOURCE__RUN_GAP_S": "60"}, "it needs source.timestamp"),
     ({"FEDAD__DATA__SOURCE__TIMESTAMP": "[a, b, c]"}, "one column name, or \\[date column, time column\\]"),
-    ({"FEDAD__DATA__SOURCE__CATEGORICAL": "{Pump: {levels: [off, on]}}"}, "categorical columns \\['Pump'\\] are not"),
+    ({"FEDAD__DATA__SOURCE__CATEGORICAL": '{Pump: {levels: ["off", "on"]}}'}, "categorical columns \\['Pump'\\] are not"),
     ({"FEDAD__WORKERS__0__SOURCE": "{delimiter: ';;'}"}, "worker valve1's data overrides"),
 ])
 def test_the_config_refuses_confusing_data_settings(changes, message):
