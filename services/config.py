@@ -200,12 +200,15 @@ class SourceSettings(_Section):
 
 
 class TrainingSettings(_Section):
-    """Which rows of each run train the detector and calibrate its threshold; the rest is held out."""
+    """Which rows of each run train the detector and calibrate its threshold; the rest is held out
+    (services/data/selection.py)."""
 
     policy: Literal["first_rows", "before", "labelled_normal", "all"] = "first_rows"
     rows: int = Field(400, gt=0)
+    count: Literal["normal", "all"] = "normal"  # first_rows in a labelled run: count (and train) normal rows only
     before: datetime | None = None
-    share: float = Field(1.0, gt=0, le=1)  # labelled_normal: this share of each run's normal rows, drawn by seed
+    share: float = Field(1.0, gt=0, le=1)  # labelled_normal: this share of each run's normal rows ...
+    order: Literal["random", "file"] = "random"  # ... drawn by seed, or the first ones in the run's order
     seed: int = Field(0, ge=0, lt=2**32)
 
     @model_validator(mode="after")

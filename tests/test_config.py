@@ -86,7 +86,8 @@ def _section(annotation) -> type[BaseModel] | None:
 # code defaults describe no particular file instead (a detected delimiter, no clock, no label, every feature), so a
 # user's own minimal config never silently assumes SKAB. The synthetic section applies only to kind: synthetic.
 DESCRIBE_THE_DATA_SET = {"data.source.delimiter", "data.source.timestamp", "data.source.label", "data.source.download",
-                         "data.model_features", "data.source.synthetic"}
+                         "data.model_features", "data.source.synthetic",
+                         "data.training.count"}  # SKAB's protocol: its first rows train whatever their label
 # The shipped config carries a development admin token, as it carries development worker tokens; in code no token
 # is the default, so a config without one refuses every control request.
 DEVELOPMENT_SECRETS = {"admin.token"}
