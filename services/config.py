@@ -506,6 +506,9 @@ class DashboardSettings(_Section):
 
 
 class AggregatorSettings(_Section):
+    """Where the aggregator listens and where workers reach it; ``port`` and ``url`` follow ``port_base`` unless
+    given."""
+
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=1, le=65535)
     url: str = "http://127.0.0.1:8080"
@@ -518,7 +521,7 @@ class WorkerSettings(_Section):
     source: dict[str, Any] | None = None  # this node's overrides of data.source keys (its own dir, delimiter ...)
     training: dict[str, Any] | None = None  # this node's overrides of data.training keys
     host: str = "127.0.0.1"
-    port: int = Field(ge=1, le=65535)
+    port: int = Field(ge=1, le=65535)  # left out: port_base + the worker's position (1, 2, ...)
     state_dir: Path
     token: str | None = Field(None, min_length=8)
     token_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
@@ -597,7 +600,35 @@ class AdminSettings(_Section):
         return self.token_sha256 or (hash_token(self.token) if self.token else None)
 
 
+PORT_BASE = 8080
+
+
+def ports_from_base(raw: dict) -> dict:
+    """The raw config with the ports left out (or null) filled from ``port_base``: the aggregator listens on the base,
+    the k-th worker on base + k, and workers reach the aggregator at its host and port (127.0.0.1 when it listens on
+    every address; https with tls). Given ports and URL stay: one key moves a whole stack, an explicit one wins."""
+    base = raw.get("port_base", PORT_BASE)
+    if not isinstance(base, int) or isinstance(base, bool):
+        return raw  # the field's own validation names the bad value
+    raw = dict(raw)
+    aggregator = dict(raw.get("aggregator") or {})
+    if aggregator.get("port") is None:
+        aggregator["port"] = base
+    if aggregator.get("url") is None:
+        host = str(aggregator.get("host") or "127.0.0.1")
+        host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else f"[{host}]" if ":" in host else host
+        tls = raw.get("tls")
+        scheme = "https" if isinstance(tls, dict) and tls.get("enabled") else "http"
+        aggregator["url"] = f"{scheme}://{host}:{aggregator['port']}"
+    raw["aggregator"] = aggregator
+    if isinstance(raw.get("workers"), list):
+        raw["workers"] = [{**w, "port": base + k} if isinstance(w, dict) and w.get("port") is None else w
+                          for k, w in enumerate(raw["workers"], start=1)]
+    return raw
+
+
 class Settings(_Section):
+    port_base: int = Field(PORT_BASE, ge=1, le=65535)  # aggregator: this port; worker k: this + k (unless given)
     data: DataSettings
     model: ModelSettings
     federation: FederationSettings = FederationSettings()
@@ -616,6 +647,11 @@ class Settings(_Section):
     dashboard: DashboardSettings = DashboardSettings()
     aggregator: AggregatorSettings = AggregatorSettings()
     workers: list[WorkerSettings] = Field(min_length=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _ports(cls, raw):
+        return ports_from_base(raw) if isinstance(raw, dict) else raw
 
     @model_validator(mode="after")
     def _unique_workers(self) -> Settings:
