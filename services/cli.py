@@ -350,7 +350,9 @@ def cmd_data_check(args) -> None:
     if bad:
         print(f"data check FAILED for {', '.join(bad)}: fix the problems above (workers refuse to start on them)")
         raise SystemExit(1)
-    print(f"data check passed: {len(reports)} node(s) usable")
+    warned = [r.worker for r in reports if r.warnings]
+    print(f"data check passed: {len(reports)} node(s) usable"
+          + (f"; read the warnings for {', '.join(warned)} above" if warned else ""))
 
 
 def main(argv: list[str] | None = None) -> None:
