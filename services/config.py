@@ -14,6 +14,7 @@ columns, the channels worth watching) and the dense layer sizes have no default:
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import sys
 from datetime import datetime
@@ -375,12 +376,36 @@ class FederationSettings(_Section):
     clip_norm: float | None = Field(None, gt=0)
     fedprox_mu: float = Field(0.0, ge=0)
     continual: ContinualSettings = ContinualSettings()
+    # A fleet (README: Fleets): who trains each round, and rounds that never wait for a straggler.
+    mode: Literal["sync", "async"] = "sync"  # async: buffered asynchronous aggregation (FedBuff)
+    clients_per_round: int | float | None = None  # null: every live node | a count (10) | a share (0.1) of them
+    sample_seed: int = Field(0, ge=0, lt=2**32)  # the sample of round r is drawn by (sample_seed, r)
+    buffer_size: int = Field(10, ge=1)  # async: a new global model every buffer_size updates
+    max_staleness: int = Field(10, ge=0)  # async: an update trained on a model this many versions old is the oldest
+    staleness_exponent: float = Field(0.5, ge=0)  # async: an update s versions old weighs (1 + s) ** -exponent
+
+    @field_validator("clients_per_round")
+    @classmethod
+    def _count_or_share(cls, value):
+        if isinstance(value, float) and not 0 < value <= 1:
+            raise ValueError("a share of the live nodes is in (0, 1], a count a whole number >= 1")
+        if isinstance(value, int) and not isinstance(value, bool) and value < 1:
+            raise ValueError("a count of nodes is at least 1")
+        return value
 
     @model_validator(mode="after")
     def _quorum_fits(self) -> FederationSettings:
         if self.quorum > self.min_workers:
             raise ValueError(f"quorum ({self.quorum}) must not exceed min_workers ({self.min_workers})")
         return self
+
+    def sample_size(self, live: int) -> int | None:
+        """How many of ``live`` nodes train a round: None for all of them."""
+        if self.clients_per_round is None:
+            return None
+        if isinstance(self.clients_per_round, float):
+            return min(live, max(1, math.ceil(self.clients_per_round * live)))
+        return min(live, self.clients_per_round)
 
 
 class ThresholdSettings(_Section):
@@ -505,14 +530,33 @@ class DashboardSettings(_Section):
     recent_scores: int = Field(500, ge=10, le=100_000)
 
 
+class UpstreamSettings(_Section):
+    """A site aggregator's aggregator (``aggregator.role: site``): where it is, and who this site is there."""
+
+    url: str | None = Field(None, pattern=r"^https?://")
+    id: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")  # the site's worker id upstream
+    token: str | None = Field(None, min_length=8)  # its token there (a workers entry or an enrolled identity)
+
+
 class AggregatorSettings(_Section):
     """Where the aggregator listens and where workers reach it; ``port`` and ``url`` follow ``port_base`` unless
-    given."""
+    given. ``role: site`` makes it a site aggregator: an aggregator to its node group, one worker upstream."""
 
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=1, le=65535)
     url: str = "http://127.0.0.1:8080"
     state_dir: Path = Path("state/aggregator")
+    role: Literal["root", "site"] = "root"
+    upstream: UpstreamSettings = UpstreamSettings()
+
+    @model_validator(mode="after")
+    def _site_has_upstream(self) -> AggregatorSettings:
+        if self.role == "site":
+            missing = [k for k in ("url", "id", "token") if getattr(self.upstream, k) is None]
+            if missing:
+                raise ValueError(f"role site needs upstream.{', upstream.'.join(missing)}: the aggregator above "
+                                 "and this site's identity there")
+        return self
 
 
 class WorkerSettings(_Section):
@@ -540,6 +584,49 @@ class WorkerSettings(_Section):
             if hash_token(self.token) != self.token_sha256:
                 raise ValueError("token_sha256 is not the SHA-256 of token")
         return self
+
+
+class EnrolledNodeSettings(_Section):
+    """What every enrolled node runs with (a ``workers`` entry without id and token): ``{id}`` in ``state_dir`` and
+    ``partition`` becomes the node's id, so one config serves the whole fleet."""
+
+    partition: list[str] = Field(["{id}"], min_length=1)
+    source: dict[str, Any] | None = None
+    training: dict[str, Any] | None = None
+    host: str = "127.0.0.1"
+    port: int = Field(8081, ge=1, le=65535)
+    state_dir: Path = Path("state/{id}")
+    mode: Literal["train", "detect_only"] = "train"
+
+
+class EnrollmentSettings(_Section):
+    """Nodes that are not in ``workers`` join with a fleet credential and receive their own identity (README:
+    Fleets): the bootstrap ``token`` (the aggregator needs only ``token_sha256``), or, with ``certificates``, a
+    client certificate from the federation's CA whose common name is the node's id. Neither: no enrollment."""
+
+    token: str | None = Field(None, min_length=16)
+    token_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
+    certificates: bool = False
+    node: EnrolledNodeSettings = EnrolledNodeSettings()
+
+    @field_validator("token", "token_sha256", mode="before")
+    @classmethod
+    def _digits_are_text(cls, value):
+        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> EnrollmentSettings:
+        if self.token is not None and self.token_sha256 is not None and hash_token(self.token) != self.token_sha256:
+            raise ValueError("token_sha256 is not the SHA-256 of token")
+        return self
+
+    @property
+    def digest(self) -> str | None:
+        return self.token_sha256 or (hash_token(self.token) if self.token else None)
+
+    @property
+    def enabled(self) -> bool:
+        return self.digest is not None or self.certificates
 
 
 class GateSettings(_Section):
@@ -646,7 +733,8 @@ class Settings(_Section):
     logging: LoggingSettings = LoggingSettings()
     dashboard: DashboardSettings = DashboardSettings()
     aggregator: AggregatorSettings = AggregatorSettings()
-    workers: list[WorkerSettings] = Field(min_length=1)
+    enrollment: EnrollmentSettings = EnrollmentSettings()
+    workers: list[WorkerSettings]  # may be empty when nodes enroll (enrollment)
 
     @model_validator(mode="before")
     @classmethod
@@ -671,6 +759,15 @@ class Settings(_Section):
         if self.tls.enabled and not self.aggregator.url.startswith("https://"):
             raise ValueError(f"tls.enabled is true but aggregator.url is {self.aggregator.url}: "
                              "workers must reach the aggregator with https://")
+        if not self.workers and not self.enrollment.enabled:
+            raise ValueError("workers is empty and enrollment is off: no node could join (list workers, or set "
+                             "enrollment.token / enrollment.certificates)")
+        if self.enrollment.certificates and not self.tls.enabled:
+            raise ValueError("enrollment.certificates needs tls.enabled: the certificate is the TLS client's")
+        fed = self.federation
+        if self.aggregator.role == "site" and fed.mode == "async":
+            raise ValueError("aggregator.role site follows its upstream's rounds: federation.mode async is for the "
+                             "root (a site's nodes reach it through the site's synchronous rounds)")
         return self
 
     @model_validator(mode="after")
@@ -685,6 +782,13 @@ class Settings(_Section):
             if w.id == worker_id:
                 return w
         raise ConfigError(f"workers: no worker with id {worker_id!r} (known: {[w.id for w in self.workers]})")
+
+    def enrolled_worker(self, node_id: str, token: str) -> WorkerSettings:
+        """An enrolled node's settings: enrollment.node with ``{id}`` filled in, and the token it enrolled."""
+        node = self.enrollment.node.model_dump()
+        node["state_dir"] = Path(str(node["state_dir"]).replace("{id}", node_id))
+        node["partition"] = [p.replace("{id}", node_id) for p in node["partition"]]
+        return WorkerSettings(id=node_id, token=token, **node)
 
     def data_for(self, worker: WorkerSettings) -> DataSettings:
         """The ``data`` section as ``worker`` reads its rows: data.source / data.training with its overrides."""
@@ -773,7 +877,8 @@ def _resolve_paths(settings: Settings, base: Path) -> Settings:
         settings.data.source.dir = resolve(settings.data.source.dir)
     settings.aggregator.state_dir = resolve(settings.aggregator.state_dir)
     settings.tls.dir = resolve(settings.tls.dir)
-    for w in settings.workers:
+    nodes: list[WorkerSettings | EnrolledNodeSettings] = [*settings.workers, settings.enrollment.node]
+    for w in nodes:
         w.state_dir = resolve(w.state_dir)
         if w.source and w.source.get("dir") is not None:
             w.source["dir"] = resolve(Path(w.source["dir"]))

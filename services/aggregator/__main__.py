@@ -7,7 +7,7 @@ import uvicorn
 from services.aggregator.app import create_app
 from services.config import ConfigError, load_or_exit
 from services.logs import setup_logging
-from services.security.tls import uvicorn_ssl_options
+from services.security.tls import peer_certificate_protocol, uvicorn_ssl_options
 
 
 def main() -> None:
@@ -25,6 +25,8 @@ def main() -> None:
         parser.exit(1, f"cannot use the state dir {settings.aggregator.state_dir}: {exc.strerror or exc} "
                        f"({exc.filename or ''})\n")
     # timeout_graceful_shutdown: pending long-polls must not hold up a stop
+    if ssl_options:  # the app learns each TLS client's certificate (enrollment by certificate)
+        ssl_options["http"] = peer_certificate_protocol()
     uvicorn.run(app, host=settings.aggregator.host, port=settings.aggregator.port, log_level="warning",
                 access_log=False, log_config=None, timeout_graceful_shutdown=3, **ssl_options)
 

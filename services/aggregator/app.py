@@ -18,9 +18,24 @@ from starlette.exceptions import HTTPException
 
 from services import logs
 from services.aggregator import strategies
+from services.aggregator.deps import identify
+from services.aggregator.enrollment import EnrollmentCheck, NodeRegistry
 from services.aggregator.publisher import Publisher
 from services.aggregator.rounds import Federation
-from services.aggregator.routes import admin, model, report, round_state, status, telemetry, updates, workers
+from services.aggregator.routes import (
+    admin,
+    enroll,
+    fleet,
+    fleet_admin,
+    model,
+    report,
+    round_state,
+    status,
+    telemetry,
+    updates,
+    workers,
+)
+from services.aggregator.site import Uplink
 from services.aggregator.store import AggregatorStore
 from services.config import Settings
 from services.observability.dashboard import AggregatorObservability
@@ -75,6 +90,7 @@ def create_app(settings: Settings) -> FastAPI:
     federation = Federation(settings, AggregatorStore(settings.aggregator.state_dir),
                             strategy=strategies.from_settings(settings))
     tokens = TokenTable.from_settings(settings.workers)  # SHA-256 digests only; plaintext tokens are not kept
+    nodes = NodeRegistry(settings.aggregator.state_dir)  # enrolled nodes (nodes.log)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -86,28 +102,45 @@ def create_app(settings: Settings) -> FastAPI:
                 federation.tick()
                 publisher.check()
 
-        task = asyncio.create_task(ticker())
-        log.info("aggregator run %s: %s, round %d (first campaign: %d rounds%s)", federation.state.run_id,
-                 federation.phase, federation.open_round, settings.federation.rounds,
-                 ", then continual" if settings.federation.continual.enabled else "")
+        tasks = [asyncio.create_task(ticker())]
+        if settings.aggregator.role == "site":
+            app.state.uplink = Uplink(settings, federation, publisher.check)
+            tasks.append(asyncio.create_task(app.state.uplink.run()))
+        log.info("aggregator run %s (%s, %s rounds): %s, round %d (first campaign: %d rounds%s); %d nodes enrolled",
+                 federation.state.run_id, settings.aggregator.role, settings.federation.mode, federation.phase,
+                 federation.open_round, federation.rounds_total,
+                 ", then continual" if settings.federation.continual.enabled else "", len(nodes))
         yield
-        task.cancel()
+        for task in tasks:
+            task.cancel()
 
     app = FastAPI(title="fedad aggregator", version="1", lifespan=lifespan,
                   description="Federates autoencoder weights from edge workers; never sees a data row. Every "
                               "refusal is `{\"code\", \"detail\"}`; clients branch on `code`.")
-    observability = AggregatorObservability(settings, federation, tokens.identify)
+    app.state.tokens, app.state.nodes = tokens, nodes
+    app.state.configured_workers = frozenset(w.id for w in settings.workers)
+    app.state.enrollment = EnrollmentCheck(settings.enrollment.digest, settings.enrollment.certificates)
+    app.state.uplink = None
+
+    def who(token: str) -> str | None:  # for the log context: a revoked node is nobody
+        try:
+            return identify(app, token)
+        except ProtocolError:
+            return None
+
+    observability = AggregatorObservability(settings, federation, who, nodes)
     observability.install(app)  # the per-request log context (which worker is calling)
     federation.round_listeners.append(observability.round_closed)
     logs.bind_round(lambda: federation.rounds_done if federation.phase in ("idle", "done") else federation.open_round)
-    app.state.federation, app.state.tokens, app.state.observer = federation, tokens, observability
+    app.state.federation, app.state.observer = federation, observability
     app.state.admin = AdminCheck(settings.admin)  # control routes: the admin token, never a worker's
 
     app.exception_handler(ProtocolError)(_protocol_error)
     app.exception_handler(RequestValidationError)(_invalid_request)
     app.exception_handler(HTTPException)(_http_exception)
     app.exception_handler(Exception)(_internal_error)
-    for resource in (status, workers, model, round_state, updates, report, telemetry, admin):
+    for resource in (status, workers, model, round_state, updates, report, telemetry, admin, enroll, fleet,
+                     fleet_admin):
         app.include_router(resource.router)
     app.include_router(observability.router())
     return app

@@ -14,7 +14,7 @@ from services.aggregator.observer import AggregatorObserver
 from services.aggregator.publisher import Publisher
 from services.aggregator.rounds import Federation
 from services.protocol.errors import BAD_TOKEN, MISSING_TOKEN, WRONG_WORKER, ProtocolError
-from services.security.tokens import TokenTable
+from services.security.tokens import token_digest
 
 
 def _federation(request: Request) -> Federation:
@@ -33,14 +33,20 @@ def authenticated_worker(
     request: Request,
     authorization: Annotated[str | None, Header(description="Bearer <worker token>")] = None,
 ) -> str:
-    """The id of the worker whose token the request carries."""
+    """The id of the worker whose token the request carries: a worker of config.yaml or an enrolled node (403
+    ``revoked`` for a revoked one)."""
     if not authorization or not authorization.startswith("Bearer "):
         raise ProtocolError(MISSING_TOKEN, "missing bearer token: send 'Authorization: Bearer <worker token>'")
-    tokens: TokenTable = request.app.state.tokens
-    worker_id = tokens.identify(authorization.removeprefix("Bearer ").strip())
+    worker_id = identify(request.app, authorization.removeprefix("Bearer ").strip())
     if worker_id is None:
         raise ProtocolError(BAD_TOKEN, "unknown worker token")
     return worker_id
+
+
+def identify(app, token: str) -> str | None:
+    """Whose token this is (config's workers first, then the enrolled nodes); raises 403 ``revoked``."""
+    digest = token_digest(token)
+    return app.state.tokens.identify_digest(digest) or app.state.nodes.identify(digest)
 
 
 AuthenticatedWorker = Annotated[str, Depends(authenticated_worker)]

@@ -27,9 +27,10 @@ class Publisher:
             return
         if f.rounds_done != self.seen:
             last = f.state.history[-1] if f.state.history else None
-            if last:
+            if last and last.get("mean_loss") is not None:
                 log.info("round %d closed (%s): %d updates, mean loss %.5f", last["round"], last["closed_by"],
-                         len(last["workers"]), last["mean_loss"], extra={"round": last["round"]})
+                         last.get("contributors", len(last["workers"])), last["mean_loss"],
+                         extra={"round": last["round"]})
         self.seen, self.seen_phase = f.rounds_done, f.phase
         self.event.set()
         self.event = asyncio.Event()

@@ -5,14 +5,19 @@ Layout of the state dir:
                              history, skipped scheduled rounds, hash of the global weights
   global-<round>.f32         global weights after <round> rounds (written before state.json names it)
   pending/<round>.log        the accepted updates of the open round, appended one record each (below)
+  members.log, reports.log,  the joined workers, their latest reports, the enrolled nodes: keyed journals
+  nodes.log                  (services/aggregator/journal.py)
+  bases/<round>.f32          federation.mode async: the recent global models updates may still be based on
+  rounds/<round>.json        a closed round's contributors when there were too many for the history in state.json
+  history.jsonl              history records older than the ones state.json keeps
+  outbox.json, outbox-<r>.f32  a site aggregator's aggregate for its upstream, until the upstream has taken it
 
-Each accepted update is appended to its round's log and made durable with one fdatasync before it is acknowledged,
-instead of two files written atomically (temp → fsync → rename → fsync of the folder, twice: four fsyncs, two
-renames, and two unlinks when the round closes). On a busy disk fsync is the whole cost of a round with many
-workers (BENCHMARKS.md, benchmarks/round.py). A record is one JSON header line (worker, sample_count, loss, sha256,
-bytes) and the raw body. Records are written at the end of the last complete one, so a write cut short (kill -9,
-full disk) leaves at most a partial record after the complete ones, which reading ignores (and the next record
-overwrites); its upload was never acknowledged, so its worker sends it again.
+Each accepted update is appended to its round's log and made durable before it is acknowledged. The appends of
+updates that arrive together share one fdatasync (group commit): on a busy disk fsync is the whole cost of a round
+with many workers (BENCHMARKS.md, benchmarks/round.py and benchmarks/fleet.py). A record is one JSON header line
+(worker, sample_count, loss, sha256, bytes) and the raw body. Records are written at the end of the last complete
+one, so a write cut short (kill -9, full disk) leaves at most a partial record after the complete ones, which reading
+ignores (and the next record overwrites); its upload was never acknowledged, so its worker sends it again.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from services import atomic
+from services.aggregator.journal import GroupCommit
 from services.protocol.codec import CodecError, content_hash, decode_weights, encode_weights
 
 MAX_HEADER = 4096  # bytes of one record's header line
@@ -36,6 +42,7 @@ class AggregatorStore:
         self.dir.mkdir(parents=True, exist_ok=True)
         atomic.remove_stale_temps(self.dir)
         self._log: tuple[int, int] | None = None  # the open round's log: (round, end of its complete records)
+        self._updates = GroupCommit(self._append_updates)  # accepted updates, one fdatasync per batch
 
     def load(self, n_params: int) -> tuple[dict, np.ndarray] | None:
         """The last committed state and its global weights, or None on a first start."""
@@ -59,21 +66,35 @@ class AggregatorStore:
         atomic.write_json(self.dir / "state.json", state)
         return state
 
-    def save_update(self, round_no: int, worker_id: str, body: bytes, meta: dict) -> None:
-        """Append the update to its round's log and fdatasync it: durable when this returns, or OSError. The file
-        is not kept open between updates (an open file would keep its disk from being remounted read-only)."""
-        end = self._log_end(round_no)
+    def save_update(self, round_no: int, worker_id: str, body: bytes, meta: dict):
+        """Append the update to its round's log: durable when this returns (no event loop running) or when the
+        returned future resolves (group commit with the updates that arrive meanwhile); OSError if the disk
+        refused."""
         header = json.dumps({"worker": worker_id, **meta, "bytes": len(body)}, sort_keys=True).encode() + b"\n"
-        record = header + body
-        fd = os.open(self._log_path(round_no), os.O_WRONLY)
-        try:
-            written = 0
-            while written < len(record):
-                written += os.pwrite(fd, record[written:], end + written)
-            _sync(fd)
-        finally:
-            os.close(fd)
-        self._log = (round_no, end + len(record))
+        return self._updates.submit((round_no, header + body))
+
+    def flush_updates(self) -> None:
+        """Make every update queued so far durable now (before the round they belong to is committed)."""
+        self._updates.flush()
+
+    def _append_updates(self, records: list[tuple[int, bytes]]) -> None:
+        """Write a batch of records at the end of their rounds' logs, one fdatasync per log. The file is not kept
+        open between batches (an open file would keep its disk from being remounted read-only)."""
+        by_round: dict[int, list[bytes]] = {}
+        for round_no, record in records:
+            by_round.setdefault(round_no, []).append(record)
+        for round_no, parts in by_round.items():
+            end = self._log_end(round_no)
+            data = b"".join(parts)
+            fd = os.open(self._log_path(round_no), os.O_WRONLY)
+            try:
+                written = 0
+                while written < len(data):
+                    written += os.pwrite(fd, data[written:], end + written)
+                _sync(fd)
+            finally:
+                os.close(fd)
+            self._log = (round_no, end + len(data))
 
     def pending_updates(self, round_no: int, n_params: int) -> list[tuple[str, np.ndarray, dict]]:
         """Updates accepted for ``round_no`` before a restart, so no completed upload is lost."""
@@ -95,6 +116,10 @@ class AggregatorStore:
         return sorted(ids)
 
     def drop_pending(self, up_to_round: int) -> None:
+        with self._updates._lock:  # not while a batch is being written
+            self._drop_pending(up_to_round)
+
+    def _drop_pending(self, up_to_round: int) -> None:
         if self._log is not None and self._log[0] <= up_to_round:
             self._log = None
         for entry in (self.dir / "pending").glob("*"):
@@ -107,6 +132,64 @@ class AggregatorStore:
                 entry.rmdir()
             else:
                 entry.unlink(missing_ok=True)
+
+    # -- async: the recent global models -----------------------------------------------------------------------------
+    def keep_base(self, round_no: int, weights: np.ndarray, keep_from: int) -> None:
+        """Keep global model ``round_no`` while updates may be based on it; drop those older than ``keep_from``."""
+        folder = self.dir / "bases"
+        folder.mkdir(exist_ok=True)
+        atomic.write_bytes(folder / f"{round_no}.f32", encode_weights(weights))
+        for old in folder.glob("*.f32"):
+            if old.stem.isdigit() and int(old.stem) < keep_from:
+                old.unlink(missing_ok=True)
+
+    def bases(self, n_params: int) -> dict[int, np.ndarray]:
+        found = {}
+        for path in (self.dir / "bases").glob("*.f32"):
+            if path.stem.isdigit():
+                try:
+                    found[int(path.stem)] = decode_weights(path.read_bytes(), n_params)
+                except CodecError:  # written atomically, so only a foreign file: an update based on it is refused
+                    continue
+        return found
+
+    # -- closed rounds beyond what state.json keeps ---------------------------------------------------------------
+    def save_round(self, round_no: int, record: dict) -> None:
+        atomic.write_json(self.dir / "rounds" / f"{round_no}.json", record)
+
+    def round_record(self, round_no: int) -> dict | None:
+        return atomic.read_json(self.dir / "rounds" / f"{round_no}.json")
+
+    def archive_history(self, records: list[dict]) -> None:
+        """Append history records that state.json no longer keeps (oldest first), synced."""
+        with open(self.dir / "history.jsonl", "ab") as f:
+            f.write(b"".join(json.dumps(r, sort_keys=True).encode() + b"\n" for r in records))
+            f.flush()
+            os.fsync(f.fileno())
+
+    # -- a site's aggregate on its way upstream ----------------------------------------------------------------------
+    def save_outbox(self, meta: dict, weights: np.ndarray) -> None:
+        """The site's aggregate of ``meta["round"]``: weights first, then the meta naming them (a crash leaves the
+        old outbox or the new one)."""
+        body = encode_weights(weights)
+        name = f"outbox-{meta['round']}.f32"
+        atomic.write_bytes(self.dir / name, body)
+        atomic.write_json(self.dir / "outbox.json", {**meta, "file": name, "sha256": content_hash(body)})
+
+    def outbox(self, n_params: int) -> tuple[dict, np.ndarray] | None:
+        meta = atomic.read_json(self.dir / "outbox.json")
+        if meta is None:
+            return None
+        try:
+            return meta, decode_weights((self.dir / meta["file"]).read_bytes(), n_params, meta["sha256"])
+        except (OSError, CodecError):
+            return None
+
+    def drop_outbox(self) -> None:
+        meta = atomic.read_json(self.dir / "outbox.json")
+        (self.dir / "outbox.json").unlink(missing_ok=True)
+        if meta is not None:
+            (self.dir / meta["file"]).unlink(missing_ok=True)
 
     # -- the log ------------------------------------------------------------------------------------------------------
     def _log_path(self, round_no: int) -> Path:

@@ -72,12 +72,12 @@ class AggregatorObservability:
     """Watches the aggregator: its routes report refusals, updates and telemetry here (the aggregator's
     ``AggregatorObserver`` interface); metrics and the dashboard read the federation's state, never write it."""
 
-    def __init__(self, settings: Settings, federation, identify: Callable[[str], str | None]):
+    def __init__(self, settings: Settings, federation, identify: Callable[[str], str | None], nodes=None):
         self.settings = settings
         self.status = federation.status
         self.identify = identify
         self.worker_ids = [w.id for w in settings.workers]
-        self.metrics = AggregatorMetrics(federation, self.worker_ids)
+        self.metrics = AggregatorMetrics(federation, self.worker_ids, nodes)
         self.board = TelemetryBoard(self.worker_ids, settings.dashboard.telemetry_interval_s or 5.0)
 
     def install(self, app: FastAPI) -> None:

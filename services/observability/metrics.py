@@ -27,7 +27,8 @@ from starlette.responses import Response
 disable_created_metrics()  # *_created series double every counter for no use here
 
 ENDPOINTS = (("updates", re.compile(r"^/v1/rounds/[^/]+/updates$")), ("join", re.compile(r"^/v1/workers/[^/]+/join$")),
-             ("telemetry", re.compile(r"^/v1/workers/[^/]+/telemetry$")), ("model", re.compile(r"^/v1/model$")))
+             ("telemetry", re.compile(r"^/v1/workers/[^/]+/telemetry$")), ("model", re.compile(r"^/v1/model$")),
+             ("enroll", re.compile(r"^/v1/enroll$")))
 ROUND_BUCKETS = (1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800, 3600)
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
@@ -56,7 +57,7 @@ def _gauge(name: str, doc: str, value, labels: dict[str, str] | None = None) -> 
 
 # -- aggregator -------------------------------------------------------------------------------------------------------
 class AggregatorMetrics:
-    def __init__(self, federation, worker_ids: list[str]):
+    def __init__(self, federation, worker_ids: list[str], nodes=None):
         self.registry = registry = CollectorRegistry()
         ProcessCollector(registry=registry)
         self.updates_accepted = Counter("fedad_aggregator_updates_accepted", "Updates accepted into the open round "
@@ -74,7 +75,11 @@ class AggregatorMetrics:
                                         "its close", buckets=ROUND_BUCKETS, registry=registry)
         self.telemetry_reports = Counter("fedad_aggregator_telemetry_reports", "Telemetry reports taken from "
                                          "workers", registry=registry)
+        self.enrollments_refused = Counter("fedad_aggregator_enrollments_refused", "Enrollments refused, by reason "
+                                           "code", ["reason"], registry=registry)
         registry.register(FederationCollector(federation, worker_ids))
+        if nodes is not None:
+            registry.register(EnrollmentCollector(nodes))
 
     def refused(self, path: str, status: int, code: str) -> None:
         """Every refusal carries its stable error code (services/protocol/errors.py): the reason label."""
@@ -82,6 +87,8 @@ class AggregatorMetrics:
         self.requests_refused.labels(endpoint, str(status)).inc()
         if endpoint == "updates":
             self.updates_refused.labels(code).inc()
+        elif endpoint == "enroll":
+            self.enrollments_refused.labels(code).inc()
 
     def accepted(self, result: dict) -> None:
         self.updates_accepted.labels("true" if result.get("duplicate") else "false").inc()
@@ -115,7 +122,23 @@ class FederationCollector:
                      len(f.pending))
         yield _gauge("fedad_aggregator_round_deadline_seconds", "Seconds until the open round's deadline",
                      f.deadline() - f.clock() if phase == "training" else None)
-        yield _gauge("fedad_aggregator_workers_joined", "Workers that joined this run", len(f.state.joined))
+        yield _gauge("fedad_aggregator_workers_joined", "Workers that joined this run", len(f.members))
+        yield _gauge("fedad_aggregator_live_trainers", "Training workers seen in the last 90 s",
+                     len(f.live_trainers()))
+        counts = f.counts
+        triggered = CounterMetricFamily("fedad_aggregator_rounds_triggered", "Rounds opened by a continual trigger "
+                                        "since start, by trigger", labels=["trigger"])
+        for trigger in ("schedule", "admin", "new_data", "drift"):
+            triggered.add_metric([trigger], counts[f"triggered:{trigger}"])
+        yield triggered
+        for name, key, doc in (
+                ("rounds_skipped", "skipped", "Scheduled rounds skipped for want of new rows since start"),
+                ("rounds_sampled", "rounds_sampled", "Rounds opened for a sample of the live nodes since start"),
+                ("nodes_sampled", "nodes_sampled", "Nodes drawn into round samples since start (summed over rounds)"),
+                ("stale_updates_refused", "stale_refused", "Updates refused as older than federation.max_staleness "
+                                                           "versions since start"),
+                ("versions_published", "versions_published", "Global models published since start")):
+            yield CounterMetricFamily(f"fedad_aggregator_{name}", doc, value=counts[key])
         history = f.state.history
         yield _gauge("fedad_aggregator_last_round_mean_loss", "Sample-weighted mean training loss of the last "
                      "closed round", history[-1]["mean_loss"] if history else None)
@@ -125,10 +148,7 @@ class FederationCollector:
                                  "called (join, update, telemetry), Unix time", labels=["worker"])
         loss = GaugeMetricFamily("fedad_aggregator_worker_last_loss", "A worker's training loss in the last round "
                                  "it contributed to", labels=["worker"])
-        last_loss = {}
-        for record in history:
-            for worker, update in record["workers"].items():
-                last_loss[worker] = update["loss"]
+        last_loss = {w: (f.members.get(w) or {}).get("last_loss") for w in self.worker_ids}
         for worker in self.worker_ids:  # config's workers only: the label set is bounded by config.yaml
             if worker in f.last_seen:
                 seen.add_metric([worker], f.last_seen[worker])
@@ -136,6 +156,27 @@ class FederationCollector:
                 loss.add_metric([worker], last_loss[worker])
         yield seen
         yield loss
+
+
+class EnrollmentCollector:
+    """The enrolled-node registry's figures, read at each scrape."""
+
+    def __init__(self, nodes):
+        self.nodes = nodes
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        nodes = self.nodes
+        yield _gauge("fedad_aggregator_nodes_enrolled", "Nodes enrolled (revoked ones included)", len(nodes))
+        yield _gauge("fedad_aggregator_nodes_revoked", "Enrolled nodes revoked", nodes.revoked)
+        enrolled = CounterMetricFamily("fedad_aggregator_enrollments", "Enrollment requests taken since start: "
+                                       "enrolled (a new node or a new token) or again (an answer sent again)",
+                                       labels=["result"])
+        for result in ("enrolled", "again"):
+            enrolled.add_metric([result], nodes.counts[result])
+        yield enrolled
 
 
 # -- worker -----------------------------------------------------------------------------------------------------------

@@ -5,8 +5,9 @@ in), so the aggregator cannot be relied on to reach them. Every ``dashboard.tele
 its cumulative /detect counts, its open alarms, its phase and the model round it serves to
 ``POST /v1/workers/{id}/telemetry`` with its own token (the message is services/protocol/messages.py's
 ``Telemetry``; the aggregator's route hands each report to a ``TelemetryBoard``). The board keeps, per configured
-worker, the latest report and anomalies flagged per time bucket — bounded memory, nothing persisted (a restart
-starts a new chart).
+worker, the latest report and anomalies flagged per time bucket, and the enrolled nodes' counts summed as one series
+(``ENROLLED``: a fleet of 10,000 would otherwise hold 10,000 series per bucket) — bounded memory, nothing persisted
+(a restart starts a new chart).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from services.protocol.messages import Telemetry
 __all__ = ["Telemetry", "TelemetryBoard", "TelemetryReporter", "finite_or_none", "open_alarms"]
 log = logging.getLogger("fedad.telemetry")
 BUCKETS_KEPT = 360  # anomalies-over-time chart: this many buckets of one report interval each
+ENROLLED = "(enrolled nodes)"  # the series of every node that is not a worker of config.yaml
 
 
 class TelemetryBoard:
@@ -34,6 +36,8 @@ class TelemetryBoard:
         self.worker_ids = list(worker_ids)
         self.bucket_s = max(float(bucket_s), 1.0)
         self.latest: dict[str, dict] = {}
+        self._known = set(self.worker_ids)
+        self._counted: dict[str, tuple[str, int, int]] = {}  # enrolled node → boot id, rows, anomalies last reported
         self.buckets: collections.OrderedDict[float, dict[str, list[int]]] = collections.OrderedDict()
         self.keep = keep
         self._lock = threading.Lock()
@@ -41,7 +45,8 @@ class TelemetryBoard:
     def report(self, worker_id: str, report: Telemetry, now: float | None = None) -> None:
         now = time.time() if now is None else now
         with self._lock:
-            previous = self.latest.get(worker_id)
+            known = worker_id in self._known
+            previous = self.latest.get(worker_id) if known else self._previous(worker_id)
             if previous is None:  # the first report since this aggregator started: a baseline, not a burst
                 rows = anomalies = 0
             elif previous["boot_id"] != report.boot_id or report.rows_scored < previous["rows_scored"]:
@@ -49,21 +54,31 @@ class TelemetryBoard:
             else:
                 rows = report.rows_scored - previous["rows_scored"]
                 anomalies = max(0, report.anomalies_flagged - previous["anomalies_flagged"])
-            self.latest[worker_id] = {**report.model_dump(), "received_at": now}
+            if known:
+                self.latest[worker_id] = {**report.model_dump(), "received_at": now}
+            else:
+                self._counted[worker_id] = (report.boot_id, report.rows_scored, report.anomalies_flagged)
             bucket = math.floor(now / self.bucket_s) * self.bucket_s
             counts = self.buckets.setdefault(bucket, {})
-            slot = counts.setdefault(worker_id, [0, 0])
+            slot = counts.setdefault(worker_id if known else ENROLLED, [0, 0])
             slot[0] += rows
             slot[1] += anomalies
             while len(self.buckets) > self.keep:
                 self.buckets.popitem(last=False)
 
+    def _previous(self, worker_id: str) -> dict | None:
+        counted = self._counted.get(worker_id)
+        if counted is None:
+            return None
+        return {"boot_id": counted[0], "rows_scored": counted[1], "anomalies_flagged": counted[2]}
+
     def snapshot(self) -> dict:
         """Anomalies and rows per bucket, one aligned series per worker (0 where a worker reported nothing)."""
         with self._lock:
             times = list(self.buckets)
-            series = {w: [self.buckets[t].get(w, [0, 0])[1] for t in times] for w in self.worker_ids}
-            rows = {w: [self.buckets[t].get(w, [0, 0])[0] for t in times] for w in self.worker_ids}
+            names = self.worker_ids + ([ENROLLED] if self._counted else [])
+            series = {w: [self.buckets[t].get(w, [0, 0])[1] for t in times] for w in names}
+            rows = {w: [self.buckets[t].get(w, [0, 0])[0] for t in times] for w in names}
             return {"bucket_s": self.bucket_s, "time": times, "anomalies": series, "rows": rows,
                     "latest": {w: dict(v) for w, v in self.latest.items()}}
 

@@ -34,6 +34,14 @@ NOT_ADMIN = _code("not_admin", 403, "a control request (start a round, roll back
                                      "worker's token never is one")
 ADMIN_DISABLED = _code("admin_disabled", 403, "no admin token is configured (admin.token or admin.token_sha256): "
                                               "control requests are refused")
+REVOKED = _code("revoked", 403, "an admin revoked this node's enrollment: its identity is refused for good (enroll "
+                                "again under another id)")
+ENROLLMENT_DISABLED = _code("enrollment_disabled", 403, "this aggregator enrolls no nodes (enrollment.token and "
+                                                        "enrollment.certificates are unset)")
+BAD_ENROLLMENT_CREDENTIAL = _code("bad_enrollment_credential", 403, "neither the fleet's enrollment token nor a "
+                                                                    "client certificate from the federation's CA")
+CERTIFICATE_MISMATCH = _code("certificate_mismatch", 403, "the node id asked for differs from the common name of the "
+                                                          "client certificate that enrolls it")
 # -- federation state
 SPEC_MISMATCH = _code("spec_mismatch", 409, "the worker's model spec (features, window, layers) differs from the "
                                             "federation's")
@@ -43,6 +51,14 @@ STALE_ROUND = _code("stale_round", 409, "the round is already closed: pull the n
 FUTURE_ROUND = _code("future_round", 409, "the round is not open yet")
 CONFLICTING_UPDATE = _code("conflicting_update", 409, "this worker already sent a different update for the round "
                                                       "(the same bytes again are accepted)")
+NOT_SAMPLED = _code("not_sampled", 409, "this node is not in the open round's sample (federation.clients_per_round): "
+                                       "keep serving, install the next model, train when sampled")
+TOO_STALE = _code("too_stale", 409, "the update was trained on a model more than federation.max_staleness versions "
+                                    "old: pull the current model and train again")
+ALREADY_ENROLLED = _code("already_enrolled", 409, "this node id is enrolled with another token: enroll under another "
+                                                  "id, or with the node's certificate to replace the token")
+CONFIGURED_WORKER = _code("configured_worker", 409, "this worker is listed in config.yaml: remove it there to revoke "
+                                                    "it")
 ROUND_OPEN = _code("round_open", 409, "a round is open already: a new one can start once it has closed")
 WAITING_FOR_WORKERS = _code("waiting_for_workers", 409, "the federation still waits for min_workers to join: no "
                                                         "round can start yet")
@@ -88,7 +104,7 @@ INTERNAL_ERROR = _code("internal_error", 500, "a bug in the server; its log has 
 STORAGE_UNAVAILABLE = _code("storage_unavailable", 503, "the state disk refused a write: nothing changed, retry later")
 
 # A worker cannot cure these by retrying: its token, its id or its config is wrong.
-FATAL_CODES = frozenset(c.code for c in (MISSING_TOKEN, BAD_TOKEN, WRONG_WORKER, SPEC_MISMATCH))
+FATAL_CODES = frozenset(c.code for c in (MISSING_TOKEN, BAD_TOKEN, WRONG_WORKER, SPEC_MISMATCH, REVOKED))
 
 
 class ProtocolError(Exception):

@@ -50,6 +50,34 @@ class JoinResponse(BaseModel):
     rounds_total: int
     plan: TrainingPlan
     scaler: Scaler | None = Field(description="federated feature scaling; null until min_workers have joined")
+    mode: Literal["sync", "async"] = Field("sync", description="async: updates are folded as they arrive and a "
+                                                               "model published every buffer_size of them")
+    sampling: bool = Field(False, description="true: a sample of the live nodes trains each round; ask GET "
+                                              "/v1/round whether this node is in it before training")
+
+
+class FleetDirective(BaseModel):
+    """What an admin asked every worker of the fleet to serve (``POST /v1/admin/fleet/...``); workers follow the
+    newest ``seq`` once and report how it went."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    seq: int = Field(ge=1, description="increases with each directive")
+    action: Literal["serve", "pin", "unpin"]
+    version: str | None = Field(None, max_length=32, description="the model version (\"12\" or \"12.1\"); "
+                                                                 "null for unpin")
+    reason: str = Field("", max_length=200)
+    at: float
+
+
+class DirectiveResult(BaseModel):
+    """A worker's answer to a directive, sent with its reports."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    seq: int = Field(ge=1)
+    status: Literal["applied", "refused"]
+    detail: str = Field("", max_length=500)
 
 
 class Telemetry(BaseModel):
@@ -81,6 +109,10 @@ class RoundState(BaseModel):
     rounds_done: int
     rounds_total: int = Field(description="rounds of the first campaign (federation.rounds)")
     continual: bool
+    sampled: bool | None = Field(None, description="whether the caller is in the open round's sample (null: no "
+                                                   "sampling, every live node trains)")
+    mode: Literal["sync", "async"] = "sync"
+    directive: FleetDirective | None = Field(None, description="the fleet's newest model directive, if any")
 
 
 class ModelVersionReport(BaseModel):
@@ -104,3 +136,4 @@ class WorkerReport(BaseModel):
     served_round: int | None = Field(None, ge=0, description="the global round whose model /detect serves")
     pinned: int | None = Field(None, ge=0, description="an admin pinned this round: newer models are not served")
     versions: list[ModelVersionReport] = Field(default_factory=list, max_length=100)
+    directive: DirectiveResult | None = Field(None, description="how the newest fleet directive went here")

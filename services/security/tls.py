@@ -34,3 +34,38 @@ def client_context(tls: TlsSettings, node: str) -> ssl.SSLContext | bool:
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.load_cert_chain(str(tls.cert(node)), str(tls.key(node)))
     return context
+
+
+def peer_certificate_protocol():
+    """uvicorn's HTTP protocol (httptools) that tells the app who the TLS client is: the ASGI TLS extension's
+    ``client_cert_name`` (RFC 4514) in ``scope["extensions"]["tls"]``, plus its common name, which uvicorn leaves
+    out. Passed as ``uvicorn.run(http=...)`` when tls.enabled; the certificate was verified against the CA by then."""
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    class PeerCertificateProtocol(HttpToolsProtocol):
+        _peer: dict | None = None
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            if self._peer is None:
+                self._peer = _peer_of(self.transport)
+            if self._peer:
+                self.scope["extensions"] = {**self.scope.get("extensions", {}), "tls": self._peer}
+
+    return PeerCertificateProtocol
+
+
+def _peer_of(transport) -> dict:
+    ssl_object = transport.get_extra_info("ssl_object")
+    cert = ssl_object.getpeercert() if ssl_object is not None else None
+    if not cert:
+        return {}
+    subject = [(k, v) for rdn in cert.get("subject", ()) for k, v in rdn]
+    names = {"commonName": "CN", "organizationName": "O"}
+    return {"client_cert_name": ",".join(f"{names.get(k, k)}={v}" for k, v in reversed(subject)),
+            "client_cert_cn": next((v for k, v in subject if k == "commonName"), None)}
+
+
+def client_certificate_id(scope) -> str | None:
+    """The common name of the request's verified TLS client certificate, or None."""
+    return ((scope.get("extensions") or {}).get("tls") or {}).get("client_cert_cn")

@@ -85,7 +85,8 @@ def test_an_admin_round_opens_wakes_the_long_poll_and_closes_with_every_live_wor
     assert (opened.status_code, opened.json()) == (202, {"round": 2, "trigger": "admin"})
     poll.join(10)
     assert answers and answers[0].json() == {"phase": "training", "open_round": 2, "rounds_done": 1,
-                                             "rounds_total": 1, "continual": True}
+                                             "rounds_total": 1, "continual": True, "sampled": None,
+                                             "mode": "sync", "directive": None}
     assert time.monotonic() - asked < 3, "the long-poll answers when the round opens, not at its timeout"
     refused(c.post("/v1/admin/rounds", headers=ADMIN), 409, "round_open")
 
@@ -118,7 +119,7 @@ def test_the_schedule_skips_without_new_rows_and_opens_a_round_with_them(tmp_pat
         assert skipped[0]["reason"] == "no worker reported new rows" and skipped[0]["round"] == 2
         assert c.get("/v1/round", headers=auth("valve2")).json()["phase"] == "idle"
         assert c.post("/v1/workers/valve2/report", json={"new_rows": 12}, headers=auth("valve2")).json() == {
-            "recorded": True}
+            "recorded": True, "directive": None}
         state = c.get("/v1/round", params={"after": 1, "wait": 10}, headers=auth("valve2")).json()
         assert state["phase"] == "training" and state["open_round"] == 2
         assert c.get("/v1/status").json()["continual"]["open_round_trigger"] == "schedule"

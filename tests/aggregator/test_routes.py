@@ -66,7 +66,7 @@ def test_telemetry_is_taken_by_the_aggregator_for_its_own_worker_only(aggregator
     assert aggregator.get("/v1/status").json()["workers"] == {}, "refused reports leave no trace"
 
     assert aggregator.post("/v1/workers/valve1/telemetry", json=report, headers=auth(aggregator)).json() == {
-        "accepted": True}
+        "accepted": True, "directive": None}
     assert aggregator.get("/v1/status").json()["workers"]["valve1"]["last_seen"] is not None
     shown = {w["id"]: w for w in aggregator.get("/v1/dashboard").json()["workers"]}["valve1"]
     assert (shown["phase"], shown["model_round"], shown["rows_scored"]) == ("serving", 2, 10)

@@ -20,9 +20,9 @@ FATAL_STATUS = {"bad_token": 403, "spec_mismatch": 409}
 
 def test_token_table_keeps_only_digests_and_identifies_by_token():
     table = TokenTable.from_settings(SETTINGS.workers)
-    stored = {bytes(d).hex() for d in table._digests.values()}
+    stored = {d.hex() for d in table._by_digest}
     assert stored == {hash_token(t) for t in TOKENS.values()}
-    assert not any(t.encode() in bytes(d) for t in TOKENS.values() for d in table._digests.values())
+    assert not any(t.encode() in d for t in TOKENS.values() for d in table._by_digest)
     assert table.identify(TOKENS["valve1"]) == "valve1"
     assert table.identify(TOKENS["valve1"] + "x") is None
     assert table.identify(hash_token(TOKENS["valve1"])) is None, "the stored digest is not a credential"

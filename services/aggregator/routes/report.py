@@ -24,10 +24,13 @@ router = APIRouter(prefix="/v1/workers", tags=["workers"], route_class=limited_b
 @router.post("/{worker_id}/report", summary="A worker's new rows, drift and model versions (counts and figures "
              "only)", responses=errors.openapi_responses(
                  errors.UNREADABLE_BODY, errors.CLIENT_DISCONNECTED, errors.MISSING_TOKEN, errors.BAD_TOKEN,
-                 errors.WRONG_WORKER, errors.TOO_LARGE, errors.INVALID_REQUEST))
+                 errors.WRONG_WORKER, errors.REVOKED, errors.TOO_LARGE, errors.INVALID_REQUEST,
+                 errors.STORAGE_UNAVAILABLE))
 async def report(worker_id: OwnWorker, body: WorkerReport, federation: FederationDep,
                  publisher: PublisherDep) -> dict:
-    """Answer ``{"recorded": true}``; a round the report opened shows in ``GET /v1/round`` and the status."""
+    """Answer ``{"recorded": true, "directive": ...}`` once the report is durable (the fleet's newest model
+    directive, or null); a round the report opened shows in ``GET /v1/round`` and the status."""
     federation.report(worker_id, body)
+    await federation.synced()
     publisher.check()
-    return {"recorded": True}
+    return {"recorded": True, "directive": federation.state.directive}

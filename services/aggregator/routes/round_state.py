@@ -8,7 +8,6 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from services.aggregator.deps import AuthenticatedWorker, FederationDep, PublisherDep
-from services.aggregator.rounds import Federation
 from services.protocol import errors
 from services.protocol.messages import RoundState
 
@@ -16,19 +15,8 @@ MAX_LONG_POLL_S = 60.0
 router = APIRouter(prefix="/v1", tags=["rounds"])
 
 
-def something_to_do(federation: Federation, worker_id: str, after: int) -> bool:
-    """A model newer than ``after`` is published, or a round is open that this training worker has not sent its
-    update for (a worker that has sent waits for the model; a detect-only one only for models)."""
-    if federation.rounds_done > after:
-        return True
-    if federation.phase != "training":
-        return False
-    detect_only = worker_id in federation.detect_only and worker_id not in federation.state.joined
-    return not detect_only and worker_id not in federation.pending
-
-
 @router.get("/round", response_model=RoundState, responses=errors.openapi_responses(
-    errors.MISSING_TOKEN, errors.BAD_TOKEN, errors.INVALID_REQUEST))
+    errors.MISSING_TOKEN, errors.BAD_TOKEN, errors.REVOKED, errors.INVALID_REQUEST))
 async def get_round_state(
     caller: AuthenticatedWorker,
     federation: FederationDep,
@@ -37,10 +25,11 @@ async def get_round_state(
     wait: Annotated[float, Query(ge=0, le=MAX_LONG_POLL_S, description="seconds to wait for something to do")] = 0,
 ) -> RoundState:
     """Answers at once without ``after``; with ``after`` and ``wait``, once a model newer than ``after`` is published
-    or a round opens that the caller has not sent its update for (or a worker that has not joined may join), at the
-    latest after ``wait`` seconds."""
+    or a round opens that the caller is asked to train and has not sent its update for, at the latest after
+    ``wait`` seconds. ``sampled`` says whether the caller is in the open round's sample (null: no sampling);
+    ``directive`` is the fleet's newest model directive."""
     federation.seen(caller)
     if after is not None and wait > 0:
-        await publisher.wait_for(lambda: something_to_do(federation, caller, after), wait)
+        await publisher.wait_for(lambda: federation.something_to_do(caller, after), wait)
         federation.seen(caller)
-    return federation.round_state()
+    return federation.round_state(caller)

@@ -18,4 +18,4 @@ router = APIRouter(prefix="/v1/workers", tags=["workers"])
 async def telemetry(worker_id: OwnWorker, body: Telemetry, federation: FederationDep, observer: ObserverDep) -> dict:
     federation.seen(worker_id)
     observer.telemetry(worker_id, body)
-    return {"accepted": True}
+    return {"accepted": True, "directive": federation.state.directive}

@@ -42,7 +42,8 @@ async def read_update(request: Request, limit: int, caller: str, observer: Aggre
 
 @router.post("/{round_no}/updates", responses=errors.openapi_responses(
     errors.CLIENT_DISCONNECTED, errors.MISSING_TOKEN, errors.BAD_TOKEN, errors.NOT_JOINED, errors.NO_OPEN_ROUND,
-    errors.STALE_ROUND, errors.FUTURE_ROUND, errors.CONFLICTING_UPDATE, errors.TOO_LARGE, errors.BAD_MEDIA_TYPE,
+    errors.STALE_ROUND, errors.FUTURE_ROUND, errors.TOO_STALE, errors.NOT_SAMPLED, errors.REVOKED,
+    errors.CONFLICTING_UPDATE, errors.TOO_LARGE, errors.BAD_MEDIA_TYPE,
     errors.INVALID_UPDATE, errors.HASH_MISMATCH, errors.NON_FINITE, errors.TOO_MANY_SAMPLES, errors.INVALID_REQUEST,
     errors.STORAGE_UNAVAILABLE),
     openapi_extra={"requestBody": {"required": True, "content": {
@@ -58,10 +59,12 @@ async def update(
     x_train_loss: Annotated[float, Header(alias=H_LOSS, description="mean training loss of the last epoch")],
     x_content_sha256: Annotated[str | None, Header(alias=H_SHA256)] = None,
 ) -> dict:
-    """Answer ``{"accepted": true, "duplicate": false, "round": r}``; the same bytes sent again are taken once
-    (``duplicate: true``). The round closes as soon as ``min_workers`` updates are in."""
+    """Answer ``{"accepted": true, "duplicate": false, "round": r}`` once the update is durable; the same bytes
+    sent again are taken once (``duplicate: true``). The round closes as soon as ``min_workers`` updates are in (or
+    every sampled node's; in async mode a model is published every ``buffer_size`` updates, and the answer gives
+    the update's ``staleness``)."""
     body = await read_update(request, federation.n_params * 4, caller, observer)
-    result = federation.submit(caller, round_no, body, x_sample_count, x_train_loss, x_content_sha256)
+    result = await federation.submit_async(caller, round_no, body, x_sample_count, x_train_loss, x_content_sha256)
     observer.update_accepted(result)
     publisher.check()
     return result
