@@ -47,7 +47,9 @@ from benchmarks.common import (
     LOOPBACK,
     REPO,
     Process,
+    Profile,
     base_env,
+    cpu_seconds,
     emit_json,
     free_port,
     get_json,
@@ -479,22 +481,27 @@ async def push(pool: Pool, fleet: Fleet, worker_id: str, round_no: int, acked: l
     return status, answer
 
 
-async def sampled_round(pool: Pool, observer: Connection, fleet: Fleet, round_no: int) -> dict:
+async def sampled_round(pool: Pool, observer: Connection, fleet: Fleet, round_no: int, pid: int) -> dict:
     t0 = time.perf_counter()
+    cpu0 = cpu_seconds(pid)
     sampled = await announce(pool, fleet, round_no)
     announced = time.perf_counter() - t0
+    announce_cpu = cpu_seconds(pid) - cpu0
     poll = asyncio.ensure_future(observer.request("GET", f"/v1/model?after_round={round_no - 1}&wait=60",
                                                   bearer(fleet.tokens[fleet.ids[0]]), timeout=90))
     await asyncio.sleep(0.05)
+    cpu0 = cpu_seconds(pid)
     started = time.perf_counter()
     results = await gather_limited([lambda w=w: push(pool, fleet, w, round_no) for w in sampled], pool.connections)
     status, headers, _ = await poll
     published = time.perf_counter()
+    cpu = cpu_seconds(pid) - cpu0
     refused = [r for r in results if r[0] != 200]
     if status != 200 or int(headers.get("x-model-round", -1)) != round_no:
         raise RuntimeError(f"round {round_no}: the observer got {status}, model {headers.get('x-model-round')}")
     return {"round": round_no, "sampled": len(sampled), "announce_s": round(announced, 3),
-            "upload_to_model_s": round(published - started, 3), "refused": len(refused)}
+            "announce_cpu_s": round(announce_cpu, 3), "upload_to_model_s": round(published - started, 3),
+            "aggregator_cpu_s": round(cpu, 3), "refused": len(refused)}
 
 
 def sampled_phase(wd: Path, args) -> dict:
@@ -511,7 +518,14 @@ def sampled_phase(wd: Path, args) -> dict:
             try:
                 await enroll(pool, fleet, fleet.ids)
                 await join(pool, fleet, fleet.ids)
-                out["rounds"] = [await sampled_round(pool, observer, fleet, r) for r in range(1, args.rounds + 1)]
+                profile = Profile(agg.pid, Path(args.profile)) if args.profile else None
+                try:
+                    out["rounds"] = [await sampled_round(pool, observer, fleet, r, agg.pid)
+                                     for r in range(1, args.rounds + 1)]
+                finally:
+                    if profile:
+                        profile.stop()
+                        out["profile"] = profile.top()
             finally:
                 pool.close()
                 observer.close()
@@ -821,6 +835,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--phases", default="enroll,sampled,async,sites")
     parser.add_argument("--workdir", help="keep state and logs here (default: a temporary folder)")
     parser.add_argument("--json", help="also write the figures to this JSON file")
+    parser.add_argument("--profile", metavar="FILE", help="py-spy the aggregator during the sampled rounds; "
+                                                         "collapsed stacks to FILE, summary printed")
     args = parser.parse_args(argv)
     machine = print_header(f"fleet: {args.nodes} light nodes over loopback HTTP against the real aggregator", argv)
     phases = args.phases.split(",")
@@ -880,11 +896,14 @@ def report(r: dict, args) -> None:
         s = r["sampled"]
         print(f"\nsampled sync rounds, {s['clients_per_round']} of {s['nodes']}:")
         for x, ref in zip(s["rounds"], s["reference"]["upload_to_model_s"]):
-            print(f"  round {x['round']}: {x['sampled']} sampled (asked by all in {x['announce_s']:.2f} s), first "
-                  f"upload -> model {x['upload_to_model_s']:.3f} s; in-process {ref:.3f} s; refused {x['refused']}")
+            print(f"  round {x['round']}: {x['sampled']} sampled (asked by all in {x['announce_s']:.2f} s, aggregator "
+                  f"CPU {x['announce_cpu_s']:.2f} s); first upload -> model {x['upload_to_model_s']:.3f} s (aggregator "
+                  f"CPU {x['aggregator_cpu_s']:.3f} s); in-process {ref:.3f} s; refused {x['refused']}")
         f = s["fairness"]
         print(f"  fairness after {f['rounds_done']} rounds: rounds since trained {f['rounds_since_trained']}, "
               f"never {f['never_trained']}")
+        if s.get("profile"):
+            print("  profile of the aggregator during the rounds:\n" + "\n".join(s["profile"]))
         worst = max(x["upload_to_model_s"] for x in s["rounds"])
         checks.append((f"sync round of {s['clients_per_round']}/{s['nodes']} <= 1.0 s",
                        worst <= TARGETS["sync_round_s"], f"worst {worst:.3f} s"))

@@ -1,7 +1,9 @@
 """Route dependencies as ``Annotated`` aliases: the federation, the publisher, the observer and the caller's identity.
 
 ``create_app`` puts the shared objects on ``app.state``; routes declare what they need by type, e.g.
-``async def join(worker_id: OwnWorker, federation: FederationDep)``.
+``async def join(worker_id: OwnWorker, federation: FederationDep)``. Every dependency is ``async def``: FastAPI runs a
+plain ``def`` in its thread pool, a thread hop per dependency per request that cost more than the request itself once
+thousands of nodes call (benchmarks/fleet.py).
 """
 
 from __future__ import annotations
@@ -17,24 +19,29 @@ from services.protocol.errors import BAD_TOKEN, MISSING_TOKEN, WRONG_WORKER, Pro
 from services.security.tokens import token_digest
 
 
-def _federation(request: Request) -> Federation:
+async def _federation(request: Request) -> Federation:
     return request.app.state.federation
 
 
-def _publisher(request: Request) -> Publisher:
+async def _publisher(request: Request) -> Publisher:
     return request.app.state.publisher
 
 
-def _observer(request: Request) -> AggregatorObserver:
+async def _observer(request: Request) -> AggregatorObserver:
     return request.app.state.observer
 
 
-def authenticated_worker(
+async def authenticated_worker(
     request: Request,
     authorization: Annotated[str | None, Header(description="Bearer <worker token>")] = None,
 ) -> str:
     """The id of the worker whose token the request carries: a worker of config.yaml or an enrolled node (403
     ``revoked`` for a revoked one)."""
+    return worker_of(request, authorization)
+
+
+def worker_of(request: Request, authorization: str | None) -> str:
+    """``authenticated_worker`` for callers outside dependency injection."""
     if not authorization or not authorization.startswith("Bearer "):
         raise ProtocolError(MISSING_TOKEN, "missing bearer token: send 'Authorization: Bearer <worker token>'")
     worker_id = identify(request.app, authorization.removeprefix("Bearer ").strip())
@@ -52,7 +59,7 @@ def identify(app, token: str) -> str | None:
 AuthenticatedWorker = Annotated[str, Depends(authenticated_worker)]
 
 
-def own_worker(worker_id: str, caller: AuthenticatedWorker) -> str:
+async def own_worker(worker_id: str, caller: AuthenticatedWorker) -> str:
     """The path's ``worker_id``, if the token is that worker's: a worker acts only under its own id."""
     if caller != worker_id:
         raise ProtocolError(WRONG_WORKER, f"this token belongs to worker {caller}, not {worker_id}")

@@ -33,7 +33,7 @@ class AdminCheck:
             raise ProtocolError(NOT_ADMIN, "this is not the admin token (control requests need admin.token)")
 
 
-def require_admin(
+async def require_admin(
     request: Request,
     authorization: Annotated[str | None, Header(description="Bearer <admin token>")] = None,
 ) -> None:

@@ -5,17 +5,21 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
-from services.aggregator.deps import FederationDep, OwnWorker, PublisherDep, authenticated_worker, own_worker
+from services.aggregator.deps import FederationDep, OwnWorker, PublisherDep, worker_of
 from services.aggregator.routes.bodies import limited_body
 from services.protocol import errors
+from services.protocol.errors import ProtocolError
 from services.protocol.messages import WorkerReport
 
 MAX_REPORT_BYTES = 256 * 1024  # 100 versions with their reasons and figures fit many times over
 
 
 def _own_worker(request: Request) -> str:
-    caller = authenticated_worker(request, request.headers.get("authorization"))
-    return own_worker(request.path_params.get("worker_id", ""), caller)
+    caller = worker_of(request, request.headers.get("authorization"))
+    worker_id = request.path_params.get("worker_id", "")
+    if caller != worker_id:
+        raise ProtocolError(errors.WRONG_WORKER, f"this token belongs to worker {caller}, not {worker_id}")
+    return worker_id
 
 
 router = APIRouter(prefix="/v1/workers", tags=["workers"], route_class=limited_body(MAX_REPORT_BYTES, _own_worker))

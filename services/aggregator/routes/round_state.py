@@ -28,6 +28,11 @@ async def get_round_state(
     or a round opens that the caller is asked to train and has not sent its update for, at the latest after
     ``wait`` seconds. ``sampled`` says whether the caller is in the open round's sample (null: no sampling);
     ``directive`` is the fleet's newest model directive."""
+    return await answer(federation, publisher, caller, after, wait)
+
+
+async def answer(federation, publisher, caller: str, after: int | None, wait: float) -> RoundState:
+    """The handler behind both this route and its fast twin (routes/fast.py)."""
     federation.seen(caller)
     if after is not None and wait > 0:
         await publisher.wait_for(lambda: federation.something_to_do(caller, after), wait)

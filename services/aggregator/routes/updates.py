@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Request
 from starlette.requests import ClientDisconnect
 
-from services.aggregator.deps import AuthenticatedWorker, FederationDep, ObserverDep, PublisherDep
+from services.aggregator.deps import AuthenticatedWorker
 from services.aggregator.observer import AggregatorObserver
 from services.protocol import errors
 from services.protocol.codec import CONTENT_TYPE
@@ -52,9 +52,6 @@ async def update(
     round_no: int,
     request: Request,
     caller: AuthenticatedWorker,
-    federation: FederationDep,
-    publisher: PublisherDep,
-    observer: ObserverDep,
     x_sample_count: Annotated[int, Header(alias=H_SAMPLES, description="local training windows")],
     x_train_loss: Annotated[float, Header(alias=H_LOSS, description="mean training loss of the last epoch")],
     x_content_sha256: Annotated[str | None, Header(alias=H_SHA256)] = None,
@@ -63,8 +60,16 @@ async def update(
     sent again are taken once (``duplicate: true``). The round closes as soon as ``min_workers`` updates are in (or
     every sampled node's; in async mode a model is published every ``buffer_size`` updates, and the answer gives
     the update's ``staleness``)."""
+    return await take(request, round_no, caller, x_sample_count, x_train_loss, x_content_sha256)
+
+
+async def take(request: Request, round_no: int, caller: str, sample_count: int, loss: float,
+               sha256: str | None) -> dict:
+    """The handler behind both this route and its fast twin (routes/fast.py)."""
+    state = request.app.state
+    federation, observer = state.federation, state.observer
     body = await read_update(request, federation.n_params * 4, caller, observer)
-    result = await federation.submit_async(caller, round_no, body, x_sample_count, x_train_loss, x_content_sha256)
+    result = await federation.submit_async(caller, round_no, body, sample_count, loss, sha256)
     observer.update_accepted(result)
-    publisher.check()
+    state.publisher.check()
     return result
