@@ -269,6 +269,10 @@ class WorkerCollector:
                      model.model_round if model else None)
         yield _gauge("fedad_worker_threshold", "Anomaly threshold of the model in service",
                      model.threshold if model else None)
+        shelf = getattr(loop, "models", None)
+        latest = shelf.state.latest if shelf is not None and shelf.state is not None else None
+        yield _gauge("fedad_worker_model_latest_refused", "1 while the gate refused the newest installed model "
+                     "version (an older one serves)", None if latest is None else float(latest.status == "refused"))
         trained = getattr(loop, "last_training", None) or {}
         yield _gauge("fedad_worker_training_loss", "Mean training loss of the last epoch of the last local round",
                      trained.get("loss"))
