@@ -327,7 +327,10 @@ class IngestCollector:
         for kind, count in sorted(s["alarm_events"].items()):
             events.add_metric([kind], count)
         yield events
-        yield _gauge("fedad_worker_alarm_outbox_pending", "Alarm events waiting for delivery", s["outbox_pending"])
+        yield _gauge("fedad_worker_alarm_outbox_pending", "Alarm events (and device twin reports) waiting for "
+                     "delivery", s["outbox_pending"])
+        yield CounterMetricFamily("fedad_worker_twin_reports", "Verdicts queued for the devices' KubeEdge twins "
+                                  "(twin.enabled)", value=s.get("twin_reports", 0))
         yield CounterMetricFamily("fedad_worker_alarm_outbox_dropped", "Alarm events dropped from a full outbox",
                                   value=s["outbox_dropped"])
         yield _gauge("fedad_worker_mqtt_connected", "1 while connected to the MQTT broker", s["mqtt_connected"])

@@ -97,5 +97,16 @@ class TwinReporter:
         self.reports += 1
 
 
+def after(emit: Callable[[dict], None], reporter: TwinReporter | None) -> Callable[[dict], None]:
+    """The AlarmBook's emit: the alarm event first, then (twin.enabled) its twin report, in that order on disk."""
+    if reporter is None:
+        return emit
+
+    def both(event: dict) -> None:
+        emit(event)
+        reporter.on_alarm(event)
+    return both
+
+
 def _number(value: float) -> str:
     return f"{float(value):.6g}"
