@@ -189,21 +189,39 @@ def test_http_pushes_reach_the_push_route_of_the_worker_on_the_node(devices, tmp
             assert (reading.device, reading.values) == (name, {prop: 2.5})
             checked += 1
         if checked:
-            settings = CONFIG.model_copy(deep=True)
-            app = create_app(settings, worker.model_copy(update={"state_dir": str(tmp_path / worker.id)}),
+            app = create_app(CONFIG, worker.model_copy(update={"state_dir": str(tmp_path / worker.id)}),
                              start_loop=False)
             assert ("/v1/ingest/push/{device}", "POST") in fastapi_routes(app)
     assert checked == len(FEATURES)
 
 
-def test_otel_pushes_reach_the_otlp_route_of_the_worker_on_the_node(devices):
+def test_otel_pushes_reach_the_otlp_route_of_the_worker_on_the_node(devices, tmp_path):
+    """The mapper exports a gauge named by the property from a resource whose device.id is <namespace>/<device>,
+    to endpointURL: the worker's OTLP route on its node, whose parser yields the device and the feature."""
+    from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
+    from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+    from opentelemetry.proto.metrics.v1.metrics_pb2 import Gauge, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics
+
+    from services.worker.app import create_app
+    from services.worker.ingest.otlp import PROTOBUF, parse_otlp
+
     nodes = worker_of_node()
     checked = 0
     for name, d in devices.items():
         worker = CONFIG.worker(nodes[d["spec"]["nodeName"]])
         for prop, otel in pushes(d, "otel"):
             url = urlsplit(otel["endpointURL"])
-            assert (url.scheme, url.hostname, url.port, url.path) == \
-                ("http", "127.0.0.1", worker.port, "/v1/ingest/otlp/v1/metrics")
+            assert (url.scheme, url.hostname, url.port) == ("http", "127.0.0.1", worker.port)
+            resource = ResourceMetrics(scope_metrics=[ScopeMetrics(metrics=[Metric(name=prop, gauge=Gauge(
+                data_points=[NumberDataPoint(time_unix_nano=1_764_000_000 * 10**9, as_double=3.5)]))])])
+            resource.resource.attributes.append(KeyValue(key="device.id", value=AnyValue(
+                string_value=f"{d['metadata']['namespace']}/{name}")))
+            body = ExportMetricsServiceRequest(resource_metrics=[resource]).SerializeToString()
+            [reading] = parse_otlp(body, PROTOBUF, frozenset(FEATURES), 0.0).readings
+            assert (reading.device, reading.values) == (name, {prop: 3.5})
             checked += 1
+        if checked:
+            app = create_app(CONFIG, worker.model_copy(update={"state_dir": str(tmp_path / worker.id)}),
+                             start_loop=False)
+            assert (url.path, "POST") in fastapi_routes(app)
     assert checked == len(FEATURES)

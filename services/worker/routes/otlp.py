@@ -28,6 +28,7 @@ async def otlp_metrics(request: Request, ctx: Context):
     ``ExportMetricsServiceResponse`` in the request's encoding; metrics that are not features are counted in its
     ``partial_success``. A refused request is ``{"code", "detail"}`` with a 4xx, and nothing of it is scored."""
     ingest = ctx.ingest
+    assert ingest is not None, "routes/ingest.router runs the ingestion: the app includes it before this router"
     declared = request.headers.get("content-length", "")
     try:
         if declared.isdigit() and int(declared) > MAX_PAYLOAD:
