@@ -91,8 +91,10 @@ class TwinReporter:
     def _report(self, device: str, values: dict[str, str], when: float, alarm: bool) -> None:
         self._devices[device] = {"at": self.clock(), "alarm": alarm}
         self._devices.move_to_end(device)
-        while len(self._devices) > self.max_devices:
-            self._devices.popitem(last=False)
+        if len(self._devices) > self.max_devices:
+            # forget the least recent device without an open alarm: one that comes back reports "clear" anew
+            quiet = next((d for d, last in self._devices.items() if not last["alarm"]), None)
+            self._devices.pop(quiet if quiet is not None else next(iter(self._devices)))
         self.put({"event": EVENT, "device": device, "message": message(values, when)})
         self.reports += 1
 

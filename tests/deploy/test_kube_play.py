@@ -15,6 +15,7 @@ import base64
 import json
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -173,10 +174,31 @@ def test_overlay_runs_under_podman_kube_play_federates_and_serves(podman_images,
         if overlay == "gcp-kubeedge":  # the workers subscribed to the node's broker, as on an edge node
             for worker in RUN[1:]:
                 ingest = played.json(worker, "/v1/ingest")
-                assert ingest["mqtt"]["enabled"] and ingest["mqtt"]["connected"], ingest
+                assert ingest["mqtt"]["enabled"] and ingest["mqtt"]["connected"] and ingest["twin"]["enabled"], ingest
+            device_to_twin(played)
         print(f"{overlay}: round done and /detect answered {time.monotonic() - t0:.0f} s after kube play")
     finally:
         played.stop()
+
+
+def device_to_twin(played: Played) -> None:
+    """deploy/devices/pump-valve1.yaml's mapper publishes a SKAB run (its normal start, then its fault) to the
+    topics of its pushMethod on the node's broker; the worker the manifests started scores it and reports the
+    verdict into the device's twin topic, where EdgeCore would take it to `kubectl get device`."""
+    rows = 1000  # 400 baseline rows, then 600 scored: the fault starts at row 572 of valve1/1.csv
+    out = sh(played.inside([sys.executable, str(REPO / "tests" / "deploy" / "mapper_sim.py"),
+                            str(REPO / "deploy" / "devices" / "pump-valve1.yaml"),
+                            str(data_dir() / "skab" / "valve1" / "1.csv"), "--rows-to-send", str(rows),
+                            "--wait", "120"]), timeout=400)
+    twins = [json.loads(line) for line in out.stdout.splitlines()]
+    alarm = [t["twin"]["alarm"]["actual"]["value"] for t in twins if "alarm" in t["twin"]]
+    assert alarm[:1] == ["clear"] and "open" in alarm, f"twin reports {alarm}; {out.stderr}\n{played.logs()}"
+    opened = next(t for t in twins if t["twin"].get("alarm", {}).get("actual", {}).get("value") == "open")
+    assert opened["twin"]["top_sensor"]["actual"]["value"] != "none"
+    ingest = played.json("worker-valve1", "/v1/ingest")
+    assert ingest["counts"]["rows_scored"] > 0 and ingest["refused"] == {}, ingest
+    alarms = played.json("worker-valve1", "/v1/alarms")
+    assert {a["stream"] for a in alarms["open"] + alarms["recent"]} == {"pump-valve1"}
 
 
 # --- the translation, step by step -----------------------------------------------------------------------------

@@ -71,6 +71,16 @@ def test_reports_at_each_alarm_change_and_scores_at_most_every_every_s():
         check_schema(record["message"])
 
 
+def test_beyond_max_devices_a_device_with_an_open_alarm_is_not_forgotten():
+    put = []
+    reporter = TwinReporter(30, put.append, lambda: True, max_devices=2)
+    reporter.on_alarm({"event": "opened", "stream": "a", "peak_score": 5.0, "time": 1.0, "top_sensors": []})
+    reporter.on_scores("b", 0.1, 2.0)
+    reporter.on_scores("c", 0.1, 3.0)  # one too many: b goes, a keeps its open alarm
+    reporter.on_scores("a", 0.2, 4.0)
+    assert [r["device"] for r in put] == ["a", "b", "c"], "a is still known: no new 'clear' report for it"
+
+
 def test_values_keep_to_what_edgecore_accepts():
     assert twin_value("Volume Flow RateRMS") == "Volume_Flow_RateRMS"
     assert twin_value("") == twin_value(None) == "none"
