@@ -75,7 +75,7 @@ def test_every_manifest_is_executed_in_ci_or_listed_with_the_check_that_covers_i
             continue
         folder = str(path.parent.relative_to(REPO))
         assert f"`{name}`" in section or f"`{folder}/*`" in section or f"`{folder}`" in section, \
-            f"{name} is neither executed by tests/deploy/test_kube_play.py nor listed in docs/deploy.md"
+            f"{name} is neither executed by tests/containers/test_kube_play.py nor listed in docs/deploy.md"
 
 
 def test_kind_cluster_maps_the_k3s_nodeports_on_loopback_and_mounts_the_host_folder():

@@ -1,12 +1,13 @@
 """What a KubeEdge mapper configured by a Device of deploy/devices sends over MQTT, and what comes back in the twin.
 
-    python tests/deploy/mapper_sim.py DEVICE.yaml ROWS.csv --port 1883 --rows 1000 --wait 120
+    python tests/containers/mapper_sim.py DEVICE.yaml ROWS.csv --port 1883 --rows-to-send 1000 --wait 120
 
 Publishes the CSV's rows (SKAB: ``;``-separated, one a second) property by property, each to the topic of that
 property's ``pushMethod.mqtt`` with the mapper framework's text (``time is <local time>  <topic>: <value>``, QoS 1,
 mapper-framework ``data/publish/mqtt``), then listens on the Device's twin-update topic until a report says
-``alarm: open`` (or ``--wait`` s pass) and prints every twin message it heard as one JSON line. tests/deploy runs
-it inside the network namespace of its podman run, where the broker and the workers are.
+``alarm: open`` (or ``--wait`` s pass) and prints every twin message it heard as one JSON line.
+tests/containers/test_kube_play.py runs it inside the network namespace of its podman run, where the broker and the
+workers are.
 """
 
 from __future__ import annotations

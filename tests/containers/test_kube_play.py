@@ -2,7 +2,7 @@
 podman 4.3 (`podman kube play`) from the images the container tests build; the aggregator and two workers start from
 the very Deployments, ConfigMaps and Secrets, federate a round and answer /detect.
 
-podman cannot take every field as is: tests/deploy/kube_play.py translates (and says why, field by field), and
+podman cannot take every field as is: tests/containers/kube_play.py translates (and says why, field by field), and
 test_translation_* below pins each step. Everything runs in a network namespace of the run's own, with only its
 loopback: the config.yaml ports are free there whatever else runs on this machine, and nothing can leave it.
 The GCP + KubeEdge overlay also gets the edge node's broker (Debian's Mosquitto on 127.0.0.1:1883 in that namespace),
@@ -12,6 +12,7 @@ which its workers subscribe to.
 from __future__ import annotations
 
 import base64
+import getpass
 import json
 import shutil
 import subprocess
@@ -22,14 +23,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from containers.conftest import RUN_ID, docker_engine, images  # noqa: F401 (fixtures: the images built for this run)
-from containers.test_compose import data_dir
+from deploy.conftest import ansible_env, playbook, run, tool
 from support import missing_tool
 
-from .conftest import REPO, ansible_env, playbook
+from .conftest import REPO, RUN_ID
 from .kube_play import translate
+from .test_compose import data_dir
 
-pytestmark = [pytest.mark.deploy, pytest.mark.docker]
+pytestmark = pytest.mark.docker
 
 RUN = ("aggregator", "worker-valve1", "worker-valve2")  # two of the three workers: the round needs min_workers 2
 SAMPLE = [[0.026517, 0.040316, 0.439802, 0.382638, 78.930397, 25.982201, 224.464005, 32.0]]
@@ -92,13 +93,22 @@ class Played:
         sh(["ip", "netns", "add", self.netns])
         sh(["ip", "-n", self.netns, "link", "set", "lo", "up"])
         if self.overlay == "gcp-kubeedge":  # the edge node's broker, where the workers' settings point
-            self.broker = subprocess.Popen(self.inside(["mosquitto", "-p", "1883"]), stdout=subprocess.DEVNULL,
-                                           stderr=subprocess.DEVNULL)
+            self.broker = subprocess.Popen(self.inside(["mosquitto", "-c", str(self.broker_config())]),
+                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         for name, content in self.secrets.items():
             (self.tmp / f"secret-{name}.json").write_text(content)
             sh(["podman", "secret", "create", name, str(self.tmp / f"secret-{name}.json")], env=self.env)
         sh(self.inside(["podman", "kube", "play", str(self.file)]), env=self.env)
         return self
+
+    def broker_config(self) -> Path:
+        """As ansible's kubeedge_edge role configures it, and with room for the mapper simulation, which publishes
+        a SKAB run a thousand times faster than a mapper would (beyond 1,000 messages queued for a subscriber,
+        Mosquitto's default drops QoS 1 messages)."""
+        path = self.tmp / "mosquitto.conf"
+        path.write_text(f"listener 1883 127.0.0.1\nallow_anonymous true\nmax_queued_messages 100000\n"
+                        f"user {getpass.getuser()}\n")
+        return path
 
     def inside(self, cmd: list[str]) -> list[str]:
         """``cmd`` in the namespace's network only (``ip netns exec`` would also remount /sys, hiding cgroups)."""
@@ -134,7 +144,7 @@ class Played:
 
 
 @pytest.fixture(scope="module")
-def podman_images(images):  # noqa: F811 (the fixture imported above)
+def podman_images(images):
     """The container tests' images, loaded into podman's store under the same names."""
     tools()
     t0 = time.monotonic()
@@ -186,7 +196,7 @@ def device_to_twin(played: Played) -> None:
     topics of its pushMethod on the node's broker; the worker the manifests started scores it and reports the
     verdict into the device's twin topic, where EdgeCore would take it to `kubectl get device`."""
     rows = 1000  # 400 baseline rows, then 600 scored: the fault starts at row 572 of valve1/1.csv
-    out = sh(played.inside([sys.executable, str(REPO / "tests" / "deploy" / "mapper_sim.py"),
+    out = sh(played.inside([sys.executable, str(REPO / "tests" / "containers" / "mapper_sim.py"),
                             str(REPO / "deploy" / "devices" / "pump-valve1.yaml"),
                             str(data_dir() / "skab" / "valve1" / "1.csv"), "--rows-to-send", str(rows),
                             "--wait", "120"]), timeout=400)
@@ -204,7 +214,6 @@ def device_to_twin(played: Played) -> None:
 # --- the translation, step by step -----------------------------------------------------------------------------
 
 def _rendered_overlay(overlay: str) -> list[dict]:
-    from .conftest import run, tool
     return [d for d in yaml.safe_load_all(run([tool("kubectl"), "kustomize", f"deploy/overlays/{overlay}"]).stdout) if d]
 
 
