@@ -102,9 +102,11 @@ class Played:
         return self
 
     def broker_config(self) -> Path:
-        """As ansible's kubeedge_edge role configures it, and with room for the mapper simulation, which publishes
-        a SKAB run a thousand times faster than a mapper would (beyond 1,000 messages queued for a subscriber,
-        Mosquitto's default drops QoS 1 messages)."""
+        """The edge node's broker as ansible's kubeedge_edge role configures it (its room for 100,000 queued QoS 1
+        messages also takes the mapper simulation, which publishes a SKAB run a thousand times faster than a
+        mapper would)."""
+        tasks = (REPO / "ansible" / "roles" / "kubeedge_edge" / "tasks" / "main.yml").read_text()
+        assert "max_queued_messages 100000" in tasks and "allow_anonymous true" in tasks
         path = self.tmp / "mosquitto.conf"
         path.write_text(f"listener 1883 127.0.0.1\nallow_anonymous true\nmax_queued_messages 100000\n"
                         f"user {getpass.getuser()}\n")
