@@ -24,6 +24,7 @@ import pytest
 import yaml
 
 from deploy.conftest import ansible_env, playbook, run, tool
+from services.config import load_settings
 from support import missing_tool
 
 from .conftest import REPO, RUN_ID
@@ -65,7 +66,6 @@ class Played:
         settings["federation"].update(rounds=1, min_workers=2, quorum=2, round_deadline_s=300)
         settings["federation"]["continual"]["enabled"] = False
         settings["model"]["local_epochs"] = 1
-        self.config = yaml.safe_load(yaml.safe_dump(settings))
         (tmp / "config.yaml").write_text(yaml.safe_dump(settings, sort_keys=False))
         extra = {"fedad_overlay": overlay, "fedad_build_dir": str(tmp / "build"), "fedad_image_tag": image_tag}
         (tmp / "extra.json").write_text(json.dumps(extra))
@@ -78,9 +78,8 @@ class Played:
         self.broker: subprocess.Popen | None = None
 
     def port(self, name: str) -> int:
-        wid = name.removeprefix("worker-")
-        return self.config["aggregator"]["port"] if name == "aggregator" else \
-            next(w["port"] for w in self.config["workers"] if w["id"] == wid)
+        settings = load_settings(self.tmp / "config.yaml", environ={})
+        return settings.aggregator.port if name == "aggregator" else settings.worker(name.removeprefix("worker-")).port
 
     def start(self) -> Played:
         (self.root / "state").mkdir(parents=True)
