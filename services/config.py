@@ -510,6 +510,13 @@ class AlarmSettings(_Section):
     recent: int = Field(50, ge=0, le=10_000)  # cleared alarms listed in /v1/status
 
 
+class TwinSettings(_Section):
+    """The verdict as reported twin properties of each device on KubeEdge (services/worker/twin.py)."""
+
+    enabled: bool = False  # needs ingest.mqtt.enabled: EdgeCore reads twin updates from the node's broker
+    every_s: float = Field(30.0, gt=0)  # a device's score at most this often; alarm changes at once
+
+
 class LoggingSettings(_Section):
     """Both services: ``text`` lines or one JSON object per line, each with the worker id and round."""
 
@@ -724,6 +731,7 @@ class Settings(_Section):
     streams: StreamSettings = StreamSettings()
     ingest: IngestSettings = IngestSettings()
     alarms: AlarmSettings = AlarmSettings()
+    twin: TwinSettings = TwinSettings()
     models: ModelVersionSettings = ModelVersionSettings()
     buffer: LiveBufferSettings = LiveBufferSettings()
     drift: DriftSettings = DriftSettings()
@@ -756,6 +764,9 @@ class Settings(_Section):
                     self.data_for(w)
                 except ValidationError as exc:
                     raise ValueError(f"worker {w.id}'s data overrides: {_describe(exc).strip()}") from None
+        if self.twin.enabled and not self.ingest.mqtt.enabled:
+            raise ValueError("twin.enabled reports verdicts through the node's MQTT broker: set ingest.mqtt.enabled "
+                             "too (KubeEdge: FEDAD__INGEST__MQTT__ENABLED=true)")
         if self.tls.enabled and not self.aggregator.url.startswith("https://"):
             raise ValueError(f"tls.enabled is true but aggregator.url is {self.aggregator.url}: "
                              "workers must reach the aggregator with https://")
