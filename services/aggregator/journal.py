@@ -148,6 +148,8 @@ class Journal:
         self._line_bytes: dict[str, int] = {}
         self._load()
         self._commit = GroupCommit(self._append, after_batch=self._maybe_compact)
+        if self.damaged_lines:  # kept for whoever wants to see what was damaged, before compaction drops it
+            atomic.write_bytes(self.path.with_name(self.path.name + ".damaged"), self.path.read_bytes())
         if self._size > max(2 * self._live_bytes, 4096) or self.damaged_lines:
             self.compact()
 

@@ -23,6 +23,7 @@ scale test can start many workers.
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -149,9 +150,11 @@ def _event_slots(source: SyntheticSource, rng: np.random.Generator) -> list[tupl
 
 
 def synthetic_source(settings: Settings, worker: WorkerSettings) -> SyntheticSource:
-    """Worker k of config's ``workers`` list reads device k of the fleet ``data.source.synthetic`` describes."""
+    """Worker k of config's ``workers`` list reads device k of the fleet ``data.source.synthetic`` describes; an
+    enrolled node (not in the list) reads a device numbered by its id, the same on every start."""
     g = settings.data_for(worker).source.synthetic
-    device = [w.id for w in settings.workers].index(worker.id)
+    listed = [w.id for w in settings.workers]
+    device = listed.index(worker.id) if worker.id in listed else 1000 + zlib.crc32(worker.id.encode()) % 1_000_000
     return SyntheticSource(device, tuple(settings.data.columns), rows=g.rows, normal_rows=g.normal_rows,
                            anomalies=g.anomalies, kinds=tuple(g.kinds), interval_s=g.interval_s,
                            period_rows=g.period_rows, seed=g.seed)

@@ -31,13 +31,14 @@ from services.data.sources import NodeFeed
 from services.model.detector import DetectorSpec, node_seed
 from services.protocol.codec import CONTENT_TYPE, content_hash, decode_weights, encode_weights
 from services.protocol.errors import (CONFLICTING_UPDATE, FATAL_CODES, FUTURE_ROUND, NO_OPEN_ROUND, NOT_FOUND,
-                                      NOT_JOINED, STALE_ROUND, ErrorCode, error_of)
+                                      NOT_JOINED, NOT_SAMPLED, STALE_ROUND, TOO_STALE, ErrorCode, error_of)
 from services.protocol.messages import (H_LOSS, H_ROUND, H_SAMPLES, H_SHA256, JoinRequest, JoinResponse, RoundState,
                                         TrainingPlan, WorkerReport)
 from services.security.accountant import GaussianAccountant
 from services.security.filters import FilterContext, apply, client_privacy_filters
 from services.security.tls import client_context
 from services.worker.buffer import LiveBuffer
+from services.worker.directive import DirectiveFollower
 from services.worker.drift import DriftWatch
 from services.worker.marks import TrainedMarks
 from services.worker.models import ModelShelf
@@ -69,6 +70,7 @@ class WorkerLoop:
         self.slot = slot
         self.spec = DetectorSpec.from_settings(settings)
         self.models = ModelShelf(settings, worker, slot, self.spec, lambda: self.data)  # versions, gate, serving
+        self.directive = DirectiveFollower(worker.state_dir, self.models)  # the fleet's model directives
         self.store = self.models.store
         self.spec_hash = self.spec.spec_hash
         self.n_params = self.spec.n_params
@@ -156,6 +158,7 @@ class WorkerLoop:
         self._check_marks(joined.run_id)
         global_round, global_weights = self._resume_point()
         pushed_round = 0
+        passed_round = 0  # the last round this node was not sampled for: it waits for the next model instead
         while not self.stop_event.is_set():
             may_train = True
             if global_round >= self.rounds_total and pushed_round <= global_round:
@@ -171,10 +174,12 @@ class WorkerLoop:
                 self.phase = "idle"
                 if state.rounds_done <= global_round and state.phase != "training":
                     continue  # the long-poll elapsed without news
-                may_train = state.phase == "training" and state.open_round == global_round + 1
+                may_train = state.phase == "training" and state.open_round == global_round + 1 and \
+                    state.sampled is not False
                 wait = 0
-            else:  # long-poll only once this worker's update for the open round is in: nothing newer can come before
-                wait = LONG_POLL_S if pushed_round > global_round else 0
+            else:  # long-poll only once this worker's update for the open round is in (or it is not sampled for
+                # it): nothing newer can come before
+                wait = LONG_POLL_S if max(pushed_round, passed_round) > global_round else 0
             model_round, weights = self._retrying(lambda: self._pull(global_round, wait))
             if weights is not None and model_round > global_round:
                 global_round, global_weights = model_round, weights
@@ -183,6 +188,13 @@ class WorkerLoop:
                     self.reporter.nudge()
                 continue  # look again: the campaign may be over, the next round open or not yet
             open_round = global_round + 1
+            if may_train and pushed_round < open_round and joined.sampling and passed_round < open_round:
+                state = self._retrying(lambda: self._round_state(global_round, wait=0))
+                if state is not None and state.sampled is False:
+                    passed_round = open_round
+                    self.phase = "not sampled"
+                    log.info("round %d: not in its sample; serving and waiting for its model", open_round)
+                    continue
             if may_train and pushed_round < open_round:
                 buffer_mark, drift_asks = self._refresh_data()
                 update, loss = self._train(scaler, open_round, global_weights)
@@ -311,7 +323,7 @@ class WorkerLoop:
         body = encode_weights(weights)
         headers = {"Content-Type": CONTENT_TYPE, H_SAMPLES: str(len(self.data.train_raw())), H_LOSS: repr(loss),
                    H_SHA256: content_hash(body)}
-        moved_on = (NOT_JOINED, NO_OPEN_ROUND, STALE_ROUND, FUTURE_ROUND, CONFLICTING_UPDATE)
+        moved_on = (NOT_JOINED, NO_OPEN_ROUND, STALE_ROUND, FUTURE_ROUND, CONFLICTING_UPDATE, NOT_SAMPLED, TOO_STALE)
         response = self._call("POST", f"/v1/rounds/{round_no}/updates", headers=headers,
                               content=faults.split_body("worker.upload", body), accept=moved_on)
         if response.is_error:  # the round moved on without this update, or the aggregator forgot this worker
@@ -343,6 +355,8 @@ class WorkerLoop:
             return None
         state = RoundState.model_validate(response.json())
         self.continual = state.continual
+        if self.directive.follow(state.directive):
+            self.reporter.nudge(force=True)
         return state
 
     def _refresh_data(self) -> tuple[int | None, int]:
@@ -420,7 +434,8 @@ class WorkerLoop:
         return WorkerReport(new_rows=self.count_new_rows(), drift=self._drift_asks > self._drift_asks_trained,
                             drift_events=int(getattr(drift, "events", 0) or 0), served_round=served,
                             pinned=models.pinned_round if models is not None else None,
-                            versions=[_finite(v) for v in (models.versions if models is not None else [])[-100:]])
+                            versions=[_finite(v) for v in (models.versions if models is not None else [])[-100:]],
+                            directive=self.directive.result)
 
     def _send_report(self, report: WorkerReport) -> bool:
         try:
@@ -441,7 +456,16 @@ class WorkerLoop:
             self._report_refused = problem.code
             return False
         self._report_refused = None
+        self.follow_directive(response.json().get("directive"))
         return True
+
+    def follow_directive(self, directive: dict | None) -> None:
+        """The fleet's model directive, from any answer that carries it: followed once, reported next."""
+        try:
+            if self.directive.follow(directive):
+                self.reporter.nudge(force=True)
+        except ValueError as exc:  # a directive this worker cannot read: say so once, keep working
+            log.warning("fleet directive not understood: %s", exc)
 
     def continual_document(self) -> dict:
         """The ``continual`` block of /v1/status."""
