@@ -18,12 +18,13 @@ class Publisher:
         self.event = asyncio.Event()
         self.seen = federation.rounds_done
         self.seen_phase = federation.phase
+        self.seen_directive = federation.state.directive
 
     def check(self) -> None:
         """Called after each request that may change the rounds and once a second: wake the waiters if a round
         closed or opened (or the phase changed) since the last call."""
         f = self.federation
-        if f.rounds_done == self.seen and f.phase == self.seen_phase:
+        if f.rounds_done == self.seen and f.phase == self.seen_phase and f.state.directive == self.seen_directive:
             return
         if f.rounds_done != self.seen:
             last = f.state.history[-1] if f.state.history else None
@@ -31,7 +32,7 @@ class Publisher:
                 log.info("round %d closed (%s): %d updates, mean loss %.5f", last["round"], last["closed_by"],
                          last.get("contributors", len(last["workers"])), last["mean_loss"],
                          extra={"round": last["round"]})
-        self.seen, self.seen_phase = f.rounds_done, f.phase
+        self.seen, self.seen_phase, self.seen_directive = f.rounds_done, f.phase, f.state.directive
         self.event.set()
         self.event = asyncio.Event()
 

@@ -249,10 +249,13 @@ class Federation:
                           sampled=self.sampled(worker_id) if worker_id is not None and training else None,
                           mode=self.mode, directive=self.state.directive)
 
-    def something_to_do(self, worker_id: str, after: int) -> bool:
+    def something_to_do(self, worker_id: str, after: int, directive_seen: int | None = None) -> bool:
         """A model newer than ``after`` is published, a round is open that this training worker is asked to train
-        and has not sent its update for, or a newer fleet directive: what a long-polling worker waits for."""
+        and has not sent its update for, or a fleet directive newer than ``directive_seen``: what a long-polling
+        worker waits for."""
         if self.rounds_done > after:
+            return True
+        if directive_seen is not None and int((self.state.directive or {}).get("seq", 0)) > directive_seen:
             return True
         if self.phase != "training" or self.detect_only(worker_id) or worker_id in self.pending:
             return False

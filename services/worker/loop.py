@@ -349,7 +349,9 @@ class WorkerLoop:
         """Where the federation stands; with ``wait`` the aggregator answers once a round opens, a newer model than
         ``after`` is published, or the wait elapsed. None: an aggregator without continual rounds (no route)."""
         wait = wait if self.continual else 0  # the first question: is there anything to wait for at all?
-        response = self._call("GET", "/v1/round", params={"after": after, "wait": wait}, accept=(NOT_FOUND,))
+        seen = self.directive.result.seq if self.directive.result else 0
+        response = self._call("GET", "/v1/round", params={"after": after, "wait": wait, "directive": seen},
+                              accept=(NOT_FOUND,))
         if response.status_code == 404:
             self.continual = False
             return None

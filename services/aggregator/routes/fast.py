@@ -60,8 +60,9 @@ async def get_round(request: Request) -> Response:
     query = request.query_params
     after = _param(query.get("after"), _AFTER, "query after", None)
     wait = _param(query.get("wait"), _WAIT, "query wait", 0.0)
+    directive = _param(query.get("directive"), _AFTER, "query directive", None)
     state = request.app.state
-    answer = await round_state.answer(state.federation, state.publisher, caller, after, wait)
+    answer = await round_state.answer(state.federation, state.publisher, caller, after, wait, directive)
     return Response(answer.model_dump_json(), media_type="application/json")
 
 
