@@ -11,6 +11,9 @@
 #                         publish -> alarm latency at 100 and 1,000 rows/s (needs mosquitto; ~3 min)
 #   make bench-kinds      per model kind: training s / round and peak RSS of the training process, serving µs/row at
 #                         batch 1 and 4,096, each beside the dense model's (~1 min)
+#   make bench-fleet      10,000 simulated nodes: enrollment (and kill -9 mid-storm), sampled rounds, async rounds with
+#                         stragglers, offline nodes and kill -9, 3 site aggregators; beside in-process references
+#                         (~10 min on 2 cores; run it niced: `nice -n 10 make bench-fleet`)
 #
 # Load generator: wrk (Debian: apt-get install wrk); without it the scripts fall back to a Python load generator,
 # which measures itself. py-spy (installed here) records the profiles `--profile` asks for.
@@ -32,7 +35,7 @@ $(VENV)/.bench-deps: | $(VENV)/.installed
 $(BENCH_OUT):
 	mkdir -p $@
 
-bench: bench-detect bench-aggregate bench-round bench-resources bench-streams bench-kinds bench-late-join bench-serving-rss  ## every benchmark (BENCHMARKS.md)
+bench: bench-detect bench-aggregate bench-round bench-resources bench-streams bench-kinds bench-late-join bench-serving-rss bench-fleet  ## every benchmark (BENCHMARKS.md)
 
 bench-detect: venv $(VENV)/.bench-deps | $(BENCH_OUT)  ## /detect vs the HTTP ceiling, onnxruntime and torch eager
 	$(PY) -m benchmarks.detect --json $(BENCH_OUT)/detect.json --profile $(BENCH_OUT)/detect-profile.txt $(BENCH_ARGS)
@@ -65,3 +68,7 @@ BENCH_REF ?= 31f7bff
 .PHONY: bench-serving-rss
 bench-serving-rss: venv | $(BENCH_OUT)  ## serving-process memory here vs at BENCH_REF, same run
 	$(PY) -m benchmarks.serving_rss --ref $(BENCH_REF) --json $(BENCH_OUT)/serving_rss.json $(BENCH_ARGS)
+
+.PHONY: bench-fleet
+bench-fleet: venv | $(BENCH_OUT)  ## a fleet of 10,000 light nodes: enrollment, sampled and async rounds, site aggregators
+	$(PY) -m benchmarks.fleet --json $(BENCH_OUT)/fleet.json $(BENCH_ARGS)

@@ -104,3 +104,23 @@ def test_serving_rss_script(tmp_path):
     for worker in ("valve1", "valve2", "other"):
         figures = r["mib"]["this"][worker]
         assert 50 < figures["VmRSS"] <= figures["VmHWM"] < 1024, (worker, figures)
+
+
+def test_fleet_script(tmp_path):
+    r = run_script("fleet", tmp_path, "--nodes", "120", "--sample", "30", "--rounds", "2", "--connections", "16",
+                   "--flood", "40", "--storm-nodes", "100", "--buffer", "10", "--max-staleness", "20",
+                   "--train-s", "1", "--async-s", "6", "--site-nodes", "20", "--site-share", "0.5", timeout=420)
+    e = r["enroll"]
+    assert e["enroll"]["n"] == 120 and e["join"]["n"] == 120 and e["joined"] == 120
+    assert e["bad_credentials"]["all_4xx"] and e["bad_credentials"]["stored_nothing"]
+    assert e["storm"]["no_acknowledged_enrollment_lost"] and e["storm"]["log"]["damaged_lines"] == 0
+    assert e["reference"]["enroll_s"] > 0 and e["rss_enrolled_mib"] > 0
+    s = r["sampled"]
+    assert [x["sampled"] for x in s["rounds"]] == [30, 30] and all(x["refused"] == 0 for x in s["rounds"])
+    assert len(s["reference"]["upload_to_model_s"]) == 2
+    a = r["async"]
+    assert a["versions"] >= 2 and a["no_acknowledged_update_lost"] and a["publish_s"]["max"] > 0
+    assert a["reference"]["versions"] == 5
+    sites = r["sites"]
+    assert sites["every_round_closed_with_all_3_sites"] and sites["no_acknowledged_update_lost"]
+    assert [x["round"] for x in sites["root_rounds"]] == [1, 2]
