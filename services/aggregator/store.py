@@ -27,6 +27,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+import orjson
 
 from services import atomic
 from services.aggregator.journal import GroupCommit
@@ -70,7 +71,7 @@ class AggregatorStore:
         """Append the update to its round's log: durable when this returns (no event loop running) or when the
         returned future resolves (group commit with the updates that arrive meanwhile); OSError if the disk
         refused."""
-        header = json.dumps({"worker": worker_id, **meta, "bytes": len(body)}, sort_keys=True).encode() + b"\n"
+        header = orjson.dumps({"worker": worker_id, **meta, "bytes": len(body)}, option=orjson.OPT_SORT_KEYS) + b"\n"
         return self._updates.submit((round_no, header + body))
 
     def flush_updates(self) -> None:
@@ -155,7 +156,8 @@ class AggregatorStore:
 
     # -- closed rounds beyond what state.json keeps ---------------------------------------------------------------
     def save_round(self, round_no: int, record: dict) -> None:
-        atomic.write_json(self.dir / "rounds" / f"{round_no}.json", record)
+        """A closed round's record with every contributor (written once, before state.json names it)."""
+        atomic.write_bytes(self.dir / "rounds" / f"{round_no}.json", orjson.dumps(record))
 
     def round_record(self, round_no: int) -> dict | None:
         return atomic.read_json(self.dir / "rounds" / f"{round_no}.json")

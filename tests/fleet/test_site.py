@@ -5,11 +5,10 @@ a site that loses its upstream keeps its nodes served, closes its round and catc
 from __future__ import annotations
 
 import signal
-import sys
 
 import httpx
 
-from benchmarks.common import Process, free_port, newest_round, wait_until
+from benchmarks.common import newest_round, wait_until
 from support import Stack
 
 SITE_TOKEN = "site-a-token-0123456789"
