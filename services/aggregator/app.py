@@ -148,8 +148,9 @@ def create_app(settings: Settings) -> FastAPI:
 
 
 class AggregatorApp(FastAPI):
-    """The aggregator's FastAPI app, with the two per-round requests of every node answered ahead of the middleware
-    stack (routes/fast.py)."""
+    """The aggregator's FastAPI app, with the two per-round requests of every node answered ahead of the framework
+    (routes/fast.py)."""
 
-    def build_middleware_stack(self):
-        return fast.FastPaths(super().build_middleware_stack(), self)
+    async def __call__(self, scope, receive, send) -> None:
+        if not await fast.answered(self, scope, receive, send):
+            await super().__call__(scope, receive, send)

@@ -1,8 +1,8 @@
 """The two requests every node of a fleet sends each round, answered ahead of the framework: ``POST
 /v1/rounds/{round}/updates`` and ``GET /v1/round``.
 
-``FastPaths`` wraps the app's middleware stack (``AggregatorApp.build_middleware_stack``) and takes exactly these two
-paths to their handlers: no route scan, no dependency solving, no middleware chain around every ``send``. Measured
+``AggregatorApp.__call__`` (services/aggregator/app.py) hands these two paths to ``answered`` before the framework
+sees them: no route scan, no dependency solving, no middleware chain around every ``send``. Measured
 with 1,000 sampled nodes posting at once (benchmarks/fleet.py), the framework's share was larger than the work
 itself. Everything else, and a round that is not a number, goes to the app as before. The handlers are the FastAPI
 routes' own (updates.take, round_state.answer), which also document them in the OpenAPI; parameters are validated by
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable
 from typing import Annotated, Any
 
 import orjson
@@ -70,40 +69,37 @@ async def get_round(request: Request) -> bytes:
     return answer.model_dump_json().encode()
 
 
-class FastPaths:
-    """ASGI: the two per-round requests straight to their handlers, anything else to ``inner``."""
+async def answered(app, scope, receive, send) -> bool:
+    """Answer the request if it is one of the two per-round requests; False: the app's to answer."""
+    if scope["type"] != "http":
+        return False
+    path, method = scope["path"], scope["method"]
+    if method == "POST" and (match := UPDATES.match(path)):
+        round_no = int(match.group(1))
+        await _answer(app, scope, receive, send, lambda request: update(request, round_no))
+        return True
+    if method == "GET" and path == "/v1/round":
+        await _answer(app, scope, receive, send, get_round)
+        return True
+    return False
 
-    def __init__(self, inner: Callable, app):
-        self.inner = inner
-        self.app = app
 
-    async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] == "http":
-            path, method = scope["path"], scope["method"]
-            if method == "POST" and (match := UPDATES.match(path)):
-                return await self._answer(scope, receive, send, lambda r: update(r, int(match.group(1))))
-            if method == "GET" and path == "/v1/round":
-                return await self._answer(scope, receive, send, get_round)
-        await self.inner(scope, receive, send)
-
-    async def _answer(self, scope, receive, send, handler) -> None:
-        scope["app"] = self.app
-        request = Request(scope, receive)
-        token = logs.worker_context.set(None)
-        try:
-            status, body = 200, await handler(request)
-        except ProtocolError as exc:
-            log.warning("%s %s refused (%d): %s [%s]", scope["method"], scope["path"], exc.status, exc.detail,
-                        exc.code)
-            self.app.state.observer.refused(scope["path"], exc.status, exc.code)
-            status, body = exc.status, orjson.dumps(exc.body())
-        except Exception as exc:  # a bug: the traceback to the log, the client gets the code
-            log.exception("%s %s failed", scope["method"], scope["path"])
-            status = 500
-            body = orjson.dumps({"code": errors.INTERNAL_ERROR.code, "detail": f"internal error "
-                                                                              f"({type(exc).__name__})"})
-        finally:
-            logs.worker_context.reset(token)
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [*JSON, (b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body", "body": body})
+async def _answer(app, scope, receive, send, handler) -> None:
+    scope["app"] = app
+    request = Request(scope, receive)
+    token = logs.worker_context.set(None)
+    try:
+        status, body = 200, await handler(request)
+    except ProtocolError as exc:
+        log.warning("%s %s refused (%d): %s [%s]", scope["method"], scope["path"], exc.status, exc.detail, exc.code)
+        app.state.observer.refused(scope["path"], exc.status, exc.code)
+        status, body = exc.status, orjson.dumps(exc.body())
+    except Exception as exc:  # a bug: the traceback to the log, the client gets the code
+        log.exception("%s %s failed", scope["method"], scope["path"])
+        status = 500
+        body = orjson.dumps({"code": errors.INTERNAL_ERROR.code, "detail": f"internal error ({type(exc).__name__})"})
+    finally:
+        logs.worker_context.reset(token)
+    await send({"type": "http.response.start", "status": status,
+                "headers": [*JSON, (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
