@@ -111,6 +111,7 @@ class Federation:
         self.members = Members(store.dir)
         self.reports = continual.Reports(store.dir, self.continual.min_new_rows)
         self.counts: collections.Counter[str] = collections.Counter()  # events since start, for /metrics
+        self.publish_times: collections.deque[float] = collections.deque(maxlen=200)  # s from full round to published
         self.recent = RecentModels(self.fed.max_staleness)  # async: the models updates may be based on
         self.outbox: dict | None = None  # a site: its aggregate of the open round, until the upstream took it
         self.started_at = clock()  # until LIVE_S after a restart, every joined worker counts as live
@@ -351,6 +352,7 @@ class Federation:
                 "sample": {"round": self.open_round, "size": len(self.sample)} if self.sample is not None else None,
                 "fairness": fairness(self.members, self.rounds_done, self.sampling),
                 "directive": self.directive_status(), "counts": dict(self.counts),
+                "publish_s": _summary(self.publish_times),
                 "upstream": self.state.upstream if self.role == "site" else None,
                 "outbox": {k: v for k, v in self.outbox.items() if k != "record"} if self.outbox else None}
 
@@ -836,8 +838,8 @@ class Federation:
         except RoundError:
             self.strategy.load_state_dict(kept)  # nothing was released
             return
-        record["publish_s"] = round(time.perf_counter() - started, 4)
         self._published(record, new_weights, contributors)
+        self.publish_times.append(time.perf_counter() - started)
 
     def _published(self, record: dict, weights: np.ndarray, contributors: dict) -> None:
         """The new global model is committed: clear the round, start the next, tell the listeners."""
@@ -956,6 +958,15 @@ class Federation:
     def adopt_directive(self, directive: dict | None) -> None:
         if directive is not None and directive != self.state.directive:
             self.state = self._commit_state(replace(self.state, directive=directive))
+
+
+def _summary(times) -> dict | None:
+    """The latest closes' times from a complete round to its published model (aggregate, persist, publish)."""
+    if not times:
+        return None
+    ordered = sorted(times)
+    return {"count": len(ordered), "last": round(times[-1], 4), "median": round(ordered[len(ordered) // 2], 4),
+            "max": round(ordered[-1], 4)}
 
 
 def _why(trigger: str, reports: continual.Reports) -> str:

@@ -125,6 +125,9 @@ class FederationCollector:
         yield _gauge("fedad_aggregator_workers_joined", "Workers that joined this run", len(f.members))
         yield _gauge("fedad_aggregator_live_trainers", "Training workers seen in the last 90 s",
                      len(f.live_trainers()))
+        yield _gauge("fedad_aggregator_last_publish_seconds", "Seconds from the last complete round (or full async "
+                     "buffer) to its published model: aggregate, persist, publish",
+                     f.publish_times[-1] if f.publish_times else None)
         counts = f.counts
         triggered = CounterMetricFamily("fedad_aggregator_rounds_triggered", "Rounds opened by a continual trigger "
                                         "since start, by trigger", labels=["trigger"])

@@ -119,7 +119,8 @@ def test_fleet_script(tmp_path):
     assert [x["sampled"] for x in s["rounds"]] == [30, 30] and all(x["refused"] == 0 for x in s["rounds"])
     assert len(s["reference"]["upload_to_model_s"]) == 2
     a = r["async"]
-    assert a["versions"] >= 2 and a["no_acknowledged_update_lost"] and a["publish_s"]["max"] > 0
+    assert a["versions"] >= 2 and a["no_acknowledged_update_lost"]
+    assert a["publish_s"]["before kill"]["max"] > 0 and set(a["windows"]) == {"before kill", "after restart"}
     assert a["reference"]["versions"] == 5
     sites = r["sites"]
     assert sites["every_round_closed_with_all_3_sites"] and sites["no_acknowledged_update_lost"]
