@@ -828,7 +828,8 @@ class Federation:
             if archived:
                 self.store.archive_history(archived)
             if self.mode == "async":  # the model being replaced: later updates may be based on it
-                self.store.keep_base(self.rounds_done, self.global_weights, self.open_round - self.fed.max_staleness)
+                self.store.keep_base(self.rounds_done, self.global_weights, self.open_round - self.fed.max_staleness,
+                                     self.state.files.get("global.f32"))
         except OSError as exc:
             self._storage_failed(exc)
             self.strategy.load_state_dict(kept)
@@ -871,7 +872,7 @@ class Federation:
         """The record state.json keeps, and the full one for rounds/<round>.json when it lists too many workers."""
         if len(record["workers"]) <= HISTORY_WORKERS_MAX:
             return record, None
-        return {**record, "workers": {}, "detail": f"rounds/{record['round']}.json"}, record
+        return {**record, "workers": {}, "detail": "rounds.log"}, record
 
     def _kept_history(self, record: dict) -> tuple[list[dict], list[dict]]:
         history = [*self.state.history, record]

@@ -8,7 +8,8 @@ Layout of the state dir:
   members.log, reports.log,  the joined workers, their latest reports, the enrolled nodes: keyed journals
   nodes.log                  (services/aggregator/journal.py)
   bases/<round>.f32          federation.mode async: the recent global models updates may still be based on
-  rounds/<round>.json        a closed round's contributors when there were too many for the history in state.json
+  rounds.log                 the last closed rounds' records with every contributor (a journal), when there were
+                             too many for the history in state.json
   history.jsonl              history records older than the ones state.json keeps
   outbox.json, outbox-<r>.f32  a site aggregator's aggregate for its upstream, until the upstream has taken it
 
@@ -30,10 +31,11 @@ import numpy as np
 import orjson
 
 from services import atomic
-from services.aggregator.journal import GroupCommit
+from services.aggregator.journal import GroupCommit, Journal
 from services.protocol.codec import CodecError, content_hash, decode_weights, encode_weights
 
 MAX_HEADER = 4096  # bytes of one record's header line
+ROUNDS_KEPT = 1000  # closed rounds whose full record (every contributor) rounds.log keeps
 _sync = getattr(os, "fdatasync", os.fsync)
 
 
@@ -44,6 +46,7 @@ class AggregatorStore:
         atomic.remove_stale_temps(self.dir)
         self._log: tuple[int, int] | None = None  # the open round's log: (round, end of its complete records)
         self._updates = GroupCommit(self._append_updates)  # accepted updates, one fdatasync per batch
+        self._round_log: Journal | None = None  # rounds.log, opened when first needed
 
     def load(self, n_params: int) -> tuple[dict, np.ndarray] | None:
         """The last committed state and its global weights, or None on a first start."""
@@ -135,11 +138,22 @@ class AggregatorStore:
                 entry.unlink(missing_ok=True)
 
     # -- async: the recent global models -----------------------------------------------------------------------------
-    def keep_base(self, round_no: int, weights: np.ndarray, keep_from: int) -> None:
-        """Keep global model ``round_no`` while updates may be based on it; drop those older than ``keep_from``."""
+    def keep_base(self, round_no: int, weights: np.ndarray, keep_from: int, current: str | None = None) -> None:
+        """Keep global model ``round_no`` while updates may be based on it; drop those older than ``keep_from``.
+        ``current``: the file state.json names for it, already durable: linked, not written again."""
         folder = self.dir / "bases"
-        folder.mkdir(exist_ok=True)
-        atomic.write_bytes(folder / f"{round_no}.f32", encode_weights(weights))
+        if not folder.exists():
+            folder.mkdir()
+            _sync_folder(self.dir)
+        target = folder / f"{round_no}.f32"
+        try:
+            if current is None:
+                raise FileNotFoundError(round_no)
+            target.unlink(missing_ok=True)
+            os.link(self.dir / current, target)
+            _sync_folder(folder)
+        except OSError:  # no link (another file system, a fresh start): a copy
+            atomic.write_bytes(target, encode_weights(weights))
         for old in folder.glob("*.f32"):
             if old.stem.isdigit() and int(old.stem) < keep_from:
                 old.unlink(missing_ok=True)
@@ -156,11 +170,22 @@ class AggregatorStore:
 
     # -- closed rounds beyond what state.json keeps ---------------------------------------------------------------
     def save_round(self, round_no: int, record: dict) -> None:
-        """A closed round's record with every contributor (written once, before state.json names it)."""
-        atomic.write_bytes(self.dir / "rounds" / f"{round_no}.json", orjson.dumps(record))
+        """A closed round's record with every contributor, durable before state.json names it: one line in
+        rounds.log (the last ROUNDS_KEPT rounds; older ones are dropped and compacted away)."""
+        rounds = self._rounds()
+        changes: dict[str, dict | None] = {str(round_no): record}
+        if round_no > ROUNDS_KEPT:
+            changes[str(round_no - ROUNDS_KEPT)] = None
+        rounds.put_many(changes)
+        rounds.flush()
 
     def round_record(self, round_no: int) -> dict | None:
-        return atomic.read_json(self.dir / "rounds" / f"{round_no}.json")
+        return self._rounds().get(str(round_no))
+
+    def _rounds(self) -> Journal:
+        if self._round_log is None:
+            self._round_log = Journal(self.dir / "rounds.log")
+        return self._round_log
 
     def archive_history(self, records: list[dict]) -> None:
         """Append history records that state.json no longer keeps (oldest first), synced."""
