@@ -135,6 +135,22 @@ def images(docker_engine) -> Iterator[Images]:
             subprocess.run(["docker", "rmi", "--no-prune", tag], capture_output=True, check=False)
 
 
+@pytest.fixture(scope="session")
+def detect_image(images) -> Iterator[str]:
+    """The detect-only worker image (docker/worker-detect.Dockerfile) for this machine's architecture."""
+    tag = f"fedad-worker-detect:test-{RUN_ID}"
+    t0 = time.monotonic()
+    run(["docker", "build", "--build-arg", f"BASE_IMAGE={images.base}", "-f", "docker/worker-detect.Dockerfile",
+         "-t", tag, "."], cwd=REPO, timeout=900)
+    size = int(run(["docker", "image", "inspect", "--format", "{{.Size}}", tag]).stdout)
+    TIMINGS["build worker-detect"] = f"{time.monotonic() - t0:.1f} s"
+    TIMINGS["size worker-detect"] = f"{size / 1e6:.0f} MB (base {images.base})"
+    try:
+        yield tag
+    finally:
+        run(["docker", "rmi", "--no-prune", tag], check=False)
+
+
 def free_loopback_ports(n: int) -> list[int]:
     socks = []
     try:
