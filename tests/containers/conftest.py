@@ -136,15 +136,16 @@ def images(docker_engine) -> Iterator[Images]:
 
 
 @pytest.fixture(scope="session")
-def detect_image(images) -> Iterator[str]:
+def detect_image(docker_engine) -> Iterator[str]:
     """The detect-only worker image (docker/worker-detect.Dockerfile) for this machine's architecture."""
+    _ensure_wheelhouse()
     tag = f"fedad-worker-detect:test-{RUN_ID}"
     t0 = time.monotonic()
-    run(["docker", "build", "--build-arg", f"BASE_IMAGE={images.base}", "-f", "docker/worker-detect.Dockerfile",
+    run(["docker", "build", "--build-arg", f"BASE_IMAGE={base_image()}", "-f", "docker/worker-detect.Dockerfile",
          "-t", tag, "."], cwd=REPO, timeout=900)
     size = int(run(["docker", "image", "inspect", "--format", "{{.Size}}", tag]).stdout)
     TIMINGS["build worker-detect"] = f"{time.monotonic() - t0:.1f} s"
-    TIMINGS["size worker-detect"] = f"{size / 1e6:.0f} MB (base {images.base})"
+    TIMINGS["size worker-detect"] = f"{size / 1e6:.0f} MB (base {base_image()})"
     try:
         yield tag
     finally:

@@ -28,10 +28,10 @@ import pytest
 
 from support import Stack, wait_until
 
-from .conftest import REPO, RUN_ID, TIMINGS, free_loopback_ports, run
+from .conftest import REPO, RUN_ID, TIMINGS, base_image, free_loopback_ports, run
 from .test_compose import data_dir
 
-pytestmark = pytest.mark.docker
+pytestmark = [pytest.mark.docker, pytest.mark.timeout(2400)]  # builds, and a worker started under emulation
 
 QEMU = "/usr/bin/qemu-aarch64-static"
 WORKER, PORT = "valve1", 8081
@@ -48,13 +48,13 @@ def require_qemu() -> None:
 
 
 @pytest.fixture(scope="module")
-def arm64_image(images):
+def arm64_image(docker_engine):
     """`make image-worker-detect-arm64` with a per-run tag (its wheelhouse and arm64 base are kept between runs)."""
     require_qemu()
     tag = f"fedad-worker-detect:test-{RUN_ID}-arm64"
     t0 = time.monotonic()
     run(["make", "--no-print-directory", "-f", "mk/containers.mk", "image-worker-detect-arm64",
-         f"PY={sys.executable}", f"BASE_IMAGE={images.base}", f"IMAGE_TAG=test-{RUN_ID}"], cwd=REPO, timeout=1800)
+         f"PY={sys.executable}", f"BASE_IMAGE={base_image()}", f"IMAGE_TAG=test-{RUN_ID}"], cwd=REPO, timeout=1800)
     inspect = json.loads(run(["docker", "image", "inspect", tag]).stdout)[0]
     TIMINGS["build worker-detect arm64"] = f"{time.monotonic() - t0:.1f} s (with wheelhouse and base when missing)"
     TIMINGS["size worker-detect arm64"] = f"{inspect['Size'] / 1e6:.0f} MB"
