@@ -152,6 +152,22 @@ def detect_image(docker_engine) -> Iterator[str]:
         run(["docker", "rmi", "--no-prune", tag], check=False)
 
 
+@pytest.fixture(scope="session")
+def trained_state(tmp_path_factory) -> Path:
+    """Two SKAB workers federated for 2 rounds x 2 epochs on loopback; ``trained_state / <worker id>`` is that
+    worker's state dir, a model a container can serve as it is (copy it; the aggregator is gone)."""
+    from support import Stack
+
+    tmp = tmp_path_factory.mktemp("federation")
+    stack = Stack(tmp, workers=("valve1", "valve2"), rounds=2, epochs=2, min_workers=2, quorum=2)
+    stack.start()
+    try:
+        stack.wait_done(600)
+    finally:
+        stack.stop()
+    return tmp
+
+
 def free_loopback_ports(n: int) -> list[int]:
     socks = []
     try:

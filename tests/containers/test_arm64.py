@@ -26,7 +26,7 @@ import httpx
 import numpy as np
 import pytest
 
-from support import Stack, wait_until
+from support import wait_until
 
 from .conftest import REPO, RUN_ID, TIMINGS, base_image, free_loopback_ports, run
 from .test_compose import data_dir
@@ -62,19 +62,6 @@ def arm64_image(docker_engine):
         yield tag
     finally:
         run(["docker", "rmi", "--no-prune", tag], check=False)
-
-
-@pytest.fixture(scope="module")
-def trained_state(tmp_path_factory):
-    """One federated round of two workers on loopback; valve1's state dir is the model both images serve."""
-    tmp = tmp_path_factory.mktemp("federation")
-    stack = Stack(tmp, workers=("valve1", "valve2"), rounds=1, epochs=1, min_workers=2, quorum=2)
-    stack.start()
-    try:
-        stack.wait_done(300)
-    finally:
-        stack.stop()
-    return tmp / WORKER
 
 
 def test_image_is_arm64_with_aarch64_libraries(arm64_image):
@@ -117,7 +104,7 @@ def test_arm64_detect_answers_equal_the_amd64_ones(detect_image, arm64_image, tr
     names = {arch: f"fedadarm{RUN_ID}-{arch}" for arch in ports}
     for arch in ports:
         state = tmp_path / f"state-{arch}"
-        shutil.copytree(trained_state, state, ignore=shutil.ignore_patterns("streams.json", "logs"))
+        shutil.copytree(trained_state / WORKER, state, ignore=shutil.ignore_patterns("streams.json", "logs"))
         run(["chown", "-R", "10001:10001", str(state)])
     try:
         t0 = time.monotonic()
