@@ -14,6 +14,7 @@ copy of a trained worker's state with the aggregator unreachable: one fixed mode
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 
@@ -163,11 +164,14 @@ def test_a_pi_class_container_serves_100_devices_at_1_hz(detect_image, trained_s
         doc = ingest()
         status = json.loads(run(["docker", "inspect", name]).stdout)[0]["State"]
         memory = cgroup_memory(name)
+        vm = dict(line.split(":", 1) for line in run(["docker", "exec", name, "cat", "/proc/1/status"]).stdout
+                  .splitlines() if line.startswith(("VmRSS", "VmHWM")))
         lat = np.sort(np.asarray(listener.latencies))
         summary = (f"{len(lat)} alarms, publish -> alarm p50 {np.percentile(lat, 50) * 1e3:.0f} ms, p99 "
                    f"{np.percentile(lat, 99) * 1e3:.0f} ms, max {lat.max() * 1e3:.0f} ms; drained "
-                   f"{drained:.1f} s after the last message; cgroup peak {memory['peak_bytes'] / 2**20:.0f} MiB, "
-                   f"OOM kills {memory['oom_kills']}" if len(lat) else "no alarm")
+                   f"{drained:.1f} s after the last message; worker RSS peak {vm['VmHWM'].strip()}, now "
+                   f"{vm['VmRSS'].strip()}; cgroup peak (page cache included) {memory['peak_bytes'] / 2**20:.0f} MiB, "
+                   f"OOM kills {memory['oom_kills']}; load average {os.getloadavg()[0]:.1f}" if len(lat) else "no alarm")
         TIMINGS[f"pi-class ({CPUS} CPU, {MEMORY}): {DEVICES} devices x {HZ:g} Hz x {SECONDS} s"] = summary
         print(summary)
 

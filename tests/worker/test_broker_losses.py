@@ -117,3 +117,29 @@ def get_json_text(url: str) -> str:
     import httpx
 
     return httpx.get(url, timeout=10, trust_env=False).text
+
+
+def test_the_drop_counter_survives_a_broker_restart_and_warns_once_per_period(caplog):
+    """The watcher on its own: $SYS values as the broker sends them (text), including a restart (the counter starts
+    again from 0) and a value that is not a number."""
+    import queue
+    import logging
+
+    from services.worker.ingest.broker_watch import BrokerWatch
+    from services.worker.ingest.mqtt import MqttLink
+
+    link = MqttLink("127.0.0.1", 1, "unit", [], 1, lambda topic, payload: None)  # never started
+    q: queue.Queue = queue.Queue(maxsize=10)
+    watch = BrokerWatch(link, q, warn_every_s=3600)
+    tap = link.taps["$SYS/broker/publish/messages/dropped"]
+    with caplog.at_level(logging.WARNING, logger="fedad.worker.broker"):
+        for value in (b"100", b"130", b"not a number", b"150", b"20", b"25"):  # 20: the broker restarted
+            tap("$SYS/broker/publish/messages/dropped", value)
+    snap = watch.snapshot()
+    assert snap["broker_dropped"] == 25 and snap["broker_dropped_while_connected"] == 30 + 20 + 20 + 5
+    assert len([r for r in caplog.records if "dropped" in r.message]) == 1  # once per warn_every_s
+    for i in range(9):
+        q.put(i)
+    with caplog.at_level(logging.WARNING, logger="fedad.worker.broker"):
+        watch.check_queue()
+    assert "90% full (9 of 10" in caplog.text and watch.snapshot()["queue_peak"] == 9
