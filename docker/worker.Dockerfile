@@ -12,6 +12,8 @@
 # Legacy builder (Docker 20.10) and BuildKit alike: no `# syntax=` line, no RUN --mount, no COPY --chmod.
 ARG BASE_IMAGE=python:3.11-slim
 ARG BUILD_IMAGE=${BASE_IMAGE}
+# the service's user and group id: numeric, so that Kubernetes' runAsNonRoot can verify it
+ARG UID=10001
 
 FROM ${BASE_IMAGE} AS base
 
@@ -53,7 +55,8 @@ RUN if [ -z "${PIP_PLATFORM}" ]; then /opt/venv/bin/python warm_bytecode.py work
  && python3 -m compileall -q /app \
  && rm warm_bytecode.py __pycache__/warm_bytecode.*
 COPY --from=base / /rootfs
-RUN python3 /src/slim_root.py /rootfs --venv /opt/venv
+ARG UID
+RUN python3 /src/slim_root.py /rootfs --venv /opt/venv --uid ${UID}
 
 # ---- runtime: the slimmed root, the libraries, the service -------------------------------------------------------
 FROM scratch
@@ -74,8 +77,8 @@ ENV PATH=/opt/venv/bin:/usr/local/bin:/usr/bin:/bin \
     FEDAD__DATA__SOURCE__DIR=/data/skab \
     FEDAD_SERVICE=worker
 WORKDIR /app
-# numeric, so that Kubernetes' runAsNonRoot can verify it
-USER 10001:10001
+ARG UID
+USER ${UID}:${UID}
 # /state: checkpoint, round, scaler, threshold, ONNX files; a named volume keeps them across restarts.
 # /data: mount this node's SKAB partition read-only at /data/skab/<folder>.
 VOLUME ["/state", "/data"]
