@@ -100,9 +100,13 @@ def publish(port: int, rows, features: list[str]) -> float:
             ms = int(time.time() * 1000)
             data = {f: {"value": repr(float(v)), "metadata": {"timestamp": ms, "type": "float"}}
                     for f, v in zip(features, live[second])}
-            client.publish(f"$ke/events/device/pi{k:03d}/data/update",
-                           orjson.dumps({"event_id": f"{k}-{second}", "timestamp": ms, "data": data}), qos=1)
+            infos.append(client.publish(f"$ke/events/device/pi{k:03d}/data/update",
+                                        orjson.dumps({"event_id": f"{k}-{second}", "timestamp": ms, "data": data}),
+                                        qos=1))
     last = time.time()
+    for info in infos:  # all acknowledged by the broker before the mapper goes
+        info.wait_for_publish(60)
+    assert all(info.is_published() for info in infos)
     client.disconnect()
     client.loop_stop()
     return last
