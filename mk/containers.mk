@@ -63,7 +63,7 @@ images: wheels image-worker-detect
 	@$(DOCKER) image ls --format '{{.Repository}}:{{.Tag}}  {{.Size}}' \
 		| grep -E '^($(AGGREGATOR_IMAGE)|$(WORKER_IMAGE)|$(WORKER_DETECT_IMAGE)) '
 
-# The detect-only worker: onnxruntime, no torch (docs/containers.md: 275 MB against the worker's 1,0xx MB).
+# The detect-only worker: onnxruntime, no torch (docs/containers.md: 275 MB against the worker's 1,010 MB).
 image-worker-detect: wheels
 	$(DOCKER) build --build-arg BASE_IMAGE=$(BASE_IMAGE) -f docker/worker-detect.Dockerfile -t $(WORKER_DETECT_IMAGE) .
 
