@@ -684,7 +684,7 @@ def async_phase(wd: Path, args) -> dict:
         out["staleness"] = {"mean": round(float(np.mean(staleness)), 2), "max": int(max(staleness))} if staleness \
             else None
         out["stragglers_taken"] = sum(1 for r in published for w in r["workers"] if w in stream.stragglers)
-        pending = set(status["updates_in_open_round"]) if isinstance(status["updates_in_open_round"], list) else set()
+        pending = set(status["updates_in_open_round"])  # fewer than buffer_size <= 200: all of them
         taken = {(w, u["sha256"]) for r in published for w, u in r["workers"].items()}
         lost = [(w, rd) for w, rd, sha in stream.acked if (w, sha) not in taken and w not in pending]
         out["no_acknowledged_update_lost"] = not lost
@@ -801,10 +801,11 @@ def sites_phase(wd: Path, args) -> dict:
         out["every_round_closed_with_all_3_sites"] = bool(history) and all(
             sorted(h["workers"]) == site_ids for h in history)
         lost = []
+        records = {(s, r): get_json(f"{sites[s].url}/v1/rounds/{r}", timeout=30) or {}
+                   for s in site_ids for r in {r for _, r, _ in acked[s]}}
         for s in site_ids:
             for w, r, sha in acked[s]:
-                record = get_json(f"{sites[s].url}/v1/rounds/{r}", timeout=30) or {}
-                if record.get("workers", {}).get(w, {}).get("sha256") != sha:
+                if records[s, r].get("workers", {}).get(w, {}).get("sha256") != sha:
                     lost.append((s, w, r))
         out["no_acknowledged_update_lost"] = not lost
         out["lost"] = lost[:10]

@@ -321,8 +321,8 @@ class Federation:
             "rounds_total": self.rounds_total,
             "min_workers": self.fed.min_workers,
             "quorum": self.fed.quorum,
-            "updates_in_open_round": sorted(self.pending) if len(self.pending) <= STATUS_WORKERS_MAX else
-            len(self.pending),
+            "updates_in_open_round": sorted(self.pending)[:STATUS_WORKERS_MAX],
+            "updates_in_open_round_count": len(self.pending),
             "deadline_in_s": round(self.deadline() - self.clock(), 1) if self.phase == "training" else None,
             "strategy": self.fed.strategy,
             "update_clip_norm": self.strategy.clip_norm,

@@ -23,11 +23,23 @@
     f.text("rounds-total", s.rounds_total + (continual ? " + continual" : ""));
     f.text("rounds-done", s.rounds_done);
     f.el("round-bar").style.width = Math.min(100, 100 * s.rounds_done / Math.max(1, s.rounds_total)) + "%";
-    f.text("updates", s.phase === "training" ? s.updates_in_open_round.length : "–");
-    f.text("min-workers", s.min_workers);
-    f.text("updates-from", s.phase === "training" && s.updates_in_open_round.length
-      ? "from " + s.updates_in_open_round.join(", ") : (s.phase === "done" ? "all rounds done"
-        : (s.phase === "idle" ? "idle: waiting for a trigger" : "")));
+    const fleet = s.fleet || {};
+    const pending = s.updates_in_open_round_count;
+    f.text("updates", s.phase === "training" ? pending : "–");
+    f.text("min-workers", s.mode === "async" ? fleet.buffer_size : (fleet.sampled_in_open_round || s.min_workers));
+    f.text("updates-from", s.phase === "training" && pending
+      ? "from " + s.updates_in_open_round.join(", ") + (pending > s.updates_in_open_round.length ? ", …" : "")
+      : (s.phase === "done" ? "all rounds done" : (s.phase === "idle" ? "idle: waiting for a trigger" : "")));
+    f.text("fleet-trainers", fleet.trainers === undefined ? "–" : f.num(fleet.trainers));
+    const facts = [s.role === "site" ? "site aggregator" : null, s.mode === "async" ? "async, a model every "
+      + fleet.buffer_size + " updates" : null, fleet.clients_per_round ? "sampled " + (fleet.sampled_in_open_round
+      === null ? fleet.clients_per_round : fleet.sampled_in_open_round) + " per round" : null];
+    const directive = fleet.directive;
+    if (directive) {
+      facts.push("fleet " + directive.action + " " + (directive.version || "") + ": " + directive.applied
+        + " applied, " + directive.refused + " refused");
+    }
+    f.text("fleet-sub", facts.filter(Boolean).join(" · ") || "every node trains every round");
     f.text("deadline", s.deadline_in_s === null ? "–" : Math.max(0, Math.round(s.deadline_in_s)) + " s");
     f.text("quorum", s.quorum);
     const online = d.workers.filter(function (w) { return workerState(w, d.now, d.telemetry_interval_s) === "online"; });
@@ -100,7 +112,7 @@
         "<td class=\"left\">" + f.escape((h.trigger || "campaign").replace("_", " ")) + "</td>" +
         "<td class=\"left\">" + f.escape(h.closed_by) + "</td>" +
         "<td>" + f.num(h.duration_s, 1) + " s</td>" +
-        "<td>" + Object.keys(h.workers).length + "</td>" +
+        "<td>" + (h.contributors === undefined ? Object.keys(h.workers).length : h.contributors) + "</td>" +
         "<td>" + f.sig(h.mean_loss) + "</td>" +
         "<td class=\"left muted\">" + new Date(h.closed_at * 1000).toLocaleTimeString() + "</td></tr>";
     }).join("");
