@@ -41,4 +41,10 @@ def require_admin(
     request.app.state.admin.verify(authorization)
 
 
+def verify_admin(request: Request) -> None:
+    """The same check on a bare request: a route class calls it before the body is read
+    (services/protocol/bodies.limited_body)."""
+    require_admin(request, request.headers.get("authorization"))
+
+
 Admin = Depends(require_admin)

@@ -6,8 +6,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 
 from services.aggregator.deps import FederationDep, OwnWorker, PublisherDep, authenticated_worker, own_worker
-from services.aggregator.routes.bodies import limited_body
 from services.protocol import errors
+from services.protocol.bodies import limited_body
 from services.protocol.messages import WorkerReport
 
 MAX_REPORT_BYTES = 256 * 1024  # 100 versions with their reasons and figures fit many times over

@@ -9,15 +9,14 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Request
-from fastapi.routing import APIRoute
+from fastapi import APIRouter, Path
 from pydantic import BaseModel, ConfigDict, Field, Strict
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import ClientDisconnect
 
 from services.protocol import errors
+from services.protocol.bodies import limited_body
 from services.protocol.errors import ProtocolError
-from services.security.admin import Admin
+from services.security.admin import Admin, verify_admin
 from services.worker.deps import Context
 from services.worker.models import PinnedElsewhere, UnknownVersion
 
@@ -27,42 +26,10 @@ VersionId = Annotated[str, Path(pattern=VERSION_PATTERN, description="a kept ver
                                                                       "12.1 for a recalibration of round 12")]
 
 
-async def _read_limited(request: Request) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > MAX_CONTROL_BYTES:
-        raise ProtocolError(errors.TOO_LARGE, f"body of {declared} bytes exceeds the {MAX_CONTROL_BYTES} bytes "
-                                              "a control request takes")
-    body = bytearray()
-    try:
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > MAX_CONTROL_BYTES:
-                raise ProtocolError(errors.TOO_LARGE, f"body exceeds the {MAX_CONTROL_BYTES} bytes a control "
-                                                      "request takes")
-    except ClientDisconnect:
-        raise ProtocolError(errors.CLIENT_DISCONNECTED, "the client disconnected before its body was complete: "
-                                                        "nothing was taken") from None
-    return bytes(body)
-
-
-class AdminRoute(APIRoute):
-    """The admin token is checked first, then the body is read within MAX_CONTROL_BYTES, then FastAPI parses it
-    (the route's Admin dependency checks again and documents the header)."""
-
-    def get_route_handler(self):
-        handler = super().get_route_handler()
-
-        async def checked_handler(request: Request):
-            request.app.state.admin.verify(request.headers.get("authorization"))
-            if request.method in ("POST", "PUT", "PATCH"):
-                request._body = await _read_limited(request)  # FastAPI reads the body from here
-            return await handler(request)
-
-        return checked_handler
-
-
 public = APIRouter(tags=["models"])
-router = APIRouter(prefix="/v1/admin", tags=["admin"], dependencies=[Admin], route_class=AdminRoute)
+router = APIRouter(prefix="/v1/admin", tags=["admin"], dependencies=[Admin], route_class=limited_body(
+    MAX_CONTROL_BYTES, verify_admin,
+    f"the {MAX_CONTROL_BYTES} bytes a control request takes"))
 REFUSALS = (errors.MISSING_TOKEN, errors.NOT_ADMIN, errors.ADMIN_DISABLED, errors.INVALID_REQUEST)
 BODY_REFUSALS = (errors.TOO_LARGE, errors.CLIENT_DISCONNECTED)
 

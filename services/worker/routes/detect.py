@@ -12,6 +12,7 @@ from pydantic import BaseModel, Field
 from starlette.routing import Route
 
 from services.protocol import errors
+from services.protocol.bodies import refuse_announced
 from services.protocol.errors import ProtocolError, openapi_responses
 from services.worker import explain
 from services.worker.deps import WorkerContext
@@ -73,11 +74,8 @@ def endpoint(ctx: WorkerContext):
             raise ProtocolError(errors.NO_MODEL, f"no model to serve yet: the worker is {loop.phase}; retry after the "
                                              "first federated round (GET /readyz says when)")
         headers = request.headers
-        declared = headers.get("content-length")
         binary = headers.get("content-type", "").startswith(BINARY_TYPE)
-        limit = max_binary_body if binary else max_json_body
-        if declared and declared.isdigit() and int(declared) > limit:
-            raise ProtocolError(errors.TOO_LARGE, f"body of {declared} bytes exceeds the limit of {limit} bytes")
+        refuse_announced(headers, max_binary_body if binary else max_json_body)
         body = await request.body()
         if binary:
             rows, baseline = parse_binary(body, features, max_rows, headers.get(H_BASELINE_ROWS), min_baseline)
