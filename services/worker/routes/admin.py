@@ -43,7 +43,7 @@ class PinRequest(BaseModel):
 
 @public.get("/v1/models", summary="The model versions this worker keeps: figures, gate decision, served, pinned")
 async def list_models(ctx: Context):
-    return ctx.loop.models.document()
+    return ctx.models.document()
 
 
 @router.post("/models/{version}/serve", summary="Serve a kept version now: roll back or forward (admin token)",
@@ -51,15 +51,15 @@ async def list_models(ctx: Context):
 async def serve_version(version: VersionId, ctx: Context):
     """404 ``not_found`` for a version this worker does not keep; 409 ``pinned`` while another one is pinned. A
     version the gate refused may be served too: the operator decides."""
-    await _change(lambda: ctx.loop.models.serve(version))
-    return ctx.loop.models.document()
+    await _change(lambda: ctx.models.serve(version))
+    return ctx.models.document()
 
 
 @router.post("/pin", summary="Serve a kept version and keep serving it: newer models are kept, not served",
              responses=errors.openapi_responses(*REFUSALS, *BODY_REFUSALS, errors.NOT_FOUND))
 async def pin_version(body: PinRequest, ctx: Context):
-    await _change(lambda: ctx.loop.models.pin(str(body.round)))
-    return ctx.loop.models.document()
+    await _change(lambda: ctx.models.pin(str(body.round)))
+    return ctx.models.document()
 
 
 @router.delete("/pin", summary="Unpin: newer models that pass the gate are served again",
@@ -67,8 +67,8 @@ async def pin_version(body: PinRequest, ctx: Context):
 async def unpin(ctx: Context):
     """The served version stays until the next model that passes the gate; answers the same when nothing is
     pinned."""
-    await _change(ctx.loop.models.unpin)
-    return ctx.loop.models.document()
+    await _change(ctx.models.unpin)
+    return ctx.models.document()
 
 
 async def _change(step) -> None:
