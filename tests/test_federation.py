@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from services.config import load_settings
-from services.data.scaling import Scaler
+from services.protocol.scaling import Scaler
 from services.data.sources import load_node
 from services.model.autoencoder import build_autoencoder, set_flat_weights
 from services.model.layout import count_parameters

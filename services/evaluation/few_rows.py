@@ -40,7 +40,6 @@ import torch
 
 from services.config import ConfigError, Settings, load_settings
 from services.data.node import NodeData
-from services.data.scaling import Scaler
 from services.data.source import DataError
 from services.evaluation.runner import (
     KINDS,
@@ -51,6 +50,7 @@ from services.evaluation.runner import (
     train_federated,
     train_local_only,
 )
+from services.protocol.scaling import Scaler
 
 FIGURES = ("f1", "far", "mar", "roc_auc")
 MODELS = ("federated", "local")

@@ -96,7 +96,7 @@ def describe_model(settings: Settings) -> str:
 def training_footprint(settings: Settings, nodes: dict, workdir: Path) -> dict:
     """One round of the first worker's local training in the worker's training process, from the seeded start:
     wall and CPU seconds and the process's peak RSS (its VmHWM), as /v1/status ``last_training`` reports them."""
-    from services.data.scaling import FeatureStats
+    from services.protocol.scaling import FeatureStats
     from services.worker.trainer import Trainer
 
     worker_id, node = next(iter(nodes.items()))

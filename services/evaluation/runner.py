@@ -33,7 +33,7 @@ from services.aggregator.rounds import Federation
 from services.aggregator.store import AggregatorStore
 from services.config import Settings
 from services.data.node import NodeData
-from services.data.scaling import FeatureStats, Scaler
+from services.protocol.scaling import FeatureStats, Scaler
 from services.data.sources import load_node
 from services.evaluation.reference import NAME as REFERENCE_NAME
 from services.evaluation.reference import score_reference, unlabelled_metrics

@@ -299,6 +299,6 @@ class AnomalyDetector:
 
 
 def _own_scaler(rows: np.ndarray):
-    from services.data.scaling import FeatureStats
+    from services.protocol.scaling import FeatureStats
 
     return FeatureStats.from_rows(rows).scaler()

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from services.data.scaling import FeatureStats, Scaler
+from services.protocol.scaling import FeatureStats, Scaler
 
 API_VERSION = "v1"
 # Headers that travel with binary weights.

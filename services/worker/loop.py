@@ -29,7 +29,7 @@ import numpy as np
 from services import faults
 from services.config import Settings, WorkerSettings
 from services.data.node import NodeData
-from services.data.scaling import FeatureStats, Scaler
+from services.protocol.scaling import FeatureStats, Scaler
 from services.data.source import DataError
 from services.data.sources import NodeFeed
 from services.model.detector import node_seed
@@ -162,7 +162,7 @@ class WorkerLoop:
                 if state is None or (not state.continual and state.rounds_done <= global_round):
                     self.phase = "done"
                     log.info("federation done at round %d: serving version %s", global_round,
-                             self.models.served_version)
+                             self.models.served_id)
                     return
                 self.phase = "idle"
                 if state.rounds_done <= global_round and state.phase != "training":

@@ -26,7 +26,7 @@ import numpy as np
 
 from services.config import Settings, WorkerSettings
 from services.data.node import NodeData
-from services.data.scaling import Scaler
+from services.protocol.scaling import Scaler
 from services.data.windows import Reference
 from services.model.detector import AnomalyDetector, DetectorSpec
 from services.model.scoring import calibrate_threshold
@@ -64,11 +64,12 @@ class ModelShelf:
 
     # -- what the status page, the routes and the reports read ---------------------------------------------------
     @property
-    def served_version(self) -> str | None:
+    def served_id(self) -> str | None:
+        """The served version's id ("12", "12.1"); ``state.served_version`` is the version itself."""
         return self.state.served_id if self.state else None
 
     @property
-    def pinned_version(self) -> str | None:
+    def pinned_id(self) -> str | None:
         return self.state.pinned_id if self.state else None
 
     @property
@@ -101,7 +102,7 @@ class ModelShelf:
         """GET /v1/models and the ``models`` block of /v1/status."""
         with self._lock:
             state = self.state
-            return {"served": self.served_version, "pinned": self.pinned_version, "served_round": self.served_round,
+            return {"served": self.served_id, "pinned": self.pinned_id, "served_round": self.served_round,
                     "pinned_round": self.pinned_round, "latest_round": self.latest_round, "keep": self.keep,
                     "gate": self.rule.model_dump(),
                     "versions": [_document(v, state) for v in state.versions] if state else []}
@@ -268,7 +269,7 @@ class ModelShelf:
     def unpin(self, by: str = "admin") -> str | None:
         """Newer models that pass the gate are served again; the one served now stays until then."""
         with self._lock:
-            was = self.pinned_version
+            was = self.pinned_id
             if self.state is not None and was is not None:
                 self.state.pinned_id = None
                 self._persist("unpinning")

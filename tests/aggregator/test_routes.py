@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 
 from services.aggregator.app import create_app
 from services.config import load_settings
-from services.data.scaling import FeatureStats
+from services.protocol.scaling import FeatureStats
 from services.protocol.errors import CODES
 
 README = Path(__file__).resolve().parents[2] / "README.md"

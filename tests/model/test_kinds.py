@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from services.config import ConfigError, load_settings
-from services.data.scaling import FeatureStats
+from services.protocol.scaling import FeatureStats
 from services.data.sources import load_node
 from services.data.windows import Preprocessing
 from services.model.autoencoder import build_autoencoder, get_flat_weights, set_flat_weights
@@ -239,7 +239,7 @@ def test_kinds_comparison_trains_every_kind_in_every_mode_and_tables_it(tmp_path
             for precision in ("fp32", "int8"):
                 p = mode[precision]
                 assert 0 < p["f1"] <= 1 and 0 <= p["far"] <= 100 and 0.5 < p["roc_auc"] <= 1
-            assert mode["seconds_per_round"] >= 0
+            assert 0 < mode["seconds_per_round"] < 120, mode  # measured, not a placeholder
         assert entry["onnx_bytes"]["fp32"] > 0 and entry["onnx_bytes"]["int8"] > 0
         for precision in ("fp32", "int8"):
             assert entry["serving_us"][precision]["us_per_row_batch1"] > 0
