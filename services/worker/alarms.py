@@ -33,6 +33,7 @@ import orjson
 
 from services import atomic
 from services.config import Settings, WorkerSettings
+from services.worker import twin
 from services.worker.watchers import Scored
 
 log = logging.getLogger("fedad.worker.alarms")
@@ -63,10 +64,12 @@ class AlarmBook:
         self.events = {"opened": 0, "cleared": 0}
 
     @classmethod
-    def from_settings(cls, settings: Settings, worker: WorkerSettings, outbox: Outbox | None) -> AlarmBook:
+    def from_settings(cls, settings: Settings, worker: WorkerSettings,
+                      emit: Callable[[dict], None] | None) -> AlarmBook:
+        """``emit``: where events go (the outbox, and the device twins after it), None: nowhere."""
         cfg = settings.alarms
-        return cls(worker.id, cfg.open_after, cfg.clear_after, outbox.put if outbox else (lambda event: None),
-                   cfg.recent, max_streams=max(settings.ingest.max_devices, settings.streams.max_streams))
+        return cls(worker.id, cfg.open_after, cfg.clear_after, emit or (lambda event: None), cfg.recent,
+                   max_streams=max(settings.ingest.max_devices, settings.streams.max_streams))
 
     def observe(self, scored: Scored) -> list[dict]:
         """Rows of one stream, oldest first, as scored: update its alarm, emit and return the events. An alarm
@@ -170,16 +173,29 @@ class Outbox:
     @classmethod
     def from_settings(cls, settings: Settings, worker: WorkerSettings, link=None) -> Outbox | None:
         """The alarm events' way out: the node's MQTT broker through ``link`` (services/worker/ingest/mqtt.py,
-        QoS 1 on ``alarms.topic``) and ``alarms.webhook``; None when neither is configured."""
+        QoS 1 on ``alarms.topic``; a device twin report on its device's twin topic, services/worker/twin.py) and
+        ``alarms.webhook`` (alarm events only); None when neither is configured."""
         cfg = settings.alarms
         sinks: dict[str, Callable[[dict], bool]] = {}
         topic = cfg.topic.replace("{worker}", worker.id) if link is not None else None
+        webhook = cfg.webhook or ""
+
+        def publish(event: dict) -> bool:
+            if twin.is_twin(event):
+                twin_topic, message = twin.topic_and_payload(event)
+                return link.publish(twin_topic, orjson.dumps(message), qos=1)
+            return link.publish(topic, orjson.dumps(event), qos=1)
+
+        def post(event: dict) -> bool:
+            if twin.is_twin(event):
+                return True  # the webhook takes alarm events; twin reports are for the node's broker
+            return httpx.post(webhook, content=orjson.dumps(event), timeout=5,
+                              headers={"content-type": "application/json"}).is_success
+
         if link is not None:
-            sinks["mqtt"] = lambda event: link.publish(topic, orjson.dumps(event), qos=1)
+            sinks["mqtt"] = publish
         if cfg.webhook:
-            webhook = cfg.webhook
-            sinks["webhook"] = lambda event: httpx.post(webhook, content=orjson.dumps(event), timeout=5,
-                                                        headers={"content-type": "application/json"}).is_success
+            sinks["webhook"] = post
         if not sinks:
             return None
         return cls(Path(worker.state_dir) / OUTBOX_DIR, sinks, cfg.outbox_max, topic=topic)

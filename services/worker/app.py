@@ -17,7 +17,7 @@ from services.protocol.errors import ProtocolError
 from services.security.admin import AdminCheck
 from services.worker.assembly import build_worker, running
 from services.worker.deps import WorkerContext
-from services.worker.routes import admin, detect, ingest, status, streams
+from services.worker.routes import admin, detect, ingest, otlp, status, streams
 
 log = logging.getLogger("fedad.worker")
 HTTP_CODES = {404: errors.NOT_FOUND.code, 405: errors.METHOD_NOT_ALLOWED.code}
@@ -38,6 +38,7 @@ def create_app(settings: Settings, worker: WorkerSettings, start_loop: bool = Tr
     app.include_router(admin.public)
     app.include_router(admin.router)
     app.include_router(ingest.router)
+    app.include_router(otlp.router)
     app.include_router(ctx.observability.router(ctx.status_document))
     # Requests to /detect are served by a plain Starlette route placed first (routes/detect.fast_route: no
     # dependency solving, no scan of the other routes); the FastAPI route above only documents it.

@@ -1,17 +1,23 @@
 """One place that assembles a worker: every part built through its constructor, in the order they depend on each
-other, and one lifespan that starts and stops them.
+other (each handed what it calls), and one lifespan that starts and stops them.
 
-    slot ─ models (kept versions, the gate) ─┬─ loop (federation) ── reporter (the loop's reports, a thread)
-    feed (the node's data) ──────────────────┤
-    trainer (training processes) ────────────┘
-    drift ◀─ buffer ◀─┐
-    alarms ◀─ outbox ◀┼─ streams (the stream table: tells its watchers of every scored request)
-                      └─ ingest (device data) ◀─ link (the node's MQTT broker)
-    observability (reads them all)
+    slot           the model /detect serves
+    models         kept versions and the gate (slot; the feed's latest data for held-out rows)
+    drift          drift tests (models.recalibrate)
+    buffer         live rows kept for the next rounds (drift.observe_kept)
+    loop           the federation (models, feed, trainer, buffer, drift)
+    reporter       the loop's reports, from a thread (loop.report, loop.send_report)
+    link           the node's MQTT broker (started with ingestion's subscriptions and on_message, outbox.wake)
+    outbox         alarm events and twin reports on their way out (link, alarms.webhook)
+    twin           the verdict in each device's KubeEdge twin (outbox)
+    alarms         debounced alarm state per stream (outbox, then twin)
+    streams        the stream table; its watchers: the buffer (or drift without one) and the alarms
+    ingest         device data (streams, twin; reads link, alarms, outbox)
+    observability  /metrics, telemetry, the pages (reads them all)
 
-Nothing is wired after it is built: what a part calls is handed to its constructor, and the MQTT link, which
-serves both ingestion (messages in) and the alarms (events out), is told whom to hand messages to when it starts.
-The routes and pages get the parts in one ``WorkerContext`` (services/worker/deps.py).
+Nothing is wired after it is built. The MQTT link serves ingestion (messages in) and the outbox (events out), both
+built on it, so it is told whom to hand messages to when it starts. The routes and pages get the parts in one
+``WorkerContext`` (services/worker/deps.py).
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from services.worker.reporter import Reporter
 from services.worker.serving import ModelSlot
 from services.worker.streams import StreamTable
 from services.worker.trainer import Trainer
+from services.worker.twin import TwinReporter, after
 
 
 def build_worker(settings: Settings, worker: WorkerSettings) -> WorkerContext:
@@ -52,12 +59,15 @@ def build_worker(settings: Settings, worker: WorkerSettings) -> WorkerContext:
     reporter = Reporter(loop.report, loop.send_report, name=f"reporter-{worker.id}")
     link = MqttLink.from_settings(settings, worker)
     outbox = Outbox.from_settings(settings, worker, link)
-    alarms = AlarmBook.from_settings(settings, worker, outbox)
+    # the verdict in each device's KubeEdge twin (twin.enabled needs MQTT, so the link and the outbox exist)
+    twin = TwinReporter(settings.twin.every_s, outbox.put, link.connected.is_set, settings.ingest.max_devices) \
+        if settings.twin.enabled and link is not None and outbox is not None else None
+    alarms = AlarmBook.from_settings(settings, worker, after(outbox.put, twin) if outbox is not None else None)
     streams = StreamTable(slot, Preprocessing.from_settings(settings.data), settings.data.columns,
                           settings.streams.max_streams, worker.state_dir,
                           watchers=(buffer, drift if buffer is None else None, alarms),
                           explainer=Explainer(settings.data.model_columns))
-    ingest = DeviceIngest(settings, worker, streams, link, alarms, outbox)
+    ingest = DeviceIngest(settings, worker, streams, link, alarms, outbox, twin)
     observability = WorkerObservability(settings, worker, loop, slot, streams, buffer, drift, alarms, ingest)
     return WorkerContext(settings, worker, slot, models, loop, reporter, streams, alarms, outbox, link, ingest,
                          buffer, drift, observability)

@@ -34,6 +34,8 @@ from services.worker.alarms import AlarmBook, Outbox
 from services.worker.ingest.assemble import Assembler, Row
 from services.worker.ingest.messages import REASONS, Reading, Refused, TopicFilter, parse
 from services.worker.ingest.mqtt import MqttLink
+from services.worker.twin import TOPIC as TWIN_TOPIC
+from services.worker.twin import TwinReporter
 
 log = logging.getLogger("fedad.worker.ingest")
 LOG_EVERY_S = 10.0
@@ -54,17 +56,18 @@ class StreamScorer(Protocol):
 
 class DeviceIngest:
     """``link`` (the node's broker, None without MQTT) is started by the worker with this ingestion's
-    ``subscriptions`` and ``on_message``; ``alarms`` and ``outbox`` are only read, for ``document`` and
-    ``metrics``."""
+    ``subscriptions`` and ``on_message``; ``twin`` (twin.enabled) hears each device's scores; ``alarms`` and
+    ``outbox`` are only read, for ``document`` and ``metrics``."""
 
     def __init__(self, settings: Settings, worker: WorkerSettings, streams: StreamScorer,
-                 link: MqttLink | None = None, alarms: AlarmBook | None = None, outbox: Outbox | None = None):
+                 link: MqttLink | None = None, alarms: AlarmBook | None = None, outbox: Outbox | None = None,
+                 twin: TwinReporter | None = None):
         cfg = settings.ingest
         self.worker_id = worker.id
         self.features = settings.data.features
         self.feature_set = frozenset(self.features)
         self.streams = streams
-        self.link, self.alarms, self.outbox = link, alarms, outbox
+        self.link, self.alarms, self.outbox, self.twin = link, alarms, outbox, twin
         # a baseline spans at least one window (the stream table's rule), so a device's first scored row has its own
         self.baseline_rows = max(cfg.baseline_rows or settings.data.train_rows, settings.data.window, 2) \
             if settings.data.baseline == "run" else 0
@@ -237,6 +240,8 @@ class DeviceIngest:
             log.info("device %s: its stream was evicted, a new baseline starts", device)
             return
         self._count(rows_scored=len(values), rows_anomalous=int(np.count_nonzero(scored.flags)))
+        if self.twin is not None:
+            self.twin.on_scores(device, float(scored.scores[-1]), times[-1])
 
     def _held(self, device: str) -> bool:
         try:
@@ -267,7 +272,9 @@ class DeviceIngest:
                 "baseline": {"rows": self.baseline_rows,
                              "collecting": collecting},
                 "alarm_outbox": self.outbox.document() if self.outbox else {"pending": 0, "delivered": 0,
-                                                                             "dropped": 0, "topic": None}}
+                                                                             "dropped": 0, "topic": None},
+                "twin": {"enabled": self.twin is not None, "reports": self.twin.reports if self.twin else 0,
+                         "topic": TWIN_TOPIC if self.twin else None}}
 
     def metrics(self) -> dict:
         """What /metrics shows (services.observability.metrics.IngestCollector)."""
@@ -279,4 +286,5 @@ class DeviceIngest:
                 "alarm_events": dict(self.alarms.events) if self.alarms else {},
                 "outbox_pending": self.outbox.pending() if self.outbox else 0,
                 "outbox_dropped": self.outbox.dropped if self.outbox else 0,
-                "mqtt_connected": 1.0 if self.link and self.link.connected.is_set() else 0.0}
+                "mqtt_connected": 1.0 if self.link and self.link.connected.is_set() else 0.0,
+                "twin_reports": self.twin.reports if self.twin else 0}

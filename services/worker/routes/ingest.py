@@ -1,4 +1,6 @@
-"""Device data and alarms: the mapper's HTTP push, what ingestion counted, the alarms."""
+"""Device data and alarms: the mapper's HTTP push, what ingestion counted, the alarms; and what every device data
+route shares (routes/otlp.py too): the body read within ``MAX_PAYLOAD``, a refusal counted like a message's and
+answered with its registered code, the readings queued or a 503 ``queue_full``."""
 
 from __future__ import annotations
 
@@ -11,12 +13,38 @@ from services.protocol.bodies import read_limited
 from services.protocol.errors import ProtocolError, openapi_responses
 from services.worker.deps import Context
 from services.worker.ingest.http_push import FORM_TYPE, parse_push
-from services.worker.ingest.messages import MAX_PAYLOAD, Refused
+from services.worker.ingest.messages import MAX_PAYLOAD, Reading, Refused
+from services.worker.ingest.pipeline import DeviceIngest
 
 router = APIRouter(tags=["device data"])
 PUSH_REFUSALS = openapi_responses(errors.TOO_LARGE, errors.CLIENT_DISCONNECTED, errors.BAD_DEVICE_ID,
                                   errors.BAD_PAYLOAD, errors.UNKNOWN_PROPERTY, errors.NOT_A_NUMBER, errors.NON_FINITE,
                                   errors.BAD_TIMESTAMP, errors.QUEUE_FULL)
+
+
+async def device_body(request: Request, ingest: DeviceIngest, what: str) -> bytes:
+    """The body within MAX_PAYLOAD; too large is counted like a message too large (a hang-up is not counted)."""
+    try:
+        return await read_limited(request, MAX_PAYLOAD, what)
+    except ProtocolError as exc:
+        if exc.code == errors.TOO_LARGE.code:
+            ingest.refuse(exc.code, exc.detail)
+        raise
+
+
+def refused(ingest: DeviceIngest, exc: Refused) -> ProtocolError:
+    """Count a refused push by its reason and answer with that reason's registered code."""
+    ingest.refuse(exc.reason, exc.detail)
+    return ProtocolError(errors.CODES[exc.reason], exc.detail)
+
+
+def queue(ingest: DeviceIngest, readings: list[Reading], what: str) -> None:
+    """Hand the readings to the ingestion thread; 503 ``queue_full`` (counted) if it takes not all of them."""
+    taken = sum(ingest.push(reading) for reading in readings)
+    if taken < len(readings):
+        raise ProtocolError(errors.QUEUE_FULL, f"{what}: {len(readings) - taken} of {len(readings)} reading(s) not "
+                                               f"taken, {ingest.queue.maxsize} messages already wait to be scored; "
+                                               "send them again")
 
 
 @router.post("/v1/ingest/push/{device}", status_code=202, responses=PUSH_REFUSALS,
@@ -27,20 +55,13 @@ async def push(device: str, request: Request, ctx: Context):
     """KubeEdge mapper's HTTP push (``pushMethod: http``, ``requestPath: /v1/ingest/push/<device>``): one or
     more ``<property>=<value>`` and ``time=<YYYY-MM-DD HH:MM:SS>``, form-encoded. Accepted readings are
     assembled, scored and fed to the alarms like MQTT messages; a refusal's code is its reason, counted like theirs."""
-    ingest = ctx.ingest
+    ingest, what = ctx.ingest, f"HTTP push {device[:80]}"
+    body = await device_body(request, ingest, what)
     try:
-        body = await read_limited(request, MAX_PAYLOAD, f"HTTP push {device[:80]}")
         reading = parse_push(device, body, ingest.feature_set, time.time())
-    except ProtocolError as exc:  # too large (counted like a message too large), or the client hung up
-        if exc.code == errors.TOO_LARGE.code:
-            ingest.refuse(exc.code, exc.detail)
-        raise
     except Refused as exc:
-        ingest.refuse(exc.reason, exc.detail)
-        raise ProtocolError(errors.CODES[exc.reason], exc.detail) from None
-    if not ingest.push(reading):
-        raise ProtocolError(errors.QUEUE_FULL, f"HTTP push {reading.device}: {ingest.queue.maxsize} messages already "
-                                               "wait to be scored; send the reading again")
+        raise refused(ingest, exc) from None
+    queue(ingest, [reading], what)
     return {"accepted": sorted(reading.values), "device": reading.device, "timestamp": reading.timestamp}
 
 
