@@ -189,7 +189,8 @@ def format_report(report: NodeReport, settings: Settings) -> str:
     channels = len(settings.data.model_columns)
     shape = f"{len(settings.data.window_stats)} window statistics" if settings.data.window_stats \
         else f"a window of {settings.data.window} rows" if settings.data.window > 1 else "single rows"
-    lines.append(f"  model   input width {settings.input_width} ({channels} channels × {shape})")
+    lines.append(f"  model   input width {settings.input_width} ({channels} channels × {shape}): "
+                 f"{settings.model_shape}, score {settings.score}")
     lines.append("  usable")
     return "\n".join(lines)
 

@@ -32,6 +32,8 @@ def table_rows(results: dict) -> list[dict]:
     for mode, entry in results["modes"].items():
         for kind in KINDS:
             rows.append({"name": f"fedad {MODE_NAMES[mode]} {kind}", **entry["kinds"][kind]["pooled"], "ours": True})
+        if "served" in entry:  # each node at the precision it would serve (serving.model)
+            rows.append({"name": f"fedad {MODE_NAMES[mode]} served", **entry["served"]["pooled"], "ours": True})
     if "reference" in results:
         rows.append({"name": f"scikit-learn {results['reference']['name']}", **results["reference"]["pooled"],
                      "ours": False})
