@@ -233,16 +233,6 @@ class DataSettings(_Section):
 MODEL_KINDS = ("dense", "conv1d", "lstm")
 
 
-T2_MAX_WIDTH = 12  # model.score auto: the T² term up to this input width (docs/quality.md "Score")
-
-
-def default_score(input_width: int) -> str:
-    """``model.score: auto``: the reconstruction error plus Hotelling's T² for inputs up to ``T2_MAX_WIDTH`` values
-    wide, where it measurably helped on devices the shipped data do not resemble (3, 9 and 12 inputs: +0.02 to
-    +0.07 pooled ROC-AUC), the error alone above (on SKAB's 18 inputs T² gained nothing)."""
-    return "error_and_t2" if input_width <= T2_MAX_WIDTH else "error"
-
-
 def default_hidden(input_width: int) -> list[int]:
     """The dense autoencoder's hidden layers when config.yaml names none: [outer, bottleneck, outer], the bottleneck
     a quarter of the input width, at least 2, always narrower than the input (a bottleneck as wide as the input can
@@ -292,7 +282,7 @@ class ModelSettings(_Section):
     hidden: list[int] | None = Field(None, min_length=1)  # dense: hidden layer sizes; null: from the input width
     conv1d: Conv1dSettings = Conv1dSettings()
     lstm: LstmSettings = LstmSettings()
-    score: Literal["auto", "error", "error_and_t2"] = "auto"  # services/model/scoring.py; auto: default_score
+    score: Literal["error", "error_and_t2"] = "error_and_t2"  # services/model/scoring.py
     local_epochs: int = Field(3, ge=1)
     batch_size: int = Field(64, ge=1)
     learning_rate: float = Field(0.005, gt=0)
@@ -656,11 +646,6 @@ class Settings(_Section):
         raw["source"] = {**raw["source"], **(worker.source or {})}
         raw["training"] = {**raw["training"], **(worker.training or {})}
         return DataSettings.model_validate(raw)
-
-    @property
-    def score(self) -> str:
-        """The score the detector computes: ``model.score``, ``auto`` resolved by the input width."""
-        return default_score(self.input_width) if self.model.score == "auto" else self.model.score
 
     @property
     def model_shape(self) -> str:

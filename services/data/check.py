@@ -190,7 +190,7 @@ def format_report(report: NodeReport, settings: Settings) -> str:
     shape = f"{len(settings.data.window_stats)} window statistics" if settings.data.window_stats \
         else f"a window of {settings.data.window} rows" if settings.data.window > 1 else "single rows"
     lines.append(f"  model   input width {settings.input_width} ({channels} channels × {shape}): "
-                 f"{settings.model_shape}, score {settings.score}")
+                 f"{settings.model_shape}, score {settings.model.score}")
     lines.append("  usable")
     return "\n".join(lines)
 

@@ -43,7 +43,7 @@ def advice_for(settings: Settings) -> list[str]:
     if model.kind == "dense" and model.hidden is not None and not model._derived \
             and model.hidden != default_hidden(width):
         tips.append(f"the default shape for {width} inputs (remove model.hidden: {default_hidden(width)})")
-    if settings.score == "error":
+    if model.score == "error":
         tips.append("model.score: error_and_t2 (adds the distance from the node's normal centre, which sees values "
                     "out of their normal range)")
     if data.window == 1 and data.source.timestamp_columns:

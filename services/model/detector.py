@@ -82,7 +82,7 @@ class DetectorSpec:
             served = "fp32" if model.kind in INT8_REFUSED else "int8"
         return cls(Preprocessing.from_settings(settings.data), tuple(model.hidden_sizes), settings.threshold,
                    served, model.seed, model.kind, tuple(model.conv1d.channels), model.conv1d.kernel,
-                   model.lstm.hidden, settings.score)
+                   model.lstm.hidden, model.score)
 
     @property
     def architecture(self) -> Architecture:

@@ -1,7 +1,7 @@
 """Scoring with an onnxruntime session, and the anomaly threshold each node calibrates on its own normal rows.
 
-A row's score is its mean squared reconstruction error (``model.score: error``), or (``error_and_t2``) that error
-over its mean on the node's training rows plus Hotelling's T² of the model input over its mean there: the
+A row's score is its mean squared reconstruction error (``model.score: error``), or (``error_and_t2``, the default)
+that error over its mean on the node's training rows plus Hotelling's T² of the model input over its mean there: the
 autoencoder's residual and the distance from the node's normal centre, the pair process monitoring has long
 watched together (SPE / Q and T², e.g. a PCA model's; MacGregor & Kourti, "Statistical process control of
 multivariate processes", 1995). An autoencoder reconstructs a value out of the normal range as well as one inside
