@@ -138,7 +138,7 @@ class Architecture:
         The kind and width are in it because shapes alone do not fix the computation (a conv window's length), and
         so is which dense layer is linear (a narrow bottleneck's: ``linear_layer``)."""
         described = {"kind": self.kind, "width": self.width, "shapes": self.shapes()}
-        if self.kind == "dense":
+        if self.bottleneck is not None:  # (a model with ReLUs throughout keeps the hash it always had)
             described["linear_bottleneck"] = self.bottleneck
         return hashlib.sha256(json.dumps(described).encode()).hexdigest()[:16]
 
@@ -174,10 +174,10 @@ LINEAR_BOTTLENECK_MAX = 2  # units
 def linear_layer(hidden) -> int | None:
     """The dense hidden layer without a ReLU after it: the bottleneck (the first narrowest layer) when it has at most
     ``LINEAR_BOTTLENECK_MAX`` units, else none. A ReLU there can die (a unit whose input stays negative passes
-    nothing, and no gradient revives it): with 1 or 2 units one dead unit halves the code or silences it, which
-    happened in 2 of 12 trainings of 2-unit bottlenecks on generated narrow devices; linear, none died and the
-    held-out ranking rose (docs/quality.md "Model shape"). From 3 units on a dead unit costs less, and on SKAB's
-    18 inputs (4 units) the ReLU bottleneck ranked and flagged slightly better, so it stays."""
+    nothing, and no gradient revives it): with 1 or 2 units one dead unit halves the code or silences it, a detector
+    that fails by the luck of its initialisation. It happened in 2 of 12 trainings of 2-unit bottlenecks on generated
+    narrow devices, never with a linear one; the pooled held-out ranking of the federated detectors stayed the same
+    (docs/quality.md "Model shape"). From 3 units on a dead unit costs less, and models keep the ReLU they had."""
     hidden = list(hidden)
     narrowest = min(hidden)
     return hidden.index(narrowest) if narrowest <= LINEAR_BOTTLENECK_MAX else None
