@@ -368,7 +368,7 @@ def main(argv: list[str] | None = None) -> None:
                           help="comma-separated subset of federated,centralised,local")
     evaluate.add_argument("--kinds", default="dense,conv1d,lstm",
                           help="model kinds to compare, comma-separated subset of dense,conv1d,lstm")
-    evaluate.add_argument("--datasets", default=None, help="comma-separated subset of skab,shuttle,synthetic "
+    evaluate.add_argument("--datasets", default=None, help="comma-separated subset of skab,shuttle,synthetic,own-data "
                           "(skab: the config; each into its own folder under --out; default: the config's data only)")
     evaluate.set_defaults(func=cmd_evaluate)
     report = commands.add_parser("report", help="render the evaluation results as one self-contained HTML page")

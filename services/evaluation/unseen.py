@@ -6,7 +6,7 @@ are chosen on devices generated here, of shapes the shipped data sets do not hav
 checked on the shipped ones. Each device is written as the CSV export a logger would write and read back through
 the tabular source from a config, exactly as "Use your own data" in the README does it.
 
-Two device types, the two narrow cases a user meets first:
+Three device types: the two narrow cases a user meets first, and a wider one:
 
 - ``compressor``: a refrigerated cabinet, one reading a minute — temperature, power draw and the compressor's state
   (``on`` / ``off``, a categorical column) — three nodes, rows scored one by one (``window: 1``), so the model has
@@ -17,11 +17,15 @@ Two device types, the two narrow cases a user meets first:
   (an hour) summarised by mean / std / slope: again 3 inputs. A daily load cycle, quieter weekends, slow noise.
   Faults: overheating that builds up over hours, an oscillating cooling loop, a noisy sensor, a stuck sensor, a
   shutdown that lets the machine cool to ambient.
+- ``conveyor``: a conveyor drive, one reading a minute — motor current, belt speed, vibration, bearing and hall
+  temperature, hydraulic pressure, moved together by the load and the speed set-point — three nodes, ``window: 10``
+  with mean / std / slope: 18 inputs. Faults: a wearing bearing, a slipping belt, a hydraulic leak, a frozen
+  temperature sensor, misalignment.
 
 Every fault is labelled row by row; each device starts fault-free for the rows that train. Deterministic for
-(kind, seed): ``python -m services.evaluation.unseen --seeds 0,1,2`` evaluates each kind on each seed through the
-evaluation's own path (services/evaluation/runner.py) and prints the served detector against the same-run
-IsolationForest.
+(kind, seed): ``python -m services.evaluation.unseen --seeds 0,1,2`` (``make evaluate-unseen``) evaluates each kind on
+each seed through the evaluation's own path (services/evaluation/runner.py) and prints the served detector against
+the same-run IsolationForest; ``--set model.score=error`` and the like measure an alternative.
 """
 
 from __future__ import annotations
