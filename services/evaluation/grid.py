@@ -4,7 +4,8 @@ For each data set the full evaluation of the config's own kind (services/evaluat
 centralised and local-only, fp32 and int8, the IsolationForest reference, every figure of the report), then the
 other kinds in the same modes (services/evaluation/kinds.py). Data sets by name: ``skab`` is the given config
 (config.yaml unless ``--config``), ``shuttle``, ``synthetic`` and ``own-data`` are the examples' configs;
-``FEDAD__…`` overrides apply to all. A data set whose files are not on this machine is skipped with the reason, the others still run.
+``FEDAD__…`` overrides apply to all. A data set whose files are not on this machine is skipped with the reason, the
+others still run.
 
 Written to ``--out``: ``<data set>/results.json`` + ``arrays.npz`` (what ``fedad report`` renders; each results file
 also holds its ``model_kinds``), ``comparison.json`` and ``kinds.md`` (the table across data sets).
