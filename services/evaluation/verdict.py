@@ -46,7 +46,10 @@ def advice_for(settings: Settings) -> list[str]:
     if model.score == "error":
         tips.append("model.score: error_and_t2 (adds the distance from the node's normal centre, which sees values "
                     "out of their normal range)")
-    if data.window == 1 and data.source.timestamp_columns:
+    if data.window > 1 and not data.window_stats:
+        tips.append(f"window statistics instead of the {data.window} flattened rows (data.window_stats: [mean, std, "
+                    "slope]: a few values per channel the model can fit, where raw rows are mostly noise)")
+    elif data.window == 1 and data.source.timestamp_columns:
         tips.append("windows: data.window 10 with data.window_stats [mean, std, slope] (a fault often shows in how "
                     "rows change)")
     elif data.window > 1:
