@@ -14,8 +14,9 @@ FROM ${BASE_IMAGE} AS build
 # HTTPS uploads to Microsoft) unless this is set before it initialises; an edge node must not phone home.
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1 ORT_DISABLE_TELEMETRY=1
 # Distributions from pyproject.toml the aggregator does not import: it averages flat float32 vectors and seeds the
-# first one with numpy (services/model/layout.py), so no torch, no ONNX, no scikit-learn (tests/test_layout.py).
-ARG EXCLUDE="torch onnx onnxscript onnxruntime scikit-learn"
+# first one with numpy (services/model/layout.py), so no torch, no ONNX, no scikit-learn (tests/test_layout.py);
+# device data (OTLP) reaches workers only.
+ARG EXCLUDE="torch onnx onnxscript onnxruntime scikit-learn opentelemetry-proto"
 COPY docker/requirements.py pyproject.toml /src/
 COPY build/wheels /wheels
 RUN python3 -m venv /opt/venv \

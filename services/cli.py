@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import fcntl
 import json
+import os
 import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import httpx
 
@@ -225,14 +228,16 @@ def curl_example(settings: Settings) -> str:
 
 def cmd_run(args) -> None:
     settings = load_or_exit(args.config)
+    stack = Stack(settings, args.config)
+    lock = _hold_run_lock(stack.log_dir)  # noqa: F841  (held until this process ends)
+    if args.port_base is not None:
+        _say_fixed_ports(settings)
     if args.fresh:
         for d in [settings.aggregator.state_dir, *(w.state_dir for w in settings.workers)]:
             shutil.rmtree(d, ignore_errors=True)
     print(f"starting aggregator on {settings.aggregator.url} and {len(settings.workers)} workers "
-          f"({', '.join(w.id for w in settings.workers)}); {settings.federation.rounds} rounds of "
-          f"{settings.model.local_epochs} local epochs; logs in {settings.aggregator.state_dir.parent / 'logs'}",
-          flush=True)
-    stack = Stack(settings, args.config)
+          f"({', '.join(f'{w.id} :{w.port}' for w in settings.workers)}); {settings.federation.rounds} rounds of "
+          f"{settings.model.local_epochs} local epochs; logs in {stack.log_dir}", flush=True)
     replay: tuple[Replayer, threading.Thread] | None = None
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # SIGINT too: a shell starts a background job
         signal.signal(signum, _interrupt)                            # (`fedad run &`, nohup) with it ignored
@@ -274,6 +279,29 @@ def cmd_run(args) -> None:
             replay[0].stop()
             replay[1].join(5)
         stack.stop()
+
+
+def _hold_run_lock(log_dir: Path):
+    """One ``fedad run`` per state folder: a second one (another port base, the same config) would share its state
+    dirs and logs, and ``--fresh`` would delete the running stack's state. The lock dies with the process."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    lock = open(log_dir / "run.lock", "a+")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise SystemExit(f"another fedad run is using {log_dir.parent} (its services' state dirs and logs): give "
+                         "this stack state dirs of its own (its own config file, or FEDAD__AGGREGATOR__STATE_DIR and "
+                         "FEDAD__WORKERS__<id>__STATE_DIR) as well as its own ports") from None
+    return lock
+
+
+def _say_fixed_ports(settings: Settings) -> None:
+    """``--port-base`` moves only the ports the config leaves out: name the ones it keeps."""
+    base = settings.port_base
+    fixed = [f"aggregator {settings.aggregator.port}"] if settings.aggregator.port != base else []
+    fixed += [f"{w.id} {w.port}" for k, w in enumerate(settings.workers, start=1) if w.port != base + k]
+    if fixed:
+        print(f"--port-base {base}: the config gives these ports itself, and they win: {', '.join(fixed)}", flush=True)
 
 
 def start_replay(settings: Settings, speed: float, duration: float | None) -> tuple[Replayer, threading.Thread]:
@@ -336,7 +364,9 @@ def cmd_data_check(args) -> None:
     if bad:
         print(f"data check FAILED for {', '.join(bad)}: fix the problems above (workers refuse to start on them)")
         raise SystemExit(1)
-    print(f"data check passed: {len(reports)} node(s) usable")
+    warned = [r.worker for r in reports if r.warnings]
+    print(f"data check passed: {len(reports)} node(s) usable"
+          + (f"; read the warnings for {', '.join(warned)} above" if warned else ""))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -361,6 +391,11 @@ def main(argv: list[str] | None = None) -> None:
     replay.add_argument("--duration", type=float, default=None, metavar="SECONDS", help="stop after this long")
     replay.add_argument("--once", action="store_true", help="play every run once, then stop (default: repeat)")
     replay.set_defaults(func=cmd_replay)
+    for command in (run, replay):
+        command.add_argument("--port-base", type=int, default=None, metavar="N",
+                             help="the aggregator on port N, worker k on N + k, wherever the config leaves ports "
+                                  "out (= FEDAD__PORT_BASE=N); a second stack beside another needs its own state "
+                                  "dirs too")
     evaluate = commands.add_parser("evaluate", help="federated vs centralised vs local-only detection on SKAB's "
                                                     "protocol, fp32 and int8; writes reports/evaluation/")
     evaluate.add_argument("--out", default="reports/evaluation", help="results folder (default reports/evaluation)")
@@ -388,6 +423,8 @@ def main(argv: list[str] | None = None) -> None:
         command.add_argument("--config", default=argparse.SUPPRESS, help="config file (default: $FEDAD_CONFIG or "
                                                                           "config.yaml)")
     args = parser.parse_args(argv)
+    if getattr(args, "port_base", None) is not None:  # the services read it as the one override mechanism
+        os.environ["FEDAD__PORT_BASE"] = str(args.port_base)
     args.func(args)
 
 

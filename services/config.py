@@ -61,21 +61,83 @@ class LabelSettings(_Section):
 
 class CategoricalSettings(_Section):
     """A column of named states (``on``/``off``, ``open``/``closed``): ``codes`` gives one column holding the
-    level's position in ``levels``; ``onehot`` gives one 0/1 column per level, named ``<column>=<level>``."""
+    state's position in ``levels``; ``onehot`` gives one 0/1 column per state, named ``<column>=<state>``.
 
-    levels: list[str] = Field(min_length=1)
+    ``levels`` lists the states, each written in the files as its name, or maps each state to the spellings the
+    files use for it (``{"off": ["off", "0", "false"], "on": ["on", "1", "true"]}``; a state's name is always one
+    of its spellings), so one export's ``0``, ``false  `` and ``off`` are one state. Spaces around a cell never
+    count; ``ignore_case`` compares spellings case-insensitively, ``ignore_spaces`` without any whitespace
+    (``stand by`` = ``standby``). Any other spelling is refused with its ``file:line``."""
+
+    levels: list[str] | dict[str, list[str]] = Field(min_length=1)
     encoding: Literal["codes", "onehot"] = "codes"
+    ignore_case: bool = False
+    ignore_spaces: bool = False
 
     @field_validator("levels", mode="before")
     @classmethod
     def _levels_are_text(cls, levels):
-        return [str(v).strip() for v in levels] if isinstance(levels, list) else levels
+        def text(value):
+            if isinstance(value, bool):  # YAML 1.1 reads unquoted on/off/yes/no/true/false as booleans
+                raise ValueError(f"YAML read a state or spelling as the boolean {value}: quote it (\"on\", \"off\", "
+                                 "\"true\" ...) so it stays the text the files hold")
+            return str(value).strip()
+
+        if isinstance(levels, list):
+            return [text(v) for v in levels]
+        if isinstance(levels, dict):
+            return {text(state): [text(v) for v in (spellings if isinstance(spellings, list) else [spellings])]
+                    for state, spellings in levels.items()}
+        return levels
 
     @model_validator(mode="after")
     def _distinct(self) -> CategoricalSettings:
-        if len(set(self.levels)) != len(self.levels):
+        if isinstance(self.levels, list) and len(set(self.levels)) != len(self.levels):
             raise ValueError(f"levels repeat a value: {self.levels}")
+        owner: dict[str, str] = {}
+        for state, spellings in self.spellings().items():
+            for spelling in spellings:
+                key = self.normalise(spelling)
+                if not key:
+                    raise ValueError(f"levels: state {state!r} has an empty spelling")
+                if owner.setdefault(key, state) != state:
+                    raise ValueError(f"levels: the spelling {spelling!r} names two states, {owner[key]!r} and "
+                                     f"{state!r}" + (" (compared ignoring case/spaces)" if self._loose else ""))
         return self
+
+    @property
+    def states(self) -> list[str]:
+        """The states in code order."""
+        return list(self.levels)
+
+    @property
+    def _loose(self) -> bool:
+        return self.ignore_case or self.ignore_spaces
+
+    def spellings(self) -> dict[str, list[str]]:
+        """Every state with the spellings that mean it, its own name first."""
+        if isinstance(self.levels, list):
+            return {state: [state] for state in self.levels}
+        return {state: [state, *(s for s in spellings if s != state)] for state, spellings in self.levels.items()}
+
+    def normalise(self, cell: str) -> str:
+        """A cell as spellings are compared: stripped, then without whitespace / case-folded as configured."""
+        text = cell.strip()
+        if self.ignore_spaces:
+            text = "".join(text.split())
+        return text.casefold() if self.ignore_case else text
+
+    def codes(self) -> dict[str, int]:
+        """Normalised spelling → the state's code (its position in ``levels``)."""
+        return {self.normalise(spelling): code for code, spellings in enumerate(self.spellings().values())
+                for spelling in spellings}
+
+    def describe(self) -> str:
+        """The states (and spellings) as an error message lists them."""
+        if isinstance(self.levels, list) and not self._loose:
+            return f"one of its levels {self.levels}"
+        rule = ", ".join(w for w, on in (("case", self.ignore_case), ("spaces", self.ignore_spaces)) if on)
+        return f"a spelling of its levels {self.spellings()}" + (f" (ignoring {rule})" if rule else "")
 
 
 class SyntheticSettings(_Section):
@@ -147,12 +209,15 @@ class SourceSettings(_Section):
 
 
 class TrainingSettings(_Section):
-    """Which rows of each run train the detector and calibrate its threshold; the rest is held out."""
+    """Which rows of each run train the detector and calibrate its threshold; the rest is held out
+    (services/data/selection.py)."""
 
     policy: Literal["first_rows", "before", "labelled_normal", "all"] = "first_rows"
     rows: int = Field(400, gt=0)
+    count: Literal["normal", "all"] = "normal"  # first_rows in a labelled run: count (and train) normal rows only
     before: datetime | None = None
-    share: float = Field(1.0, gt=0, le=1)  # labelled_normal: this share of each run's normal rows, drawn by seed
+    share: float = Field(1.0, gt=0, le=1)  # labelled_normal: this share of each run's normal rows ...
+    order: Literal["random", "file"] = "random"  # ... drawn by seed, or the first ones in the run's order
     seed: int = Field(0, ge=0, lt=2**32)
 
     @model_validator(mode="after")
@@ -214,7 +279,7 @@ class DataSettings(_Section):
         for name in names:
             cat = self.source.categorical.get(name)
             if cat is not None and cat.encoding == "onehot":
-                out.extend(f"{name}={level}" for level in cat.levels)
+                out.extend(f"{name}={state}" for state in cat.states)
             else:
                 out.append(name)
         return out
@@ -470,6 +535,13 @@ class AlarmSettings(_Section):
     recent: int = Field(50, ge=0, le=10_000)  # cleared alarms listed in /v1/status
 
 
+class TwinSettings(_Section):
+    """The verdict as reported twin properties of each device on KubeEdge (services/worker/twin.py)."""
+
+    enabled: bool = False  # needs ingest.mqtt.enabled: EdgeCore reads twin updates from the node's broker
+    every_s: float = Field(30.0, gt=0)  # a device's score at most this often; alarm changes at once
+
+
 class LoggingSettings(_Section):
     """Both services: ``text`` lines or one JSON object per line, each with the worker id and round."""
 
@@ -491,6 +563,9 @@ class DashboardSettings(_Section):
 
 
 class AggregatorSettings(_Section):
+    """Where the aggregator listens and where workers reach it; ``port`` and ``url`` follow ``port_base`` unless
+    given."""
+
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=1, le=65535)
     url: str = "http://127.0.0.1:8080"
@@ -503,7 +578,7 @@ class WorkerSettings(_Section):
     source: dict[str, Any] | None = None  # this node's overrides of data.source keys (its own dir, delimiter ...)
     training: dict[str, Any] | None = None  # this node's overrides of data.training keys
     host: str = "127.0.0.1"
-    port: int = Field(ge=1, le=65535)
+    port: int = Field(ge=1, le=65535)  # left out: port_base + the worker's position (1, 2, ...)
     state_dir: Path
     token: str | None = Field(None, min_length=8)
     token_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
@@ -582,7 +657,35 @@ class AdminSettings(_Section):
         return self.token_sha256 or (hash_token(self.token) if self.token else None)
 
 
+PORT_BASE = 8080
+
+
+def ports_from_base(raw: dict) -> dict:
+    """The raw config with the ports left out (or null) filled from ``port_base``: the aggregator listens on the base,
+    the k-th worker on base + k, and workers reach the aggregator at its host and port (127.0.0.1 when it listens on
+    every address; https with tls). Given ports and URL stay: one key moves a whole stack, an explicit one wins."""
+    base = raw.get("port_base", PORT_BASE)
+    if not isinstance(base, int) or isinstance(base, bool):
+        return raw  # the field's own validation names the bad value
+    raw = dict(raw)
+    aggregator = dict(raw.get("aggregator") or {})
+    if aggregator.get("port") is None:
+        aggregator["port"] = base
+    if aggregator.get("url") is None:
+        host = str(aggregator.get("host") or "127.0.0.1")
+        host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else f"[{host}]" if ":" in host else host
+        tls = raw.get("tls")
+        scheme = "https" if isinstance(tls, dict) and tls.get("enabled") else "http"
+        aggregator["url"] = f"{scheme}://{host}:{aggregator['port']}"
+    raw["aggregator"] = aggregator
+    if isinstance(raw.get("workers"), list):
+        raw["workers"] = [{**w, "port": base + k} if isinstance(w, dict) and w.get("port") is None else w
+                          for k, w in enumerate(raw["workers"], start=1)]
+    return raw
+
+
 class Settings(_Section):
+    port_base: int = Field(PORT_BASE, ge=1, le=65535)  # aggregator: this port; worker k: this + k (unless given)
     data: DataSettings
     model: ModelSettings = Field(default_factory=ModelSettings)
     federation: FederationSettings = FederationSettings()
@@ -591,6 +694,7 @@ class Settings(_Section):
     streams: StreamSettings = StreamSettings()
     ingest: IngestSettings = IngestSettings()
     alarms: AlarmSettings = AlarmSettings()
+    twin: TwinSettings = TwinSettings()
     models: ModelVersionSettings = ModelVersionSettings()
     buffer: LiveBufferSettings = LiveBufferSettings()
     drift: DriftSettings = DriftSettings()
@@ -601,6 +705,11 @@ class Settings(_Section):
     dashboard: DashboardSettings = DashboardSettings()
     aggregator: AggregatorSettings = AggregatorSettings()
     workers: list[WorkerSettings] = Field(min_length=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _ports(cls, raw):
+        return ports_from_base(raw) if isinstance(raw, dict) else raw
 
     @model_validator(mode="after")
     def _unique_workers(self) -> Settings:
@@ -617,6 +726,9 @@ class Settings(_Section):
                     self.data_for(w)
                 except ValidationError as exc:
                     raise ValueError(f"worker {w.id}'s data overrides: {_describe(exc).strip()}") from None
+        if self.twin.enabled and not self.ingest.mqtt.enabled:
+            raise ValueError("twin.enabled reports verdicts through the node's MQTT broker: set ingest.mqtt.enabled "
+                             "too (KubeEdge: FEDAD__INGEST__MQTT__ENABLED=true)")
         if self.tls.enabled and not self.aggregator.url.startswith("https://"):
             raise ValueError(f"tls.enabled is true but aggregator.url is {self.aggregator.url}: "
                              "workers must reach the aggregator with https://")

@@ -159,3 +159,26 @@ def missing_tool(message: str) -> None:
     if in_ci():
         pytest.fail(f"{message} — CI=true, so this is a failure, not a skip (.ci/run must install it)", pytrace=False)
     pytest.skip(message)
+
+
+def near_constant_device(folder: Path) -> Path:
+    """A pump logging its state and power every 10 s, two distinct rows while it runs normally (off 20 W, on 800 W,
+    50 rows each in turn), then 30-row faults at 400 W; a config of one worker reading it. Returns the config."""
+    import yaml
+
+    lines = ["time,state,power,label"]
+    for i in range(1200):
+        on = (i // 50) % 2 == 1
+        fault = i >= 600 and i % 300 < 30
+        lines.append(f"2024-05-01 {i // 360:02d}:{i // 6 % 60:02d}:{i % 6 * 10:02d},{'on' if on else 'off'},"
+                     f"{400 if fault else 800 if on else 20},{int(fault)}")
+    (folder / "pump.csv").write_text("\n".join(lines) + "\n")
+    raw = {"data": {"source": {"dir": str(folder), "timestamp": "time", "label": {"column": "label"},
+                               "categorical": {"state": {"levels": ["off", "on"]}}},
+                    "features": ["state", "power"], "window": 10},
+           "model": {"hidden": [4, 1, 4]},
+           "federation": {"rounds": 2, "min_workers": 1, "quorum": 1},
+           "workers": [{"id": "pump", "partition": ["pump.csv"], "state_dir": str(folder / "state"),
+                        "token": "token-pump"}]}
+    (folder / "config.yaml").write_text(yaml.safe_dump(raw))
+    return folder / "config.yaml"

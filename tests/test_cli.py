@@ -13,7 +13,7 @@ import time
 import httpx
 import pytest
 
-from support import REPO, Stack
+from support import REPO, WORKER_IDS, Stack
 
 
 def run_cli(env: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
@@ -137,3 +137,74 @@ def test_continual_rounds_and_gate_refusals_are_printed_once_each():
                            "            b serves round 3; its gate refused round 4: refused: held-out F1 0.5"]
     assert printer.lines(status(5, {"a": (5, None), "b": (5, 4)}))[1:] == [
         "            every worker serves round 5"]  # the old refusal is not printed again
+
+
+def free_port_block(size: int, avoid: range = range(0)) -> int:
+    """A base port with ``size`` consecutive free ports on loopback (none of them in ``avoid``)."""
+    for base in range(20000 + os.getpid() % 20000, 60000, 97):
+        if any(p in avoid for p in range(base, base + size)):
+            continue
+        try:
+            for port in range(base, base + size):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return base
+    raise AssertionError("no block of free ports")
+
+
+def serve_from(argv: list[str], env: dict[str, str]) -> tuple[subprocess.Popen, list[str]]:
+    """`fedad run …` in the background, returned once it serves, with what it printed so far."""
+    proc = subprocess.Popen([sys.executable, "-m", "services.cli", "run", "--fresh", "--no-replay", *argv], env=env,
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    out = []
+    for line in proc.stdout:
+        out.append(line)
+        if line.startswith("Ctrl-C stops."):
+            return proc, out
+    raise AssertionError(f"fedad run exited {proc.wait()} before serving:\n{''.join(out)}")
+
+
+def test_port_base_runs_a_second_stack_beside_the_first(tmp_path):
+    """The shipped config, once as it is (its port_base, here moved off 8080 for the test machine's sake) and once
+    with --port-base: two federations serving side by side, each its own aggregator and workers; a third run on the
+    first's state dirs is refused before it touches them."""
+    first = free_port_block(4)
+    second = free_port_block(4, avoid=range(first, first + 4))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FEDAD__")}
+    env.update(FEDAD__FEDERATION__ROUNDS="1", FEDAD__MODEL__LOCAL_EPOCHS="1", PYTHONUNBUFFERED="1")
+    state = {"first": tmp_path / "first", "second": tmp_path / "second"}
+    envs = {}
+    for name, root in state.items():
+        envs[name] = {**env, "FEDAD__AGGREGATOR__STATE_DIR": str(root / "aggregator"),
+                      **{f"FEDAD__WORKERS__{w.upper()}__STATE_DIR": str(root / w) for w in WORKER_IDS}}
+    envs["first"]["FEDAD__PORT_BASE"] = str(first)  # as config.yaml's port_base says 8080
+    procs = []
+    try:
+        proc, _ = serve_from([], envs["first"])
+        procs.append(proc)
+        proc, out = serve_from(["--port-base", str(second)], envs["second"])
+        procs.append(proc)
+        assert out[0].startswith(f"starting aggregator on http://127.0.0.1:{second} and 3 workers (valve1 "
+                                 f":{second + 1}, valve2 :{second + 2}, other :{second + 3})"), out
+        for base in (first, second):
+            status = httpx.get(f"http://127.0.0.1:{base}/v1/status", timeout=10).json()
+            assert status["rounds_done"] == 1 and sorted(status["workers"]) == sorted(WORKER_IDS), status
+            for k, w in enumerate(WORKER_IDS, start=1):
+                worker = httpx.get(f"http://127.0.0.1:{base + k}/v1/status", timeout=10).json()
+                assert worker["model_round"] == 1, worker
+            answer = httpx.post(f"http://127.0.0.1:{base + 1}/detect", timeout=10,
+                                json={"samples": [[0.0266, 0.0401, 1.33, 0.0547, 79.3, 26.0, 233.1, 32.0]]})
+            assert answer.status_code == 200 and len(answer.json()["scores"]) == 1, answer.text
+        third = subprocess.run([sys.executable, "-m", "services.cli", "run", "--fresh", "--port-base",
+                                str(free_port_block(4, avoid=range(first, second + 4)))], env=envs["first"],
+                               cwd=REPO, capture_output=True, text=True, timeout=60)
+        assert third.returncode != 0 and f"another fedad run is using {state['first']}" in third.stderr, third
+        assert (state["first"] / "aggregator").is_dir()  # --fresh deleted nothing
+    finally:
+        for proc in procs:
+            proc.send_signal(signal.SIGINT)
+        for proc in procs:
+            rest = proc.communicate(timeout=60)[0]
+            assert proc.returncode == 0 and "stopping ..." in rest, rest

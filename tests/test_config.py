@@ -11,7 +11,7 @@ import yaml
 from pydantic import BaseModel, TypeAdapter
 from support import REPO
 
-from services.config import DEFAULT_CONFIG, ConfigError, Settings, load_settings
+from services.config import DEFAULT_CONFIG, ENV_PREFIX, ConfigError, Settings, load_settings
 
 
 def test_default_config_loads_with_the_documented_defaults():
@@ -29,9 +29,27 @@ def test_environment_overrides_single_values_by_index_or_worker_id():
     assert s.worker("other").token == "secret-token-x" and s.model.hidden == [8, 4, 8]
 
 
+def test_one_port_base_moves_the_stack_and_explicit_ports_win():
+    s = load_settings(environ={"FEDAD__PORT_BASE": "9100"})
+    assert (s.aggregator.port, s.aggregator.url) == (9100, "http://127.0.0.1:9100")
+    assert [w.port for w in s.workers] == [9101, 9102, 9103]
+    s = load_settings(environ={"FEDAD__PORT_BASE": "9100", "FEDAD__WORKERS__VALVE2__PORT": "9500",
+                               "FEDAD__AGGREGATOR__PORT": "9000"})
+    assert (s.aggregator.port, s.aggregator.url) == (9000, "http://127.0.0.1:9000")
+    assert [w.port for w in s.workers] == [9101, 9500, 9103]
+    s = load_settings(environ={"FEDAD__PORT_BASE": "9100", "FEDAD__AGGREGATOR__URL": "http://relay:7000",
+                               "FEDAD__AGGREGATOR__HOST": "0.0.0.0"})
+    assert (s.aggregator.port, s.aggregator.url) == (9100, "http://relay:7000")
+    s = load_settings(environ={"FEDAD__AGGREGATOR__HOST": "0.0.0.0", "FEDAD__TLS__ENABLED": "true"})
+    assert s.aggregator.url == "https://127.0.0.1:8080"  # listening everywhere, reached on loopback, with TLS
+    with pytest.raises(ConfigError, match=r"workers\.2\.port: Input should be less than or equal to 65535"):
+        load_settings(environ={"FEDAD__PORT_BASE": "65533"})
+
+
 @pytest.mark.parametrize("environ,key", [
     ({"FEDAD__FEDERATION__ROUNDS": "zero"}, "federation.rounds"),
     ({"FEDAD__AGGREGATOR__PORT": "70000"}, "aggregator.port"),
+    ({"FEDAD__PORT_BASE": "eighty"}, "port_base"),
     ({"FEDAD__MODEL__HIDDEN": "[12, 0]"}, "model.hidden"),
     ({"FEDAD__THRESHOLD__RULE": "magic"}, "threshold.rule"),
     ({"FEDAD__FEDERATION__QUORUM": "9"}, "federation"),
@@ -86,13 +104,16 @@ def _section(annotation) -> type[BaseModel] | None:
 # code defaults describe no particular file instead (a detected delimiter, no clock, no label, every feature), so a
 # user's own minimal config never silently assumes SKAB. The synthetic section applies only to kind: synthetic.
 DESCRIBE_THE_DATA_SET = {"data.source.delimiter", "data.source.timestamp", "data.source.label", "data.source.download",
-                         "data.model_features", "data.source.synthetic"}
+                         "data.model_features", "data.source.synthetic",
+                         "data.training.count"}  # SKAB's protocol: its first rows train whatever their label
 # config.yaml is SKAB's configuration: its model.score (error) was chosen on SKAB's held-out figures, like its
 # model_features; the code default (error_and_t2) was chosen on generated devices (docs/quality.md "Score").
 CHOSEN_FOR_SKAB = {"model.score"}
 # The shipped config carries a development admin token, as it carries development worker tokens; in code no token
 # is the default, so a config without one refuses every control request.
 DEVELOPMENT_SECRETS = {"admin.token"}
+# The shipped config leaves these out so that port_base (and `fedad run --port-base`) moves the whole stack.
+FOLLOW_PORT_BASE = {"aggregator.port", "aggregator.url"}
 
 
 def default_disagreements(model: type[BaseModel], raw: dict, where: str = "") -> tuple[set[str], list[str]]:
@@ -104,7 +125,8 @@ def default_disagreements(model: type[BaseModel], raw: dict, where: str = "") ->
     in_list_item = where.endswith("]")
     for name, field in model.model_fields.items():
         key = f"{where}.{name}" if where else name
-        if key in DESCRIBE_THE_DATA_SET or key in DEVELOPMENT_SECRETS or key in CHOSEN_FOR_SKAB:
+        if key in DESCRIBE_THE_DATA_SET or key in DEVELOPMENT_SECRETS or key in FOLLOW_PORT_BASE \
+                or key in CHOSEN_FOR_SKAB:
             continue
         section = _section(field.annotation)
         item = (_section(typing.get_args(field.annotation)[0])
@@ -181,7 +203,7 @@ def _environment_reads(path: Path) -> set[str]:
 
 def test_services_read_no_ad_hoc_fedad_variables():
     read = {name: p for p in (REPO / "services").rglob("*.py") for name in _environment_reads(p)
-            if str(name).startswith("FEDAD")}
+            if str(name).startswith("FEDAD") and not str(name).startswith(ENV_PREFIX)}  # FEDAD__…: config keys
     assert {"FEDAD_CONFIG", "FEDAD_WORKER_ID", "FEDAD_FAULT"} <= set(read)
     stray = {name: str(p.relative_to(REPO)) for name, p in read.items() if name not in PROCESS_VARIABLES}
     assert not stray, f"use FEDAD__SECTION__KEY (a config.yaml key) instead of: {stray}"

@@ -1,10 +1,13 @@
 """Which rows of a run train the detector (and are its normal reference); the rest is held out for evaluation.
 
 Set by config.yaml's ``data.training.policy``:
-- ``first_rows``: the first ``rows`` rows of every run (SKAB's protocol: each run starts anomaly-free);
+- ``first_rows``: the first ``rows`` rows of every run (SKAB's protocol: each run starts anomaly-free). In a labelled
+  run ``count: normal`` counts and trains normal rows only (the anomalous ones among them are held out), ``count:
+  all`` takes the first ``rows`` whatever their label (SKAB's published protocol); an unlabelled run has no choice;
 - ``before``: rows stamped earlier than ``before`` (a period known to be normal);
-- ``labelled_normal``: rows whose label says normal (labels then serve training too, so held-out figures are
-  measured on anomalous rows only);
+- ``labelled_normal``: rows whose label says normal, or a ``share`` of them: drawn at random by ``seed`` (``order:
+  random``) or the first ones in the run's order (``order: file``: time order when there is a clock); labels then
+  serve training too, so held-out figures are measured on the other rows;
 - ``all``: every row, for data that is mostly normal: the threshold is a high quantile of the training scores, so
   rare anomalies among the training rows land above it instead of moving it; nothing is held out.
 """
@@ -28,13 +31,18 @@ class TrainingSelection(Protocol):
 
 @dataclass(frozen=True)
 class FirstRows:
-    """The first ``rows`` rows of every run train."""
+    """The first ``rows`` rows of every run train; with ``normal_only``, the first ``rows`` normal rows of a labelled
+    run (an unlabelled run: its first ``rows`` rows)."""
 
     rows: int
+    normal_only: bool = False
 
     def mask(self, run: Run) -> np.ndarray:
         mask = np.zeros(len(run.values), dtype=bool)
-        mask[: self.rows] = True
+        if self.normal_only and run.labels is not None:
+            mask[np.flatnonzero(run.labels == 0)[: self.rows]] = True
+        else:
+            mask[: self.rows] = True
         return mask
 
 
@@ -52,11 +60,13 @@ class Before:
 
 @dataclass(frozen=True)
 class LabelledNormal:
-    """Rows labelled normal train; with ``share`` < 1 only that share of them, drawn at random by ``seed``, so the
-    other normal rows stay held out and false alarms can be measured (the one-class protocol of benchmarks)."""
+    """Rows labelled normal train; with ``share`` < 1 only that share of them, drawn at random by ``seed`` or the
+    first ones in the run's order (``in_order``), so the other normal rows stay held out and false alarms can be
+    measured (the one-class protocol of benchmarks)."""
 
     share: float = 1.0
     seed: int = 0
+    in_order: bool = False
 
     def mask(self, run: Run) -> np.ndarray:
         if run.labels is None:
@@ -64,8 +74,9 @@ class LabelledNormal:
         mask = run.labels == 0
         if self.share < 1:
             normal = np.flatnonzero(mask)
+            take = round(self.share * len(normal))
             mask = np.zeros(len(run.values), dtype=bool)
-            mask[np.random.default_rng(self.seed).permutation(normal)[: round(self.share * len(normal))]] = True
+            mask[normal[:take] if self.in_order else np.random.default_rng(self.seed).permutation(normal)[:take]] = True
         return mask
 
 
@@ -79,7 +90,7 @@ class AllRows:
 
 def training_selection(training: TrainingSettings) -> TrainingSelection:
     if training.policy == "first_rows":
-        return FirstRows(training.rows)
+        return FirstRows(training.rows, training.count == "normal")
     if training.policy == "before":
         before = training.before
         assert before is not None, "the config requires training.before with policy before"
@@ -88,5 +99,5 @@ def training_selection(training: TrainingSettings) -> TrainingSelection:
             before = (before - offset).replace(tzinfo=None)
         return Before(np.datetime64(before, "ms"))
     if training.policy == "labelled_normal":
-        return LabelledNormal(training.share, training.seed)
+        return LabelledNormal(training.share, training.seed, training.order == "file")
     return AllRows()

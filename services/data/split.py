@@ -122,7 +122,10 @@ class SplitSource:
     label_column: str | None = None
 
     def runs(self) -> list[Run]:
-        runs = self.source.runs()
+        return self.part_of(self.source.runs())
+
+    def part_of(self, runs: list[Run]) -> list[Run]:
+        """This node's part of ``runs``, the other source's rows (read once by ``fedad data check``)."""
         n_rows = sum(len(run.values) for run in runs)
         column = None
         if self.plan.method == "dirichlet":

@@ -285,7 +285,8 @@ def _decode_rows(table: Table, records: list[tuple[int, list]], data: DataSettin
     missing_at: list[int] = []
     table.missing = {c: 0 for c in data.features + source.timestamp_columns
                      + ([source.label.column] if source.label else [])}
-    table.levels = {c: {level: 0 for level in cat.levels} for c, cat in source.categorical.items()}
+    table.levels = {c: {state: 0 for state in cat.states} for c, cat in source.categorical.items()}
+    codes = {c: cat.codes() for c, cat in source.categorical.items()}  # spelling → code, built once per file
     for line, fields in records:
         table.rows_read += 1
         if len(fields) != width:
@@ -302,19 +303,18 @@ def _decode_rows(table: Table, records: list[tuple[int, list]], data: DataSettin
             if _is_missing(cell):
                 table.missing[name] += 1
                 gaps.append(name)
-                row.extend([math.nan] * (len(cat.levels) if cat and cat.encoding == "onehot" else 1))
+                row.extend([math.nan] * (len(cat.states) if cat and cat.encoding == "onehot" else 1))
                 continue
             if cat is not None:
-                level = str(cell).strip()
-                if level not in cat.levels:
-                    problems.add(("level", name), f"{table.where(line)}: column {name!r} holds {cell!r}, not one of "
-                                                  f"its levels {cat.levels}")
+                code = codes[name].get(cat.normalise(str(cell)))
+                if code is None:
+                    problems.add(("level", name), f"{table.where(line)}: column {name!r} holds {cell!r}, not "
+                                                  f"{cat.describe()}")
                     bad = True
                     continue
-                table.levels[name][level] += 1
-                code = cat.levels.index(level)
+                table.levels[name][cat.states[code]] += 1
                 row.extend([float(code)] if cat.encoding == "codes" else
-                           [1.0 if i == code else 0.0 for i in range(len(cat.levels))])
+                           [1.0 if i == code else 0.0 for i in range(len(cat.states))])
                 continue
             number = _number(cell)
             if number is None:

@@ -16,7 +16,7 @@ import numpy as np
 from services.config import Settings
 from services.data.node import NodeData
 from services.data.scaling import FeatureStats
-from services.model.metrics import detection_metrics
+from services.model.metrics import detection_metrics, threshold_ratio
 from services.model.scoring import calibrate_threshold
 
 NAME = "IsolationForest"
@@ -47,7 +47,7 @@ def score_reference(settings: Settings, nodes: dict[str, NodeData]) -> dict[str,
 
 def unlabelled_metrics(held_scores: np.ndarray, threshold: float) -> dict:
     """Without labels: how often the detector alarms on held-out rows, and how its scores spread around its limit."""
-    ratio = np.asarray(held_scores, dtype=np.float64) / threshold
+    ratio = threshold_ratio(held_scores, threshold)
     if not len(ratio):
         return {"labels": False, "rows": 0, "alarm_rate": 0.0}
     p50, p90, p99 = np.quantile(ratio, [0.5, 0.9, 0.99])

@@ -37,6 +37,7 @@ from services.evaluation.table import (  # noqa: E402
     kinds_rows,
     table_rows,
 )
+from services.model.metrics import threshold_ratio  # noqa: E402
 
 FIGURES = {
     "fig-distribution": "Reconstruction-error distribution with the threshold",
@@ -92,7 +93,7 @@ class Data:
                 run_labels = self.labels(w, i)
                 if run_labels is not None:
                     labels.append(run_labels[held])
-                ratios.append(self.scores(mode, kind, w, i)[held] / t)
+                ratios.append(threshold_ratio(self.scores(mode, kind, w, i)[held], t))
         return (np.concatenate(labels) if self.labelled else None), np.concatenate(ratios)
 
 

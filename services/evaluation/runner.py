@@ -40,7 +40,7 @@ from services.evaluation.reference import NAME as REFERENCE_NAME
 from services.evaluation.reference import score_reference, unlabelled_metrics
 from services.model.autoencoder import build_autoencoder, set_flat_weights
 from services.model.detector import AnomalyDetector, DetectorSpec, node_seed
-from services.model.metrics import detection_metrics
+from services.model.metrics import detection_metrics, threshold_ratio
 from services.model.precision import choose as choose_precision
 from services.evaluation.verdict import verdict
 from services.machine import describe_cpu
@@ -194,7 +194,8 @@ def score_trained(settings: Settings, nodes: dict[str, NodeData], trained: Train
 def pooled(nodes: dict[str, NodeData], scored: dict, kind: str) -> dict:
     """SKAB pools the predictions of all files; scores are divided by each worker's threshold so that one ROC curve
     over all workers ranks rows by how far past their own alarm limit they are. Unlabelled: alarm rate and spread."""
-    ratio = np.concatenate([scored[w][kind]["held_scores"] / scored[w][kind]["threshold"] for w in nodes])
+    ratio = np.concatenate([threshold_ratio(scored[w][kind]["held_scores"], scored[w][kind]["threshold"])
+                            for w in nodes])
     if not all(n.labelled for n in nodes.values()):
         return unlabelled_metrics(ratio, 1.0)
     labels = np.concatenate([nodes[w].held_out_labels() for w in nodes])

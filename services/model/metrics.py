@@ -33,6 +33,17 @@ def average_precision(labels: np.ndarray, scores: np.ndarray) -> float:
     return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
 
 
+SMALLEST_LIMIT = 1e-200  # stands in for an alarm limit of 0: far below any score, far above float64's underflow
+
+
+def threshold_ratio(scores: np.ndarray, threshold: float) -> np.ndarray:
+    """Scores over a detector's alarm limit (> 1: flagged), comparable across workers. A limit of 0 (a model that
+    reconstructs its near-constant training rows exactly) divides by ``SMALLEST_LIMIT`` instead: a row scoring 0
+    stays at 0 and every positive score is past the limit, as the detector's ``score > threshold`` says, where
+    dividing by 0 gave NaN (0 / 0) that no ranking or count can use."""
+    return np.asarray(scores, dtype=np.float64) / max(float(threshold), SMALLEST_LIMIT)
+
+
 def pooled_metrics(counts: list[dict]) -> dict:
     """SKAB pools predictions of all files; confusion counts add up, so workers need share only their counts."""
     total = {k: sum(c[k] for c in counts) for k in ("tp", "fp", "fn", "tn")}

@@ -269,6 +269,10 @@ class WorkerCollector:
                      model.model_round if model else None)
         yield _gauge("fedad_worker_threshold", "Anomaly threshold of the model in service",
                      model.threshold if model else None)
+        shelf = getattr(loop, "models", None)
+        latest = shelf.state.latest if shelf is not None and shelf.state is not None else None
+        yield _gauge("fedad_worker_model_latest_refused", "1 while the gate refused the newest installed model "
+                     "version (an older one serves)", None if latest is None else float(latest.status == "refused"))
         trained = getattr(loop, "last_training", None) or {}
         yield _gauge("fedad_worker_training_loss", "Mean training loss of the last epoch of the last local round",
                      trained.get("loss"))
@@ -323,7 +327,10 @@ class IngestCollector:
         for kind, count in sorted(s["alarm_events"].items()):
             events.add_metric([kind], count)
         yield events
-        yield _gauge("fedad_worker_alarm_outbox_pending", "Alarm events waiting for delivery", s["outbox_pending"])
+        yield _gauge("fedad_worker_alarm_outbox_pending", "Alarm events (and device twin reports) waiting for "
+                     "delivery", s["outbox_pending"])
+        yield CounterMetricFamily("fedad_worker_twin_reports", "Verdicts queued for the devices' KubeEdge twins "
+                                  "(twin.enabled)", value=s.get("twin_reports", 0))
         yield CounterMetricFamily("fedad_worker_alarm_outbox_dropped", "Alarm events dropped from a full outbox",
                                   value=s["outbox_dropped"])
         yield _gauge("fedad_worker_mqtt_connected", "1 while connected to the MQTT broker", s["mqtt_connected"])

@@ -58,7 +58,9 @@ NOT_FOUND = _code("not_found", 404, "no such route or file")
 METHOD_NOT_ALLOWED = _code("method_not_allowed", 405, "the route exists but not with this method")
 TOO_LARGE = _code("too_large", 413, "the body is larger than the model, or a /detect batch than "
                                     "serving.max_batch_rows (checked before it is read when announced)")
-BAD_MEDIA_TYPE = _code("bad_media_type", 415, "weights must be sent as application/octet-stream")
+BAD_MEDIA_TYPE = _code("bad_media_type", 415, "a body type the route does not take: weights must be "
+                                              "application/octet-stream, OTLP metrics application/x-protobuf or "
+                                              "application/json")
 INVALID_UPDATE = _code("invalid_update", 422, "the weight body has the wrong size for the model")
 HASH_MISMATCH = _code("hash_mismatch", 422, "the body does not match its X-Content-SHA256 header")
 NON_FINITE = _code("non_finite", 422, "NaN or infinity in the weights, the training loss or /detect rows (or a "
@@ -67,7 +69,7 @@ TOO_MANY_SAMPLES = _code("too_many_samples", 422, "X-Sample-Count exceeds the sa
 INVALID_REQUEST = _code("invalid_request", 422, "a body, field, header, query or path value fails validation")
 # -- a worker's /detect and streams
 NO_MODEL = _code("no_model", 503, "the worker serves no model yet: retry after its first federated round (GET /readyz)")
-MALFORMED_JSON = _code("malformed_json", 422, "the /detect body is not JSON")
+MALFORMED_JSON = _code("malformed_json", 422, "the /detect body (or a device message sent as JSON) is not JSON")
 MISSING_FIELD = _code("missing_field", 422, 'the /detect body is not an object with a "samples" field')
 BAD_SAMPLES = _code("bad_samples", 422, '"samples" is not a list of rows')
 EMPTY_BATCH = _code("empty_batch", 422, "no rows to score")
@@ -83,6 +85,14 @@ BASELINE_ALREADY_SET = _code("baseline_already_set", 409, "a baseline for a stre
                                                           "(DELETE /v1/streams/{id} to start it afresh)")
 UNKNOWN_STREAM = _code("unknown_stream", 404, "the worker holds no such stream (never seen, evicted, or lost in "
                                               "a crash)")
+# -- device data pushed to a worker (HTTP push, OTLP metrics); also the reason labels of ingest refusals
+BAD_PAYLOAD = _code("bad_payload", 422, "a device message or push body not in its format (form fields, OTLP protobuf "
+                                        "or JSON, a KubeEdge document)")
+NO_DEVICE = _code("no_device", 422, "no device named (OTLP: the resource attribute device.id)")
+BAD_DEVICE_ID = _code("bad_device_id", 422, "a device id that is not 1-128 letters, digits and _ . : -")
+UNKNOWN_PROPERTY = _code("unknown_property", 422, "none of the properties or metrics is a configured feature "
+                                                  "(data.features)")
+BAD_TIMESTAMP = _code("bad_timestamp", 422, "a timestamp that is neither epoch ms/s nor ISO 8601")
 # -- the server
 INTERNAL_ERROR = _code("internal_error", 500, "a bug in the server; its log has the traceback")
 STORAGE_UNAVAILABLE = _code("storage_unavailable", 503, "the state disk refused a write: nothing changed, retry later")

@@ -22,7 +22,7 @@ from services.worker.buffer import LiveBuffer
 from services.worker.deps import WorkerContext
 from services.worker.drift import DriftWatch
 from services.worker.loop import WorkerLoop
-from services.worker.routes import admin, detect, ingest, status, streams
+from services.worker.routes import admin, detect, ingest, otlp, status, streams
 from services.worker.serving import ModelSlot
 from services.worker.streams import StreamTable
 
@@ -77,6 +77,7 @@ def create_app(settings: Settings, worker: WorkerSettings, start_loop: bool = Tr
     app.include_router(admin.public)
     app.include_router(admin.router)
     app.include_router(ingest.router(ctx))
+    app.include_router(otlp.router)
     app.include_router(observability.router(ctx.status_document))
     # Requests to /detect are served by a plain Starlette route placed first (routes/detect.fast_route: no
     # dependency solving, no scan of the other routes); the FastAPI route above only documents it.

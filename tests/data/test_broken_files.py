@@ -123,7 +123,8 @@ def test_a_messy_but_valid_export_works(tmp_path):
     assert "out-of-order rows: 1" in out
     assert "categorical (codes)" in out and "off 2, on 3" in out
     assert "label   Label: 4 normal, 1 anomalous (20.0 %)" in out
-    assert "train   the first 2 rows of each run: 2 rows train, 3 held out" in out
+    assert "train   the first 2 rows labelled normal of each run (anomalous ones among them held out): 2 rows " \
+           "train, 3 held out" in out
     assert "model   input width 2" in out
     assert "data check passed: 1 node(s) usable" in out
 

@@ -4,6 +4,7 @@ categorical encodings, missing-value policies, training policies, and the config
 from __future__ import annotations
 
 import csv
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -153,6 +154,29 @@ def test_training_policies(tmp_path):
     np.testing.assert_array_equal(policy(policy="all"), [1, 1, 1, 1])
     half = policy(policy="labelled_normal", share=0.5, seed=3)
     assert not half[2] and np.array_equal(half, policy(policy="labelled_normal", share=0.5, seed=3))
+    # the first rows: counting normal rows only, or every row whatever its label
+    np.testing.assert_array_equal(policy(policy="first_rows", rows=3, count="normal"), [1, 1, 0, 1])
+    np.testing.assert_array_equal(policy(policy="first_rows", rows=3, count="all"), [1, 1, 1, 0])
+    # a share of the normal rows in the run's (time) order, whatever the seed
+    for seed in (0, 3):
+        np.testing.assert_array_equal(policy(policy="labelled_normal", share=0.67, order="file", seed=seed),
+                                      [1, 1, 0, 0])
+
+
+def test_first_rows_count_normal_rows_only_in_labelled_runs(tmp_path):
+    """On SKAB's other/2.csv, whose first 400 rows hold 296 anomalous ones: count normal takes the first 400 normal
+    rows (the run has 396: all of them) and holds the anomalous ones out; count all (SKAB's published protocol)
+    trains on them; an unlabelled run has no labels to count by."""
+    settings = data_settings(tmp_path, **{"source.dir": str(skab.find_skab_dir()), "training.count": "normal"})
+    settings.workers[0].partition = ["other/2.csv"]
+    node = load_node(settings, settings.workers[0])
+    ((run, mask),) = zip(node.runs, node.masks)
+    assert (run.labels[:400] == 1).sum() == 296 and (run.labels == 0).sum() == 396
+    np.testing.assert_array_equal(mask, run.labels == 0)
+    every = training_selection(settings.data.training.model_copy(update={"count": "all"})).mask(run)
+    np.testing.assert_array_equal(np.flatnonzero(every), np.arange(400))
+    unlabelled = training_selection(settings.data.training).mask(replace(run, labels=None))
+    np.testing.assert_array_equal(np.flatnonzero(unlabelled), np.arange(400))
 
 
 def test_a_worker_can_override_how_its_files_are_read(tmp_path, skab_dir):
@@ -174,7 +198,7 @@ def test_a_worker_can_override_how_its_files_are_read(tmp_path, skab_dir):
     ({"FEDAD__DATA__TRAINING__POLICY": "before"}, "policy before needs a timestamp"),
     ({"FEDAD__DATA__SOURCE__TIMESTAMP": "null", "FEDAD__DATA__SOURCE__RUN_GAP_S": "60"}, "it needs source.timestamp"),
     ({"FEDAD__DATA__SOURCE__TIMESTAMP": "[a, b, c]"}, "one column name, or \\[date column, time column\\]"),
-    ({"FEDAD__DATA__SOURCE__CATEGORICAL": "{Pump: {levels: [off, on]}}"}, "categorical columns \\['Pump'\\] are not"),
+    ({"FEDAD__DATA__SOURCE__CATEGORICAL": '{Pump: {levels: ["off", "on"]}}'}, "categorical columns \\['Pump'\\] are not"),
     ({"FEDAD__WORKERS__0__SOURCE": "{delimiter: ';;'}"}, "worker valve1's data overrides"),
 ])
 def test_the_config_refuses_confusing_data_settings(changes, message):

@@ -48,7 +48,7 @@ def run(cmd: list[str], timeout: float = 180, check: bool = True, env: dict | No
     """Run a command, capturing its output; on failure the assertion shows the command and its output."""
     try:
         result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False, env=env,
-                                cwd=REPO, **kwargs)
+                                cwd=kwargs.pop("cwd", REPO), **kwargs)
     except subprocess.TimeoutExpired as exc:
         raise AssertionError(f"timed out after {timeout} s: {shlex.join(cmd)}\n{exc.stdout or ''}{exc.stderr or ''}")
     if check and result.returncode != 0:

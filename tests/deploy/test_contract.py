@@ -243,6 +243,7 @@ def test_kubeedge_workers_subscribe_to_their_edge_nodes_broker(rendered, group_v
         settings, env = settings_in(r, d, tmp_path)
         mqtt = settings.ingest.mqtt
         assert mqtt.enabled and (mqtt.host, mqtt.port) == (host, port), (wid, mqtt)
+        assert settings.twin.enabled, "the verdict goes into the devices' twins (deploy/devices)"
         assert KUBEEDGE_TOPICS <= {(t.topic, t.format) for t in mqtt.topics}, mqtt.topics
         assert d["spec"]["template"]["spec"]["hostNetwork"] is True
         # the worker's own settings go on to the ingestion pipeline: a client id of its own on the node's broker
@@ -262,6 +263,7 @@ def test_single_node_workers_leave_mqtt_off(rendered, tmp_path):
     for wid, d in r.workers().items():
         settings, _ = settings_in(r, d, tmp_path)
         assert settings.ingest.mqtt.enabled is CONFIG.ingest.mqtt.enabled is False
+        assert settings.twin.enabled is CONFIG.twin.enabled is False
 
 
 # --- volumes ------------------------------------------------------------------------------------------------

@@ -59,3 +59,30 @@ def test_no_secret_is_committed():
             assert "kind: Secret" not in text and "secretGenerator" not in text, path
     tracked = run(["git", "ls-files", "ansible", "deploy"], check=False).stdout.split()
     assert not [p for p in tracked if p.endswith("vault.yml") or "/tokens/" in p]
+
+
+# What test_kube_play.py plays under podman: the overlays and everything they pull in from base/.
+EXECUTED = ("deploy/base/", "deploy/overlays/k3s/kustomization.yaml", "deploy/overlays/gcp-kubeedge/")
+
+
+def test_every_manifest_is_executed_in_ci_or_listed_with_the_check_that_covers_it():
+    section = (REPO / "docs" / "deploy.md").read_text().split("### Manifests executed")[1].split("\n### ")[0]
+    for path in sorted((REPO / "deploy").rglob("*")):
+        if not path.is_file():
+            continue
+        name = str(path.relative_to(REPO))
+        if name.startswith(EXECUTED) and name != "deploy/base/namespace.yaml":
+            continue
+        folder = str(path.parent.relative_to(REPO))
+        assert f"`{name}`" in section or f"`{folder}/*`" in section or f"`{folder}`" in section, \
+            f"{name} is neither executed by tests/containers/test_kube_play.py nor listed in docs/deploy.md"
+
+
+def test_kind_cluster_maps_the_k3s_nodeports_on_loopback_and_mounts_the_host_folder():
+    kind = yaml.safe_load((REPO / "deploy" / "overlays" / "k3s" / "kind-cluster.yaml").read_text())
+    [node] = kind["nodes"]
+    docs = [d for d in yaml.safe_load_all(run([tool("kubectl"), "kustomize", "deploy/overlays/k3s"]).stdout) if d]
+    nodeports = {p["nodePort"] for d in docs if d["kind"] == "Service" for p in d["spec"]["ports"]}
+    mapped = {(m["containerPort"], m["hostPort"], m["listenAddress"]) for m in node["extraPortMappings"]}
+    assert mapped == {(p, p, "127.0.0.1") for p in nodeports}
+    assert {"hostPath": "/var/lib/fedad", "containerPath": "/var/lib/fedad"} in node["extraMounts"]

@@ -50,3 +50,23 @@ def test_numpy_auc_figures_equal_scikit_learns_with_and_without_ties(seed):
         scores = np.round(scores, 1)
     assert roc_auc(labels, scores) == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
     assert average_precision(labels, scores) == pytest.approx(average_precision_score(labels, scores), abs=1e-12)
+
+
+def test_a_zero_threshold_gives_finite_ratios_that_flag_as_the_detector_does():
+    """A model that reconstructs its near-constant training rows exactly calibrates its limit at 0: rows scoring 0
+    stay below it and every positive score is past it, with no NaN (0 / 0) and no RuntimeWarning."""
+    import warnings
+
+    from services.evaluation.reference import unlabelled_metrics
+    from services.model.metrics import threshold_ratio
+
+    scores = np.array([0.0, 0.0, 3e-9, 2.5])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ratio = threshold_ratio(scores, 0.0)
+        m = detection_metrics(np.array([0, 0, 1, 1]), ratio > 1, ratio)
+        spread = unlabelled_metrics(scores, 0.0)
+    assert np.isfinite(ratio).all() and list(ratio > 1) == list(scores > 0)
+    assert (m["f1"], m["roc_auc"]) == (1.0, 1.0)
+    assert spread["alarm_rate"] == 50.0 and spread["ratio_p50"] > 0
+    np.testing.assert_array_equal(threshold_ratio(scores, 2.0), scores / 2.0)

@@ -2,6 +2,7 @@
 OpenAPI docs. Bad inputs: tests/reliability/test_bad_inputs.py."""
 
 import httpx
+import numpy as np
 import pytest
 
 from services.config import load_settings
@@ -24,7 +25,10 @@ def test_valid_batch_gets_one_score_per_row(client):
     body = r.json()
     assert len(body["scores"]) == len(body["is_anomaly"]) == 3
     assert body["model_round"] == 2 and body["threshold"] > 0
-    assert len(set(body["scores"])) == 1, "three copies of a row make three equal windows, so equal scores"
+    # three copies of a row make three equal windows, so equal scores: equal to the last bit of float32, not beyond,
+    # because onnxruntime's int8 GEMM takes rows in pairs and may round the second of a pair one unit apart
+    assert np.ptp(body["scores"]) <= 2 * np.spacing(np.float32(max(body["scores"]))), body["scores"]
+    assert len(set(body["is_anomaly"])) == 1
 
 
 def test_rows_as_objects_keyed_by_feature_name_score_the_same(client):

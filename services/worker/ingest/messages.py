@@ -8,7 +8,8 @@ Four MQTT formats, chosen by the subscription a topic matched (``ingest.mqtt.top
 - ``kubeedge_data``: KubeEdge's device-data message (``$ke/events/device/+/data/update``):
   ``{"event_id", "timestamp", "data": {"<property>": {"value": "<string>", "metadata": {"timestamp", "type"}}}}``;
 - ``kubeedge_twin``: KubeEdge's device-twin update (``$hw/events/device/+/twin/update``):
-  ``{"event_id", "timestamp", "twin": {"<property>": {"actual": {"value": "<string>"}, "metadata": {…}}}}``;
+  ``{"event_id", "timestamp", "twin": {"<property>": {"actual": {"value": "<string>"}, "metadata": {…}}}}``; the
+  worker's own verdict properties there (``twin.VERDICT_PROPERTIES``, its reports heard back) are skipped;
 - ``property``: one property per message, as KubeEdge's mapper framework publishes it (text
   ``time is 2006-01-02 15:04:05  <topic>: <value>``), or a bare value, or ``{"value": …, "timestamp": …}``.
 
@@ -28,9 +29,12 @@ from dataclasses import dataclass
 
 import orjson
 
+from services.worker.twin import VERDICT_PROPERTIES
+
 FORMATS = ("rows", "kubeedge_data", "kubeedge_twin", "property")
 REASONS = ("too_large", "malformed_json", "bad_payload", "no_device", "bad_device_id", "unknown_property",
-           "not_a_number", "non_finite", "bad_timestamp", "late", "incomplete_row", "queue_full", "no_model")
+           "not_a_number", "non_finite", "bad_timestamp", "late", "incomplete_row", "queue_full", "no_model",
+           "bad_media_type")
 DEVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")  # the stream ids /detect accepts
 MAX_PAYLOAD = 1 << 20  # bytes of one message
 MAX_ROWS_PER_MESSAGE = 10_000
@@ -181,6 +185,8 @@ def _kubeedge(doc, key: str, where: str, features, topic_device, now) -> list[Re
     by_time: dict[float, dict[str, float]] = {}
     seen = []
     for prop, entry in doc[key].items():
+        if key == "twin" and prop in VERDICT_PROPERTIES:
+            continue  # the worker's own verdict, heard back from the broker (services/worker/twin.py)
         seen.append(prop)
         if prop not in features:
             continue
@@ -195,6 +201,8 @@ def _kubeedge(doc, key: str, where: str, features, topic_device, now) -> list[Re
         stamp = timestamp(meta["timestamp"], f"{where} {prop}") if meta.get("timestamp") not in (None, 0) else default
         by_time.setdefault(stamp, {})[prop] = number(holder["value"], f"{where} {prop}")
     if not by_time:
+        if not seen:
+            return []  # only the worker's own verdict: nothing to score, nothing refused
         raise Refused("unknown_property", f"{where}: none of {sorted(seen)[:10]} is a configured feature with a value")
     return [Reading(device, t, values) for t, values in sorted(by_time.items())]
 

@@ -31,7 +31,7 @@ import orjson
 from services.config import Settings, WorkerSettings
 from services.protocol import errors
 from services.protocol.errors import ProtocolError
-from services.worker import explain
+from services.worker import explain, twin
 from services.worker.alarms import AlarmBook, Outbox
 from services.worker.ingest.assemble import Assembler, Row
 from services.worker.ingest.messages import REASONS, Reading, Refused, TopicFilter, parse
@@ -92,8 +92,12 @@ class DeviceIngest:
         if self.alarm_cfg.webhook:
             sinks["webhook"] = self._post_alarm
         self.outbox = Outbox(Path(worker.state_dir) / OUTBOX_DIR, sinks, self.alarm_cfg.outbox_max) if sinks else None
+        emit = self.outbox.put if self.outbox else (lambda event: None)
+        # the verdict in the device twin (settings: twin.enabled needs MQTT, so the link and the outbox exist)
+        self.twin = twin.TwinReporter(settings.twin.every_s, emit, self.link.connected.is_set, cfg.max_devices) \
+            if settings.twin.enabled and self.link is not None and self.outbox is not None else None
         self.alarms = AlarmBook(worker.id, self.alarm_cfg.open_after, self.alarm_cfg.clear_after,
-                                self.outbox.put if self.outbox else (lambda event: None), self.alarm_cfg.recent,
+                                twin.after(emit, self.twin), self.alarm_cfg.recent,
                                 max_streams=max(cfg.max_devices, settings.streams.max_streams))
 
     # -- life -----------------------------------------------------------------------------------------------------
@@ -255,6 +259,8 @@ class DeviceIngest:
         top = self.explainer.stream_rows(scored.model.detector, context, values, baseline, flags)
         self.alarms.observe(device, times, scored.scores, flags, scored.model.threshold, scored.model.model_round,
                             top_sensors=top)
+        if self.twin is not None:
+            self.twin.on_scores(device, float(scored.scores[-1]), times[-1])
 
     def _held(self, device: str) -> bool:
         try:
@@ -270,9 +276,14 @@ class DeviceIngest:
 
     # -- alarm sinks (the outbox's thread) --------------------------------------------------------------------------
     def _publish_alarm(self, event: dict) -> bool:
+        if twin.is_twin(event):
+            topic, message = twin.topic_and_payload(event)
+            return self.link.publish(topic, orjson.dumps(message), qos=1)
         return self.link.publish(self.alarm_topic, orjson.dumps(event), qos=1)
 
     def _post_alarm(self, event: dict) -> bool:
+        if twin.is_twin(event):
+            return True  # the webhook takes alarm events; twin reports are for the node's broker
         response = httpx.post(self.alarm_cfg.webhook, content=orjson.dumps(event), timeout=5,
                               headers={"content-type": "application/json"})
         return response.is_success
@@ -296,7 +307,9 @@ class DeviceIngest:
                 "alarm_outbox": {"pending": self.outbox.pending() if self.outbox else 0,
                                  "delivered": self.outbox.delivered if self.outbox else 0,
                                  "dropped": self.outbox.dropped if self.outbox else 0,
-                                 "topic": self.alarm_topic if self.link else None}}
+                                 "topic": self.alarm_topic if self.link else None},
+                "twin": {"enabled": self.twin is not None, "reports": self.twin.reports if self.twin else 0,
+                         "topic": twin.TOPIC if self.twin else None}}
 
     def metrics(self) -> dict:
         """What /metrics shows (services.observability.metrics.IngestCollector)."""
@@ -308,4 +321,5 @@ class DeviceIngest:
                 "alarm_events": dict(self.alarms.events),
                 "outbox_pending": self.outbox.pending() if self.outbox else 0,
                 "outbox_dropped": self.outbox.dropped if self.outbox else 0,
-                "mqtt_connected": 1.0 if self.link and self.link.connected.is_set() else 0.0}
+                "mqtt_connected": 1.0 if self.link and self.link.connected.is_set() else 0.0,
+                "twin_reports": self.twin.reports if self.twin else 0}
