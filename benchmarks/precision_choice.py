@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import print_header
+from benchmarks.common import emit_json, print_header
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -27,8 +27,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--worker", default="valve1")
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--json", default=None, help="also write the figures to this file")
     args = parser.parse_args(argv)
-    print_header("serving.model auto: the install's cost with and without the precision check", argv)
+    machine = print_header("serving.model auto: the install's cost with and without the precision check", argv)
 
     import onnxruntime as ort
     import torch
@@ -78,6 +79,10 @@ def main(argv: list[str] | None = None) -> None:
     print(f"ratio (b)/(a): {best['auto'] / best['before']:.2f}; the choice: {choice.reason if choice else '?'}")
     print(f"median over repeats: (a) {1000 * np.median(results['before']):.1f} ms, (b) "
           f"{1000 * np.median(results['auto']):.1f} ms")
+    print("\ntargets: none; measured, so the cost of a choice made at every install is known")
+    emit_json(args.json, {"machine": machine, "worker": args.worker, "train_inputs": len(train),
+                          "held_out_rows": len(held), "cpu_ms": {k: [1000 * x for x in v] for k, v in results.items()},
+                          "ratio": best["auto"] / best["before"], "choice": choice.as_dict() if choice else None})
 
 
 if __name__ == "__main__":
