@@ -202,15 +202,16 @@ def print_results(settings: Settings, client: httpx.Client) -> None:
     print(f"  {'pooled':<10} {p['rows']:>6} {p['f1']:>6.3f} {p['far']:>7.2f} {p['mar']:>7.2f}")
 
 
-def print_verdict(settings: Settings, client: httpx.Client) -> None:
+def print_verdict(settings: Settings) -> None:
     """The served detectors against a same-run IsolationForest on the same held-out rows, in one line
-    (services/evaluation/verdict.py): the workers score their rows through /detect, the forest is fitted here."""
+    (services/evaluation/verdict.py): the served versions read from the workers' state folders, the forest fitted
+    here."""
     from services.evaluation.live import run_verdict
 
     try:
         nodes = {w.id: load_node(settings, w) for w in settings.workers}
-        print(run_verdict(settings, nodes, client, lambda w: _worker_url(settings.worker(w)))["line"], flush=True)
-    except (DataError, httpx.HTTPError) as exc:
+        print(run_verdict(settings, nodes)["line"], flush=True)
+    except (DataError, LookupError, OSError) as exc:
         print(f"verdict: not computed ({exc})", flush=True)
 
 
@@ -248,7 +249,7 @@ def cmd_run(args) -> None:
         with httpx.Client() as client:
             follow_training(stack, settings, client)
             print_results(settings, client)
-            print_verdict(settings, client)
+            print_verdict(settings)
         print("\nserving: every worker answers POST /detect with the model in the table (int8 only where it ranks its "
               "held-out rows as fp32 does); try\n  " + curl_example(settings))
         print(f"dashboard: {settings.aggregator.url}/   metrics: {settings.aggregator.url}/metrics and "

@@ -4,8 +4,8 @@ IsolationForest fitted in the same run on the same inputs, and if not, what to t
 Tables do not say whether a user's data is served well; this does, in one line. Both detectors are compared pooled
 over every node's held-out rows: ROC-AUC (how well the scores rank faults above normal rows, each score divided by its
 node's threshold as ``runner.pooled`` does), and F1 / FAR at the same threshold rule (``threshold.rule`` on each
-detector's own training scores). ``fedad evaluate`` prints it from its results; ``fedad run`` from the scores the
-workers' ``/detect`` gives for their held-out rows and a forest it fits itself (services/evaluation/live.py).
+detector's own training scores). ``fedad evaluate`` prints it from its results; ``fedad run`` from the versions the
+workers serve, read from their state folders, and a forest it fits itself (services/evaluation/live.py).
 """
 
 from __future__ import annotations

@@ -65,7 +65,7 @@
       const why = m.last_refused.reason.replace(/^refused:\s*/i, "");
       html += "<span class=\"why\">refused round " + m.last_refused.round + ": " + f.escape(why) + "</span>";
     }
-    if (w.precision_reason) html += "<span class=\"why\">" + f.escape(w.precision_reason) + "</span>";
+    if (w.precision_reason) html += "<span class=\"precision\">" + f.escape(w.precision_reason) + "</span>";
     return "<td class=\"left served\">" + html + "</td>";
   }
 
