@@ -249,7 +249,7 @@ def test_kinds_comparison_trains_every_kind_in_every_mode_and_tables_it(tmp_path
         assert 50 < training["peak_rss_mib"] < CONTAINER_LIMIT_MIB and training["cpu_seconds"] > 0
     table = format_kinds_table({"skab": comparison}).splitlines()
     rows = [line for line in table if line.startswith("| ")][1:]
-    assert len(rows) == 9 and rows[0].startswith("| skab | dense | federated | int8 |")
+    assert len(rows) == 9 and rows[0].startswith("| skab | dense | federated | auto (each node's own choice) |")
     assert any(line.startswith("| skab | lstm | federated | fp32 (int8 refused) |") for line in rows)
 
 
