@@ -78,3 +78,23 @@ def test_auto_serves_fp32_on_a_narrow_device_where_int8_loses():
     assert served.threshold_ == pytest.approx(fp32.threshold_)
     forced, _ = detector.choose_precision("int8", train, held, labels)
     assert forced.spec.served == "int8"
+
+
+@pytest.mark.parametrize("score", ["error", "error_and_t2"])
+def test_a_near_constant_device_gets_a_meaningful_threshold(score):
+    """A device with three distinct states, repeated: the model reconstructs them exactly and its training scores
+    are 0 or nearly. The threshold stays finite and positive (no NaN, no warning), the known states stay quiet and a
+    state never seen alarms."""
+    import warnings
+
+    states = np.array([[20.0, 0.0, 1.0], [21.0, 1.0, 0.0], [20.5, 0.0, 0.0]], dtype=np.float32)
+    rows = states[np.random.default_rng(0).integers(0, 3, 3000)]
+    with tempfile.TemporaryDirectory() as tmp:
+        cabinet = dataset_settings("compressor", 0, Path(tmp), {"model.score": score})
+    spec = DetectorSpec.from_settings(cabinet)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        detector = AnomalyDetector(spec).fit(rows, TrainingPlan.from_settings(cabinet), epochs=20)
+        assert np.isfinite(detector.threshold_) and detector.threshold_ > 0
+        assert not detector.predict(states).any()
+        assert detector.predict(np.array([[25.0, 1.0, 1.0]], dtype=np.float32)).all()
