@@ -28,11 +28,17 @@ class MqttLink:
         self.connected = threading.Event()
         self.connections = 0
         self.on_connected: Callable[[], None] = lambda: None  # after each (re)connection and subscription
+        self.taps: dict[str, Callable[[str, bytes], None]] = {}  # topic -> handler, beside the device data
         self.client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False)
         self.client.reconnect_delay_set(min_delay=1, max_delay=RECONNECT_MAX_S)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
+
+    def tap(self, topic: str, handler: Callable[[str, bytes], None]) -> None:
+        """Also subscribe to ``topic`` (an exact name, e.g. a broker's $SYS counter) and hand its messages to
+        ``handler`` on paho's thread instead of the device-data path. Call before ``start``."""
+        self.taps[topic] = handler
 
     def start(self) -> None:
         """Connect in the background: a broker that is not up yet is retried like a lost one."""
@@ -62,8 +68,8 @@ class MqttLink:
             log.warning("MQTT broker %s:%d refused the connection: %s", self.host, self.port, reason_code)
             return
         self.connections += 1
-        if self.subscriptions:
-            client.subscribe([(topic, self.qos) for topic in self.subscriptions])
+        if self.subscriptions or self.taps:
+            client.subscribe([(topic, self.qos) for topic in self.subscriptions] + [(t, 0) for t in self.taps])
         self.connected.set()
         self.on_connected()
         log.info("MQTT connected to %s:%d, subscribed to %s", self.host, self.port, ", ".join(self.subscriptions))
@@ -75,6 +81,7 @@ class MqttLink:
 
     def _on_message(self, client, userdata, message) -> None:
         try:
-            self.handle(message.topic, message.payload)
+            tap = self.taps.get(message.topic)
+            (tap or self.handle)(message.topic, message.payload)
         except Exception:  # never let one message end paho's network thread
             log.exception("MQTT message on %s could not be handed on", message.topic)

@@ -34,6 +34,7 @@ from services.protocol.errors import ProtocolError
 from services.worker import explain, twin
 from services.worker.alarms import AlarmBook, Outbox
 from services.worker.ingest.assemble import Assembler, Row
+from services.worker.ingest.broker_watch import BrokerWatch
 from services.worker.ingest.messages import REASONS, Reading, Refused, TopicFilter, parse
 from services.worker.ingest.mqtt import MqttLink
 
@@ -84,6 +85,7 @@ class DeviceIngest:
         self.link = MqttLink(mqtt.host, mqtt.port, mqtt.client_id or f"fedad-{worker.id}",
                              [f.pattern for f, _ in self.routes], mqtt.qos, self.on_message,
                              mqtt.keepalive_s) if mqtt.enabled else None
+        self.watch = BrokerWatch(self.link, self.queue) if self.link is not None else None
         self.alarm_topic = self.alarm_cfg.topic.replace("{worker}", worker.id)
         sinks = {}
         if self.link is not None:
@@ -108,12 +110,16 @@ class DeviceIngest:
             self.outbox.start()
         if self.link:
             self.link.start()
+        if self.watch:
+            self.watch.start()
 
     def stop(self) -> None:
         """Graceful: no more input, the queued messages are still scored (their alarm events reach the outbox),
         then the outbox stops with what it could not deliver on disk."""
         if self.link:
             self.link.stop()
+        if self.watch:
+            self.watch.stop()
         self._stop.set()
         if self._thread:
             self._thread.join(30)
@@ -302,6 +308,7 @@ class DeviceIngest:
                                                          "rows_anomalous")},
                 "refused": {k: refused.get(k, 0) for k in REASONS if refused.get(k)},
                 "rows_carried_forward": self.assembler.carried, "queued": self.queue.qsize(),
+                "losses": self.watch.snapshot() if self.watch else None,
                 "baseline": {"rows": self.baseline_rows,
                              "collecting": collecting},
                 "alarm_outbox": {"pending": self.outbox.pending() if self.outbox else 0,
@@ -322,4 +329,6 @@ class DeviceIngest:
                 "outbox_pending": self.outbox.pending() if self.outbox else 0,
                 "outbox_dropped": self.outbox.dropped if self.outbox else 0,
                 "mqtt_connected": 1.0 if self.link and self.link.connected.is_set() else 0.0,
-                "twin_reports": self.twin.reports if self.twin else 0}
+                "twin_reports": self.twin.reports if self.twin else 0,
+                "queue_depth": self.queue.qsize(), "queue_capacity": self.queue.maxsize,
+                "broker": self.watch.snapshot() if self.watch else None}
