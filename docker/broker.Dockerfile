@@ -13,6 +13,11 @@ RUN apt-get update -qq \
  && rm -rf /var/lib/apt/lists/* /var/cache/apt/archives/*.deb /etc/mosquitto/conf.d/*
 # Anonymous clients on the stack's own network: the port is published on the host's loopback only. A site that
 # exposes the broker further gives it a password file or TLS (mosquitto.conf(5)) by mounting its own config.
+# Queue limits, on purpose (docs/deploy.md, "Queue limits"), the edge nodes' (ansible role kubeedge_edge): per client,
+# 20 unacknowledged QoS 1 messages in flight (Mosquitto's default), then up to 100,000 messages or 128 MiB queued,
+# about two minutes of 100 devices' readings while a worker is busy or restarts (Mosquitto's default of 1,000 lasts
+# about a second of that); what is dropped beyond is counted in $SYS every 10 s, which the workers read and report
+# (fedad_worker_mqtt_broker_dropped_total, a warning in the log).
 RUN printf '%s\n' \
       'listener 1883 0.0.0.0' \
       'allow_anonymous true' \
@@ -20,7 +25,8 @@ RUN printf '%s\n' \
       'persistence_location /var/lib/mosquitto/' \
       'log_dest stdout' \
       'log_type error' 'log_type warning' 'log_type notice' \
-      'max_queued_messages 10000' \
+      'max_inflight_messages 20' 'max_queued_messages 100000' 'max_queued_bytes 134217728' \
+      'sys_interval 10' \
       > /etc/mosquitto/mosquitto.conf
 # Debian's package runs the broker as its own unprivileged user "mosquitto", which owns the persistence folder.
 USER mosquitto

@@ -126,6 +126,8 @@ class AggregatorObservability:
                 "phase": t.get("phase"),
                 "model_round": t.get("model_round"),
                 "threshold": t.get("threshold"),
+                "precision": t.get("precision"),  # int8 | fp32, and why
+                "precision_reason": t.get("precision_reason"),
                 "detect_requests": t.get("detect_requests"),
                 "rows_scored": rows,
                 "anomalies_flagged": anomalies,
@@ -184,7 +186,10 @@ class WorkerObservability:
                 "open_alarms": len(self.alarms.open_streams()) if self.alarms is not None else 0,
                 "training_loss": finite_or_none(trained.get("loss")),
                 "drift_events": drift.events if drift is not None else 0,
-                "buffer_rows": len(buffer) if buffer is not None else 0}
+                "buffer_rows": len(buffer) if buffer is not None else 0,
+                "precision": model.kind if model else None,
+                "precision_reason": ((getattr(self.loop.models, "served_precision", None) or {}).get("reason")
+                                     or "")[:300] or None}
 
     def start(self) -> None:
         """Report to the aggregator every dashboard.telemetry_interval_s (0: never)."""

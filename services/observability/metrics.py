@@ -334,6 +334,16 @@ class IngestCollector:
         yield CounterMetricFamily("fedad_worker_alarm_outbox_dropped", "Alarm events dropped from a full outbox",
                                   value=s["outbox_dropped"])
         yield _gauge("fedad_worker_mqtt_connected", "1 while connected to the MQTT broker", s["mqtt_connected"])
+        yield _gauge("fedad_worker_ingest_queue_depth", "Device messages waiting to be scored", s["queue_depth"])
+        yield _gauge("fedad_worker_ingest_queue_capacity", "Messages the ingestion queue holds; beyond, refused "
+                     "(queue_full)", s["queue_capacity"])
+        broker = s.get("broker") or {}
+        dropped = CounterMetricFamily("fedad_worker_mqtt_broker_dropped", "Messages the MQTT broker dropped at its "
+                                      "queue limits, all its clients, since it started ($SYS/broker/publish/messages/"
+                                      "dropped; no series until the broker reports it)")
+        if broker.get("broker_dropped") is not None:
+            dropped.add_metric([], broker["broker_dropped"])
+        yield dropped
 
 
 class LiveDataCollector:

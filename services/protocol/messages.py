@@ -69,6 +69,8 @@ class Telemetry(BaseModel):
     training_loss: float | None = None
     drift_events: int = Field(0, ge=0)  # drift signals since the process started (services/worker/drift.py)
     buffer_rows: int = Field(0, ge=0)  # live rows kept for the next rounds (a gauge)
+    precision: str | None = Field(None, max_length=8)  # int8 | fp32: the served session
+    precision_reason: str | None = Field(None, max_length=300)  # why (services/model/precision.py)
 
 
 class RoundState(BaseModel):

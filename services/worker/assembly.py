@@ -86,7 +86,7 @@ async def running(ctx: WorkerContext, federate: bool = True):
         ctx.outbox.start()
     if ctx.link is not None:  # device data in; after each (re)connection the held alarm events go out at once
         ctx.link.start(ctx.ingest.subscriptions, ctx.ingest.on_message,
-                       ctx.outbox.wake if ctx.outbox is not None else None)
+                       ctx.outbox.wake if ctx.outbox is not None else None, ctx.ingest.taps)
     if federate:
         ctx.loop.start()
         ctx.reporter.start()

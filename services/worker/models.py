@@ -69,6 +69,12 @@ class ModelShelf:
         return self.state.served_id if self.state else None
 
     @property
+    def served_precision(self) -> dict | None:
+        """The served version's precision and why (services/model/precision.PrecisionChoice)."""
+        served = self.state.served_version if self.state else None
+        return served.precision if served else None
+
+    @property
     def pinned_id(self) -> str | None:
         return self.state.pinned_id if self.state else None
 
@@ -103,6 +109,7 @@ class ModelShelf:
         with self._lock:
             state = self.state
             return {"served": self.served_id, "pinned": self.pinned_id, "served_round": self.served_round,
+                    "precision": self.served_precision,
                     "pinned_round": self.pinned_round, "latest_round": self.latest_round, "keep": self.keep,
                     "gate": self.rule.model_dump(),
                     "versions": [_document(v, state) for v in state.versions] if state else []}
@@ -138,9 +145,11 @@ class ModelShelf:
         """Export, quantise, calibrate, evaluate, gate, persist, swap (if served)."""
         started = time.time()
         reference = data.default_reference(scaler)
-        detector = AnomalyDetector(self.spec, weights).calibrate(data.windows(scaler, "train"), reference,
-                                                                 workdir=self.store.dir, onnx_fp32=onnx_fp32)
+        train = data.windows(scaler, "train")
+        detector = AnomalyDetector(self.spec, weights).calibrate(train, reference, workdir=self.store.dir,
+                                                                 onnx_fp32=onnx_fp32)
         inputs, labels = self._held_out_rows(data, scaler)
+        detector, precision = detector.choose_precision(self.settings.serving.model, train, inputs, labels)
         threshold, onnx_fp32, onnx_int8 = detector.threshold_, detector.onnx_fp32_, detector.onnx_int8_
         assert threshold is not None and onnx_fp32 is not None and onnx_int8 is not None  # calibrate() set all three
         with self._lock:
@@ -148,9 +157,10 @@ class ModelShelf:
                 self.state = WorkerState(run_id=run_id, scaler=scaler.model_dump(), spec_hash=self.spec.spec_hash)
                 self._detectors.clear()
             version = ModelVersion(id=str(model_round), round=model_round, threshold=threshold,
-                                   served=self.spec.served, weights=weights, onnx_fp32=onnx_fp32,
+                                   served=precision.served, weights=weights, onnx_fp32=onnx_fp32,
                                    onnx_int8=onnx_int8, reference=reference.model_dump(),
-                                   local_loss=local_loss, installed_at=round(time.time(), 3))
+                                   local_loss=local_loss, installed_at=round(time.time(), 3),
+                                   precision=precision.as_dict())
             return self._admit(version, detector, inputs, labels, started)
 
     def recalibrate(self, recent_rows: np.ndarray | Sequence | None = None, *,
@@ -386,7 +396,8 @@ def _report(version: ModelVersion) -> dict:
 
 
 def _document(version: ModelVersion, state: WorkerState) -> dict:
-    return {**_report(version), "model": version.served, "threshold": version.threshold,
+    return {**_report(version), "model": version.served, "precision": version.precision,
+            "threshold": version.threshold,
             "served": version.id == state.served_id, "pinned": version.id == state.pinned_id,
             "installed_at": version.installed_at, "local_loss": version.local_loss,
             "evaluation": version.evaluation, "gate": version.gate}

@@ -104,3 +104,9 @@ def test_serving_rss_script(tmp_path):
     for worker in ("valve1", "valve2", "other"):
         figures = r["mib"]["this"][worker]
         assert 50 < figures["VmRSS"] <= figures["VmHWM"] < 1024, (worker, figures)
+
+
+def test_precision_choice_script(tmp_path):
+    r = run_script("precision_choice", tmp_path, "--worker", "valve2", "--repeat", "1", "--epochs", "1")
+    assert r["held_out_rows"] > 0 and all(len(v) == 1 and v[0] > 0 for v in r["cpu_ms"].values())
+    assert r["ratio"] > 0 and r["choice"]["served"] in ("int8", "fp32") and r["choice"]["roc_auc_fp32"] > 0.5

@@ -135,6 +135,39 @@ def images(docker_engine) -> Iterator[Images]:
             subprocess.run(["docker", "rmi", "--no-prune", tag], capture_output=True, check=False)
 
 
+@pytest.fixture(scope="session")
+def detect_image(docker_engine) -> Iterator[str]:
+    """The detect-only worker image (docker/worker-detect.Dockerfile) for this machine's architecture."""
+    _ensure_wheelhouse()
+    tag = f"fedad-worker-detect:test-{RUN_ID}"
+    t0 = time.monotonic()
+    run(["docker", "build", "--build-arg", f"BASE_IMAGE={base_image()}", "-f", "docker/worker-detect.Dockerfile",
+         "-t", tag, "."], cwd=REPO, timeout=900)
+    size = int(run(["docker", "image", "inspect", "--format", "{{.Size}}", tag]).stdout)
+    TIMINGS["build worker-detect"] = f"{time.monotonic() - t0:.1f} s"
+    TIMINGS["size worker-detect"] = f"{size / 1e6:.0f} MB (base {base_image()})"
+    try:
+        yield tag
+    finally:
+        run(["docker", "rmi", "--no-prune", tag], check=False)
+
+
+@pytest.fixture(scope="session")
+def trained_state(tmp_path_factory) -> Path:
+    """Two SKAB workers federated for 2 rounds x 2 epochs on loopback; ``trained_state / <worker id>`` is that
+    worker's state dir, a model a container can serve as it is (copy it; the aggregator is gone)."""
+    from support import Stack
+
+    tmp = tmp_path_factory.mktemp("federation")
+    stack = Stack(tmp, workers=("valve1", "valve2"), rounds=2, epochs=2, min_workers=2, quorum=2)
+    stack.start()
+    try:
+        stack.wait_done(600)
+    finally:
+        stack.stop()
+    return tmp
+
+
 def free_loopback_ports(n: int) -> list[int]:
     socks = []
     try:

@@ -27,21 +27,6 @@ LIMITS = {"valve1": ("512m", "1"), "valve2": ("512m", "1"), "other": ("192m", "0
 PORTS = {"aggregator": 8080, "valve1": 8081, "valve2": 8082, "other": 8083}
 
 
-@pytest.fixture(scope="module")
-def detect_image(images):
-    tag = f"fedad-worker-detect:test-{RUN_ID}"
-    t0 = time.monotonic()
-    run(["docker", "build", "--build-arg", f"BASE_IMAGE={images.base}", "-f", "docker/worker-detect.Dockerfile",
-         "-t", tag, "."], cwd=REPO, timeout=900)
-    size = int(run(["docker", "image", "inspect", "--format", "{{.Size}}", tag]).stdout)
-    TIMINGS["build worker-detect"] = f"{time.monotonic() - t0:.1f} s"
-    TIMINGS["size worker-detect"] = f"{size / 1e6:.0f} MB (base {images.base})"
-    try:
-        yield tag
-    finally:
-        run(["docker", "rmi", "--no-prune", tag], check=False)
-
-
 def cgroup_memory(container: str) -> dict:
     """Peak memory and OOM kills from the container's own cgroup (v2: memory.peak / memory.events; v1:
     memory.max_usage_in_bytes / memory.oom_control)."""

@@ -34,6 +34,7 @@ class MqttLink:
         self.on_connected: Callable[[], None] = lambda: None  # after each (re)connection and subscription
         self.connected = threading.Event()
         self.connections = 0
+        self.taps: dict[str, Callable[[str, bytes], None]] = {}  # topic -> handler, beside the device data
         self.client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False)
         self.client.reconnect_delay_set(min_delay=1, max_delay=RECONNECT_MAX_S)
         self.client.on_connect = self._on_connect
@@ -49,11 +50,13 @@ class MqttLink:
         return cls(mqtt.host, mqtt.port, mqtt.client_id or f"fedad-{worker.id}", mqtt.qos, mqtt.keepalive_s)
 
     def start(self, subscriptions: list[str], on_message: Callable[[str, bytes], None],
-              on_connected: Callable[[], None] | None = None) -> None:
+              on_connected: Callable[[], None] | None = None,
+              taps: dict[str, Callable[[str, bytes], None]] | None = None) -> None:
         """Connect in the background (a broker that is not up yet is retried like a lost one), subscribe to
         ``subscriptions`` after each (re)connection, hand every message to ``on_message`` and call
-        ``on_connected`` once subscribed."""
-        self.subscriptions, self.handle = list(subscriptions), on_message
+        ``on_connected`` once subscribed. ``taps``: exact topics (a broker's $SYS counters) whose messages go to
+        their own handler on paho's thread instead of the device-data path."""
+        self.subscriptions, self.handle, self.taps = list(subscriptions), on_message, dict(taps or {})
         if on_connected is not None:
             self.on_connected = on_connected
         self.client.connect_async(self.host, self.port, keepalive=self.keepalive)
@@ -82,8 +85,8 @@ class MqttLink:
             log.warning("MQTT broker %s:%d refused the connection: %s", self.host, self.port, reason_code)
             return
         self.connections += 1
-        if self.subscriptions:
-            client.subscribe([(topic, self.qos) for topic in self.subscriptions])
+        if self.subscriptions or self.taps:
+            client.subscribe([(topic, self.qos) for topic in self.subscriptions] + [(t, 0) for t in self.taps])
         self.connected.set()
         self.on_connected()
         log.info("MQTT connected to %s:%d, subscribed to %s", self.host, self.port, ", ".join(self.subscriptions))
@@ -95,6 +98,7 @@ class MqttLink:
 
     def _on_message(self, client, userdata, message) -> None:
         try:
-            self.handle(message.topic, message.payload)
+            tap = self.taps.get(message.topic)
+            (tap or self.handle)(message.topic, message.payload)
         except Exception:  # never let one message end paho's network thread
             log.exception("MQTT message on %s could not be handed on", message.topic)

@@ -32,6 +32,7 @@ from services.protocol import errors
 from services.protocol.errors import ProtocolError
 from services.worker.alarms import AlarmBook, Outbox
 from services.worker.ingest.assemble import Assembler, Row
+from services.worker.ingest.broker_watch import BrokerWatch
 from services.worker.ingest.messages import REASONS, Reading, Refused, TopicFilter, parse
 from services.worker.ingest.mqtt import MqttLink
 from services.worker.twin import TOPIC as TWIN_TOPIC
@@ -86,20 +87,31 @@ class DeviceIngest:
         self._thread: threading.Thread | None = None
 
         self.routes = [(TopicFilter(t.topic.replace("{worker}", worker.id)), t.format) for t in cfg.mqtt.topics]
+        # what the broker drops before it reaches this worker, and this queue filling up (with MQTT only)
+        self.watch = BrokerWatch(self.queue) if link is not None else None
 
     @property
     def subscriptions(self) -> list[str]:
         """The MQTT topic filters device data comes from (ingest.mqtt.topics)."""
         return [f.pattern for f, _ in self.routes]
 
+    @property
+    def taps(self) -> dict:
+        """Exact MQTT topics whose messages go to their own handler (the broker's $SYS counters), not to parsing."""
+        return self.watch.taps if self.watch is not None else {}
+
     # -- life -----------------------------------------------------------------------------------------------------
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="ingest", daemon=True)
         self._thread.start()
+        if self.watch:
+            self.watch.start()
 
     def stop(self) -> None:
         """Graceful, once no more input comes (the link stopped first): the queued messages are still scored, so
         their alarm events reach the outbox."""
+        if self.watch:
+            self.watch.stop()
         self._stop.set()
         if self._thread:
             self._thread.join(30)
@@ -269,6 +281,7 @@ class DeviceIngest:
                                                          "rows_anomalous")},
                 "refused": {k: refused.get(k, 0) for k in REASONS if refused.get(k)},
                 "rows_carried_forward": self.assembler.carried, "queued": self.queue.qsize(),
+                "losses": self.watch.snapshot() if self.watch else None,
                 "baseline": {"rows": self.baseline_rows,
                              "collecting": collecting},
                 "alarm_outbox": self.outbox.document() if self.outbox else {"pending": 0, "delivered": 0,
@@ -287,4 +300,6 @@ class DeviceIngest:
                 "outbox_pending": self.outbox.pending() if self.outbox else 0,
                 "outbox_dropped": self.outbox.dropped if self.outbox else 0,
                 "mqtt_connected": 1.0 if self.link and self.link.connected.is_set() else 0.0,
-                "twin_reports": self.twin.reports if self.twin else 0}
+                "twin_reports": self.twin.reports if self.twin else 0,
+                "queue_depth": self.queue.qsize(), "queue_capacity": self.queue.maxsize,
+                "broker": self.watch.snapshot() if self.watch else None}
