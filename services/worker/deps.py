@@ -79,10 +79,10 @@ class WorkerContext:
             "model_round": model.model_round if model else None,
             "rounds_total": loop.rounds_total,
             "model": model.kind if model else None,  # the served precision: int8 or fp32
-            "precision": loop.models.served_precision,  # why that precision (serving.model, both figures)
-            "model_kind": loop.spec.kind,  # dense | conv1d | lstm
+            "precision": self.models.served_precision,  # why that precision (serving.model, both figures)
+            "model_kind": self.models.spec.kind,  # dense | conv1d | lstm
             "shape": self.settings.model_shape,  # e.g. dense 18→8→4→8→18 (from the input width)
-            "score": loop.spec.score,  # error | error_and_t2
+            "score": self.models.spec.score,  # error | error_and_t2
             "threshold": model.threshold if model else None,
             "features": self.features,
             "window": self.settings.data.window,
