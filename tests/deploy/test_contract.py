@@ -487,3 +487,26 @@ def test_detect_only_component_runs_the_torch_free_image_within_its_measured_mem
     assert 'os.environ.get("FEDAD_WORKER_MODE")' in (REPO / "docker" / "entrypoint.py").read_text()
     assert_resources_cover(d, "worker-detect")
     assert mib(container(d)["resources"]["limits"]["memory"]) <= 192, "fits the gateway the container test uses"
+
+
+def test_arm64_component_runs_the_arm64_tags_only_on_arm64_nodes(tmp_path):
+    """A worker's folder plus detect-only and arm64, as the component's header says to list them: the -arm64 tags
+    that make images-arm64 builds, and a selector that keeps the pod off amd64 nodes."""
+    deploy = REPO / "deploy"
+
+    def rel(path: Path) -> str:
+        return Path(os.path.relpath(path, tmp_path)).as_posix()
+
+    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump({
+        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+        "resources": [rel(deploy / "base" / "workers" / WORKER_IDS[-1])],
+        "components": [rel(deploy / "components" / "detect-only"), rel(deploy / "components" / "arm64")]}))
+    out = run([tool("kubectl"), "kustomize", "--load-restrictor=LoadRestrictionsNone", str(tmp_path)]).stdout
+    [d] = [d for d in yaml.safe_load_all(out) if d and d["kind"] == "Deployment"]
+    assert container(d)["image"] == "fedad-worker-detect:latest-arm64"
+    assert d["spec"]["template"]["spec"]["nodeSelector"]["kubernetes.io/arch"] == "arm64"
+    pod = d["spec"]["template"]["spec"]
+    node = {k: v for k, v in pod["nodeSelector"].items() if k != "kubernetes.io/arch"}  # the worker's own node
+    assert not schedulable(pod, {"labels": {**node, "kubernetes.io/arch": "amd64"}, "taints": []})
+    assert schedulable(pod, {"labels": {**node, "kubernetes.io/arch": "arm64"}, "taints": []})
+    assert "-arm64" in (REPO / "mk" / "containers.mk").read_text(), "make images-arm64 builds the -arm64 tags"

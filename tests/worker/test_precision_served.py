@@ -48,12 +48,17 @@ def test_the_dashboards_show_the_served_precision_and_the_reason(federation):
     assert page["precision"]["reason"] and page["shape"].startswith("dense 3→8→2→8→3")
 
     def reported():
+        """The aggregator's rows once every worker's telemetry carries the precision its status shows now (the
+        telemetry lags an install by up to one interval)."""
         board = httpx.get(f"{federation.agg_url}/v1/dashboard", timeout=5).json()
         rows = {w["id"]: w for w in board["workers"]}
-        return rows if all(rows[n].get("precision") for n in NODES) else None
+        for node in NODES:
+            status = federation.worker_status(node)
+            if (rows[node].get("precision"), rows[node].get("precision_reason")) != (
+                    status["model"], status["precision"]["reason"]):
+                return None
+        return rows
 
-    rows = wait_until(reported, 30, "every worker's telemetry with its precision")
+    rows = wait_until(reported, 30, "every worker's telemetry with the precision its status shows")
     for node in NODES:
-        status = federation.worker_status(node)
-        assert rows[node]["precision"] == status["model"]
-        assert rows[node]["precision_reason"] == status["precision"]["reason"]
+        assert rows[node]["precision"] in ("int8", "fp32") and rows[node]["precision_reason"]
