@@ -162,7 +162,7 @@ class Fleet:
     """N nodes: id, own token and its digest, a prepared join body and update."""
 
     def __init__(self, n: int, settings, prefix: str = "n", seed: int = 0):
-        from services.data.scaling import FeatureStats
+        from services.protocol.scaling import FeatureStats
 
         self.ids = [f"{prefix}{i:05d}" for i in range(n)]
         self.tokens = {w: f"bench-node-token-{w}-{seed}" for w in self.ids}

@@ -38,11 +38,11 @@ REFERENCE = "dense"
 
 def measure_kind(kind: str, worker_id: str, rounds: int, batch: int, repeat: int, number: int, folder: Path) -> dict:
     from services.config import load_settings
-    from services.data.scaling import FeatureStats
     from services.data.sources import load_node
     from services.evaluation.kinds import describe_model, kind_settings
     from services.model.detector import AnomalyDetector, DetectorSpec, node_seed
     from services.protocol.messages import TrainingPlan
+    from services.protocol.scaling import FeatureStats
     from services.worker.trainer import Trainer
 
     settings = kind_settings(load_settings(), kind)

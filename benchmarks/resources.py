@@ -61,7 +61,7 @@ prep = Preprocessing(columns=tuple(range(features)), window=1, stats=(), baselin
 spec = DetectorSpec(prep, hidden, ThresholdSettings())
 rng = np.random.default_rng(0)
 scaler_rows = rng.standard_normal((4096, features)).astype(np.float32)
-from services.data.scaling import FeatureStats
+from services.protocol.scaling import FeatureStats
 reference = prep.reference(None, FeatureStats.from_rows(scaler_rows).scaler())
 detector = AnomalyDetector(spec).calibrate(rng.standard_normal((2000, features)).astype(np.float32), reference)
 idle = status("VmRSS")
@@ -198,10 +198,10 @@ def epoch_cost(settings, worker_id: str, repeat: int = 3) -> dict:
     wall and CPU seconds, best of ``repeat``. CPU time is what an otherwise idle edge box would also need."""
     import torch
 
-    from services.data.scaling import FeatureStats
     from services.data.sources import load_node
     from services.model.detector import AnomalyDetector, DetectorSpec
     from services.protocol.messages import TrainingPlan
+    from services.protocol.scaling import FeatureStats
 
     torch.set_num_threads(1)
     data = load_node(settings, settings.worker(worker_id))

@@ -110,8 +110,8 @@ def prepared_updates(n: int, n_params: int, seed: int = 0) -> list[tuple[bytes, 
 
 
 def join_request(settings, seed: int) -> dict:
-    from services.data.scaling import FeatureStats
     from services.model.layout import spec_hash
+    from services.protocol.scaling import FeatureStats
 
     rows = np.random.default_rng(seed).standard_normal((50, len(settings.data.features)))
     stats = FeatureStats.from_rows(rows)

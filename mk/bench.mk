@@ -35,7 +35,8 @@ $(VENV)/.bench-deps: | $(VENV)/.installed
 $(BENCH_OUT):
 	mkdir -p $@
 
-bench: bench-detect bench-aggregate bench-round bench-resources bench-streams bench-kinds bench-late-join bench-serving-rss bench-fleet  ## every benchmark (BENCHMARKS.md)
+bench: bench-detect bench-aggregate bench-round bench-resources bench-streams bench-kinds bench-late-join bench-serving-rss \
+       bench-precision bench-fleet  ## every benchmark (BENCHMARKS.md)
 
 bench-detect: venv $(VENV)/.bench-deps | $(BENCH_OUT)  ## /detect vs the HTTP ceiling, onnxruntime and torch eager
 	$(PY) -m benchmarks.detect --json $(BENCH_OUT)/detect.json --profile $(BENCH_OUT)/detect-profile.txt $(BENCH_ARGS)
@@ -72,3 +73,9 @@ bench-serving-rss: venv | $(BENCH_OUT)  ## serving-process memory here vs at BEN
 .PHONY: bench-fleet
 bench-fleet: venv | $(BENCH_OUT)  ## a fleet of 10,000 light nodes: enrollment, sampled and async rounds, site aggregators
 	$(PY) -m benchmarks.fleet --json $(BENCH_OUT)/fleet.json $(BENCH_ARGS)
+
+# make bench-precision  what serving.model auto costs an install (a second session, both score the held-out rows),
+#                       against the install without it, same run (~1 min)
+.PHONY: bench-precision
+bench-precision: venv  ## serving.model auto's install cost vs the install without it, same run
+	$(PY) -m benchmarks.precision_choice $(BENCH_ARGS)

@@ -8,9 +8,11 @@
 #   make evaluate KINDS=dense EVAL_DATASETS=skab  the quick one (~1 min): dense only, SKAB only
 #   make report          reports/report.html: one self-contained page with the tables and every figure (SKAB's)
 #   make evaluate-sweep  the settings table of docs/quality.md (each row one evaluation; ~10 min)
+#   make evaluate-unseen generated device types unlike the shipped data (services/evaluation/unseen.py): the served
+#                        detector vs the same-run IsolationForest per seed (SEEDS=0,1,2; ~1 min per seed loaded)
 #
 # Knobs: CONFIG, EVAL_DIR, REPORT, EVAL_MODES (comma-separated subset of federated,centralised,local), KINDS,
-# EVAL_DATASETS (subset of skab,shuttle,synthetic; ignored with CONFIG); any config value through
+# EVAL_DATASETS (subset of skab,shuttle,synthetic,own-data; ignored with CONFIG); any config value through
 # FEDAD__SECTION__KEY=value, e.g. `make evaluate FEDAD__FEDERATION__ROUNDS=5` (applies to every data set).
 
 VENV ?= .venv
@@ -18,7 +20,8 @@ PY ?= $(VENV)/bin/python
 EVAL_DIR ?= reports/evaluation
 REPORT ?= reports/report.html
 EVAL_MODES ?= federated,centralised,local
-EVAL_DATASETS ?= skab,shuttle,synthetic
+EVAL_DATASETS ?= skab,shuttle,synthetic,own-data
+SEEDS ?= 0,1,2
 KINDS ?= dense,conv1d,lstm
 CONFIG ?=
 
@@ -44,3 +47,8 @@ FEW_ROWS ?= 100,400
 
 evaluate-few-rows: venv  ## a node with N normal rows: federated vs local-only, SKAB, 3 seeds (~3 min on 1 core; docs/quality.md)
 	$(PY) -m services.evaluation.few_rows --rows $(FEW_ROWS) --baselines run,node --seeds 0,1,2 --out reports/few-rows
+
+.PHONY: evaluate-unseen
+
+evaluate-unseen: venv  ## the served detector vs IsolationForest on generated device types the shipped data lack
+	$(PY) -m services.evaluation.unseen --seeds $(SEEDS)

@@ -202,6 +202,19 @@ def print_results(settings: Settings, client: httpx.Client) -> None:
     print(f"  {'pooled':<10} {p['rows']:>6} {p['f1']:>6.3f} {p['far']:>7.2f} {p['mar']:>7.2f}")
 
 
+def print_verdict(settings: Settings) -> None:
+    """The served detectors against a same-run IsolationForest on the same held-out rows, in one line
+    (services/evaluation/verdict.py): the served versions read from the workers' state folders, the forest fitted
+    here."""
+    from services.evaluation.live import run_verdict
+
+    try:
+        nodes = {w.id: load_node(settings, w) for w in settings.workers}
+        print(run_verdict(settings, nodes)["line"], flush=True)
+    except (DataError, LookupError, OSError) as exc:
+        print(f"verdict: not computed ({exc})", flush=True)
+
+
 def curl_example(settings: Settings) -> str:
     w = settings.workers[0]
     try:
@@ -236,7 +249,9 @@ def cmd_run(args) -> None:
         with httpx.Client() as client:
             follow_training(stack, settings, client)
             print_results(settings, client)
-        print("\nserving: every worker answers POST /detect with its int8 model; try\n  " + curl_example(settings))
+            print_verdict(settings)
+        print("\nserving: every worker answers POST /detect with the model in the table (int8 only where it ranks its "
+              "held-out rows as fp32 does); try\n  " + curl_example(settings))
         print(f"dashboard: {settings.aggregator.url}/   metrics: {settings.aggregator.url}/metrics and "
               f"{_worker_url(settings.workers[0])}/metrics")
         print(f"status: {settings.aggregator.url}/v1/status   API docs: {settings.aggregator.url}/docs and "
@@ -389,7 +404,7 @@ def main(argv: list[str] | None = None) -> None:
                           help="comma-separated subset of federated,centralised,local")
     evaluate.add_argument("--kinds", default="dense,conv1d,lstm",
                           help="model kinds to compare, comma-separated subset of dense,conv1d,lstm")
-    evaluate.add_argument("--datasets", default=None, help="comma-separated subset of skab,shuttle,synthetic "
+    evaluate.add_argument("--datasets", default=None, help="comma-separated subset of skab,shuttle,synthetic,own-data "
                           "(skab: the config; each into its own folder under --out; default: the config's data only)")
     evaluate.set_defaults(func=cmd_evaluate)
     report = commands.add_parser("report", help="render the evaluation results as one self-contained HTML page")

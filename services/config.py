@@ -22,7 +22,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = REPO_ROOT / "config.yaml"
@@ -288,6 +297,18 @@ class DataSettings(_Section):
 
 
 MODEL_KINDS = ("dense", "conv1d", "lstm")
+
+
+def default_hidden(input_width: int) -> list[int]:
+    """The dense autoencoder's hidden layers when config.yaml names none: [outer, bottleneck, outer], the bottleneck
+    a quarter of the input width, at least 2, always narrower than the input (a bottleneck as wide as the input can
+    learn to copy it and reconstruct a fault as well as a normal row); outer layers twice the bottleneck, at least 8.
+    Measured on generated devices the shipped data sets do not resemble (services/evaluation/unseen.py;
+    docs/quality.md "Model shape"), then checked on the shipped ones. An input of width 1 has no narrower bottleneck:
+    ``Settings`` refuses it for the dense kind."""
+    bottleneck = min(input_width - 1, max(2, input_width // 4))
+    outer = max(8, 2 * bottleneck)
+    return [outer, bottleneck, outer]
 RAW_WINDOW_KINDS = ("conv1d", "lstm")  # read the window's rows themselves, not statistics of them
 INT8_REFUSED = {  # kinds whose served int8 model does not hold fp32's accuracy, or is not int8 (docs/quality.md)
     "lstm": "onnxruntime's static int8 quantisation leaves the LSTM operators in float (it quantises only the "
@@ -324,20 +345,49 @@ class LstmSettings(_Section):
 
 class ModelSettings(_Section):
     kind: Literal["dense", "conv1d", "lstm"] = "dense"
-    hidden: list[int] = Field(min_length=1)  # dense: hidden layer sizes
+    hidden: list[int] | None = Field(None, min_length=1)  # dense: hidden layer sizes; null: from the input width
     conv1d: Conv1dSettings = Conv1dSettings()
     lstm: LstmSettings = LstmSettings()
+    score: Literal["error", "error_and_t2"] = "error_and_t2"  # services/model/scoring.py
     local_epochs: int = Field(3, ge=1)
     batch_size: int = Field(64, ge=1)
     learning_rate: float = Field(0.005, gt=0)
     seed: int = Field(0, ge=0, lt=2**32)  # initial weights; torch and numpy's MT19937 both take 32 bits
 
+    _derived: bool = PrivateAttr(False)  # hidden came from the input width: a rule, dumped as null
+
     @field_validator("hidden")
     @classmethod
-    def _positive(cls, sizes: list[int]) -> list[int]:
-        if any(s < 1 for s in sizes):
+    def _positive(cls, sizes: list[int] | None) -> list[int] | None:
+        if sizes is not None and any(s < 1 for s in sizes):
             raise ValueError("every hidden layer size must be >= 1")
         return sizes
+
+    @field_serializer("hidden")
+    def _rule_stays_a_rule(self, hidden: list[int] | None) -> list[int] | None:
+        """A derived shape is dumped as null, so a copy validated again with other data derives its own."""
+        return None if self._derived else hidden
+
+    @property
+    def hidden_sizes(self) -> list[int]:
+        """The dense layer sizes in use (``Settings`` fills ``hidden`` in from the input width when it is null)."""
+        if self.hidden is None:
+            raise ValueError("model.hidden is derived from the input width when the whole config is validated")
+        return self.hidden
+
+    def shape_refusals(self, input_width: int) -> list[str]:
+        """A dense bottleneck that could learn the identity, with the fix."""
+        if self.kind == "dense" and input_width < 2:
+            return [f"the model input is {input_width} value wide (data.model_features × window statistics, or the "
+                    "window's rows): a dense autoencoder needs a bottleneck narrower than its input, so give it a "
+                    "window with statistics (e.g. data.window: 12, data.window_stats: [mean, std, slope]) or more "
+                    "channels"]
+        if self.kind != "dense" or self.hidden is None or self._derived or min(self.hidden) < input_width:
+            return []
+        return [f"model.hidden {self.hidden}: the narrowest layer ({min(self.hidden)}) must be narrower than the "
+                f"model's input width ({input_width}), or the autoencoder can learn to copy its input and "
+                f"reconstruct faults as well as normal rows; remove model.hidden to take the default "
+                f"{default_hidden(input_width)} (derived from the input width), or set a narrower one"]
 
     def refusals(self, data: DataSettings, serving: ServingSettings) -> list[str]:
         """Why this model cannot run on ``data`` or be served as ``serving.model``, each naming its keys."""
@@ -348,7 +398,7 @@ class ModelSettings(_Section):
         if self.kind == "conv1d" and data.window < self.conv1d.kernel:
             problems.append(f"data.window ({data.window}) is shorter than model.conv1d.kernel "
                             f"({self.conv1d.kernel}): the convolution needs a window at least one kernel long")
-        if serving.model == "int8" and self.kind in INT8_REFUSED:
+        if serving.model == "int8" and self.kind in INT8_REFUSED:  # auto serves such kinds fp32
             problems.append(f"serving.model int8 cannot serve model.kind {self.kind}: {INT8_REFUSED[self.kind]}; "
                             "set serving.model: fp32")
         return problems
@@ -450,7 +500,7 @@ class TlsSettings(_Section):
 
 
 class ServingSettings(_Section):
-    model: Literal["int8", "fp32"] = "int8"
+    model: Literal["auto", "int8", "fp32"] = "auto"  # auto: int8 where it ranks as fp32 does (model/precision.py)
     max_batch_rows: int = Field(10000, ge=1)
 
 
@@ -724,7 +774,7 @@ def ports_from_base(raw: dict) -> dict:
 class Settings(_Section):
     port_base: int = Field(PORT_BASE, ge=1, le=65535)  # aggregator: this port; worker k: this + k (unless given)
     data: DataSettings
-    model: ModelSettings
+    model: ModelSettings = Field(default_factory=ModelSettings)
     federation: FederationSettings = FederationSettings()
     threshold: ThresholdSettings = ThresholdSettings()
     serving: ServingSettings = ServingSettings()
@@ -783,9 +833,12 @@ class Settings(_Section):
 
     @model_validator(mode="after")
     def _model_fits(self) -> Settings:
-        problems = self.model.refusals(self.data, self.serving)
+        problems = self.model.refusals(self.data, self.serving) + self.model.shape_refusals(self.input_width)
         if problems:
             raise ValueError("; ".join(problems))
+        if self.model.hidden is None or self.model._derived:
+            self.model.hidden = default_hidden(self.input_width)
+            self.model._derived = True
         return self
 
     def worker(self, worker_id: str) -> WorkerSettings:
@@ -809,6 +862,20 @@ class Settings(_Section):
         raw["source"] = {**raw["source"], **(worker.source or {})}
         raw["training"] = {**raw["training"], **(worker.training or {})}
         return DataSettings.model_validate(raw)
+
+    @property
+    def model_shape(self) -> str:
+        """The model a node trains, in one phrase: ``dense 18→8→4→8→18`` (what data check, evaluate and /v1/status
+        print), with where a dense shape came from."""
+        model, width = self.model, self.input_width
+        if model.kind == "dense":
+            origin = "from the input width" if model._derived else "model.hidden"
+            return f"dense {'→'.join(map(str, [width, *model.hidden_sizes, width]))} ({origin})"
+        window, channels = self.data.window, len(self.data.model_columns)
+        if model.kind == "conv1d":
+            return f"conv1d over {window} rows × {channels} channels, channels {model.conv1d.channels}, kernel " \
+                   f"{model.conv1d.kernel}"
+        return f"lstm over {window} rows × {channels} channels, state {model.lstm.hidden}"
 
     @property
     def input_width(self) -> int:

@@ -21,7 +21,8 @@ def pytest_report_header(config):
 @pytest.fixture(scope="session")
 def trained_stack(tmp_path_factory):
     """Aggregator + the three SKAB workers, 2 rounds, workers talking to the aggregator through a recording proxy."""
-    stack = Stack(tmp_path_factory.mktemp("stack"), rounds=2, epochs=2)
+    stack = Stack(tmp_path_factory.mktemp("stack"), rounds=2, epochs=2,  # int8 forced: tests hold /detect's int8
+                  overrides={"FEDAD__SERVING__MODEL": "int8"})           # scores to torch's fp32 ones
     proxy = RecordingProxy(stack.agg_url).start()
     stack.env["FEDAD__AGGREGATOR__URL"] = proxy.url
     stack.proxy = proxy

@@ -8,7 +8,10 @@ import sys
 import threading
 from pathlib import Path
 
+from types import SimpleNamespace
+
 import httpx
+import numpy as np
 import pytest
 import uvicorn
 
@@ -23,6 +26,20 @@ from benchmarks.common import (  # one harness for tests and benchmarks
 
 REPO = Path(__file__).resolve().parent.parent
 WORKER_IDS = ("valve1", "valve2", "other")
+
+
+def scored(stream: str, first: int, scores, flags, rows=None, threshold: float = 1.0, model_round: int = 1,
+           times=None, top=None):
+    """New rows of a stream as the stream table hands them to its watchers (services/worker/watchers.Scored), for
+    unit tests of the alarms, the live buffer and the drift tests: by default one-column rows, times 0, 1, 2, ...
+    from the first row's number, a model of ``threshold`` and ``model_round``, no top sensors."""
+    from services.worker.watchers import Scored
+
+    scores, flags = np.asarray(scores), np.asarray(flags, dtype=bool)
+    n = len(scores)
+    return Scored(stream, np.zeros((n, 1), np.float32) if rows is None else rows,
+                  [float(first + i) for i in range(n)] if times is None else times, scores, flags,
+                  SimpleNamespace(threshold=threshold, model_round=model_round), first, top or [None] * n)
 
 
 class Stack:

@@ -33,6 +33,12 @@ def test_run_trains_prints_figures_and_the_dashboard_url(tmp_path):
     f1, far, mar = map(float, pooled.groups())
     assert 0 < f1 <= 1 and 0 <= far <= 100 and 0 <= mar <= 100, out
     assert f"curl -s -X POST {stack.worker_url('valve1')}/detect" in out, out
+    verdict = re.search(r"^verdict: the served detector \((?:int8|fp32|fp32/int8)\) ranks held-out faults (better than|"
+                        r"as well as|WORSE than) the same-run IsolationForest: ROC-AUC ([0-9.]+) vs ([0-9.]+); at the "
+                        r"same threshold rule F1 ([0-9.]+) vs ([0-9.]+)", out, re.M)
+    assert verdict, out  # right after the table, before serving starts
+    assert out.index("pooled") < verdict.start() < out.index("serving: every worker")
+    assert abs(float(verdict.group(4)) - f1) <= 0.002, out  # /detect's flags are the ones the table counted
 
 
 def test_a_worker_without_data_stops_the_run_with_its_reason(tmp_path):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from services.config import load_settings
-from services.data.scaling import Scaler
+from services.protocol.scaling import Scaler
 from services.data.sources import load_node
 from services.model.autoencoder import build_autoencoder, set_flat_weights
 from services.model.layout import count_parameters
@@ -70,7 +70,7 @@ def test_only_weights_and_aggregates_cross_the_wire(trained_stack):
             body = json.loads(r["body"])
             assert set(body) <= {"boot_id", "phase", "model_round", "threshold", "detect_requests", "rows_scored",
                                  "anomalies_flagged", "training_loss", "open_alarms", "drift_events",
-                                 "buffer_rows"}
+                                 "buffer_rows", "precision", "precision_reason"}  # int8|fp32 and why: aggregates
             assert not any(isinstance(v, (list, dict)) for v in body.values())
         elif r["path"].endswith("/report"):  # rows not yet trained on, drift, model versions: counts and figures
             body = json.loads(r["body"])

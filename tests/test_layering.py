@@ -1,32 +1,54 @@
-"""No import cycles and no import that points up the layering, read from the source of every module under services/.
+"""The map of docs/architecture.md held against the code: no import cycles, no import that points up its layers, and
+every module of services/ in the map (and nothing in the map that is no module).
 
-Imports are read with ``ast``, including those inside functions: a local import hides a cycle from Python's import
-machinery, not from the design. Layers, bottom to top (a package may import its own layer and the ones below):
-
-    protocol, config, atomic, logs, faults, machine, data, model
-    security
-    observability      metrics, logging context and dashboard pages the services push to (it imports no
-                       aggregator or worker internals), so it sits below them
-    aggregator, worker
-    evaluation         drives the aggregator's and the workers' own code
-    cli
+The layers are read from the drawing in docs/architecture.md ("Packages and their layers"): the bands between its
+rules, bottom to top; a package may import its own band and the ones below. Each entry of a band is a package
+(``worker/``, ``worker/routes/``: its modules listed after it) or top-level modules (``config.py``). Imports are read
+with ``ast``, including those inside functions: a local import hides a cycle from Python's import machinery, not
+from the design.
 """
 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
-SERVICES = Path(__file__).resolve().parent.parent / "services"
+REPO = Path(__file__).resolve().parent.parent
+SERVICES = REPO / "services"
+ARCHITECTURE = REPO / "docs" / "architecture.md"
 
-LAYERS = [
-    {"protocol", "config", "atomic", "logs", "faults", "machine", "data", "model"},
-    {"security"},
-    {"observability"},
-    {"aggregator", "worker"},
-    {"evaluation", "replay", "replay_mqtt"},
-    {"cli"},
-]
+
+def read_map(text: str) -> tuple[list[set[str]], set[str]]:
+    """The drawing's layers, bottom first (each a set of packages; a top-level module is its own package), and every
+    module it lists, as a path relative to services/ (``worker/routes/admin.py``, ``config.py``)."""
+    drawing = text.split("## Packages and their layers", 1)[1].split("```", 2)[1]
+    bands: list[set[str]] = [set()]
+    modules: set[str] = set()
+    folder = None  # the package whose modules the current lines list
+    for line in drawing.splitlines():
+        if not line.strip():
+            continue
+        if set(line.strip()) == {"─"}:
+            bands.append(set())
+            continue
+        words = line.split()
+        if not line.startswith("   "):  # a new entry: a package, or top-level modules
+            folder = words[0] if words[0].endswith("/") else None
+            if folder is None:
+                for word in words:
+                    if word.endswith(".py"):
+                        modules.add(word)
+                        bands[-1].add(word.removesuffix(".py"))
+            else:
+                bands[-1].add(folder.split("/")[0])
+                words = words[1:]
+        if folder is not None:
+            modules.update(folder + word for word in words if re.fullmatch(r"[a-z_]+\.py", word))
+    return [band for band in reversed(bands) if band], modules
+
+
+LAYERS, MAPPED = read_map(ARCHITECTURE.read_text())
 RANK = {package: rank for rank, layer in enumerate(LAYERS) for package in layer}
 
 
@@ -65,9 +87,13 @@ def _imports(path: Path) -> dict[str, int]:
             if name.split(".")[0] == "services":
                 target = _resolve(name)
                 found[target] = min(found.get(target, node.lineno), node.lineno)
+        named = node.module if isinstance(node, ast.ImportFrom) else names[0]
+        if named and named.split(".")[0] == "services" and named not in MODULES:
+            MISSING.append(f"{path.relative_to(REPO)}:{node.lineno} imports {named}")
     return found
 
 
+MISSING: list[str] = []  # imports of a module that is not there (moved or renamed), as file:line
 MODULE_GRAPH = {module: _imports(path) for module, path in MODULES.items()}
 
 
@@ -129,6 +155,12 @@ def _cycles(graph: dict[str, dict[str, str]] | dict[str, dict[str, int]]) -> lis
     return cycles
 
 
+def upward(graph: dict[str, dict[str, str]], rank: dict[str, int]) -> list[tuple[int, str, str, str]]:
+    """The imports of ``graph`` (package → imported package → where) that point up ``rank``."""
+    return sorted((rank[a], a, b, where) for a, targets in graph.items() for b, where in targets.items()
+                  if a in rank and b in rank and rank[b] > rank[a])
+
+
 def test_the_scan_sees_the_imports_it_must_judge():
     assert {"services.config", "services.cli", "services.evaluation.report", "services.security.tokens"} <= set(MODULES)
     assert "services.config" in MODULE_GRAPH["services.security.tls"]
@@ -136,9 +168,32 @@ def test_the_scan_sees_the_imports_it_must_judge():
     assert "services.evaluation.report" in local
 
 
+def test_the_map_is_read_as_drawn_and_an_upward_import_is_caught():
+    """The checks below can fail: the drawing's order reaches the test, and an import against it is found."""
+    assert LAYERS[0] >= {"protocol", "config", "atomic"} and LAYERS[-1] == {"cli"}
+    assert RANK["protocol"] < RANK["data"] < RANK["model"] < RANK["security"] < RANK["observability"] \
+        < RANK["worker"] == RANK["aggregator"] < RANK["evaluation"] < RANK["cli"]
+    assert {"worker/routes/admin.py", "worker/ingest/mqtt.py", "config.py", "replay_mqtt.py"} <= MAPPED
+    assert upward({"protocol": {"data": "services/protocol/x.py:1"}}, RANK) == \
+        [(RANK["protocol"], "protocol", "data", "services/protocol/x.py:1")]
+    assert _cycles({"a": {"b": 1}, "b": {"a": 1}}) == [["a", "b", "a"]]
+
+
+def test_every_import_names_a_module_that_exists():
+    """A module moved to another package leaves no import of its old name behind (the scan above would count such
+    an import as one of the old package and judge the layers by it)."""
+    assert not MISSING, "imports of modules that do not exist:\n" + "\n".join(f"  {m}" for m in MISSING)
+
+
+def test_every_module_is_in_the_map_and_the_map_names_only_modules():
+    modules = {str(p.relative_to(SERVICES)) for p in SERVICES.rglob("*.py") if p.name != "__init__.py"}
+    assert not modules - MAPPED, f"add these modules to docs/architecture.md's drawing: {sorted(modules - MAPPED)}"
+    assert not MAPPED - modules, f"docs/architecture.md's drawing names what is no module: {sorted(MAPPED - modules)}"
+
+
 def test_every_package_has_a_layer():
     unplaced = sorted({_package(m) for m in MODULES} - set(RANK) - {"services"})
-    assert not unplaced, f"place these packages in LAYERS: {unplaced}"
+    assert not unplaced, f"place these packages in docs/architecture.md's drawing: {unplaced}"
 
 
 def test_no_import_cycle_between_packages():
@@ -154,8 +209,6 @@ def test_no_import_cycle_between_modules():
 
 
 def test_no_import_points_up_the_layering():
-    upward = sorted((RANK[a], a, b, where) for a, targets in PACKAGE_GRAPH.items() for b, where in targets.items()
-                    if a in RANK and b in RANK and RANK[b] > RANK[a])
-    assert not upward, "imports pointing up the layering:\n" + "\n".join(
-        f"  {a} -> {b}   ({where})" for _, a, b, where in upward)
-
+    found = upward(PACKAGE_GRAPH, RANK)
+    assert not found, "imports pointing up docs/architecture.md's layers:\n" + "\n".join(
+        f"  {a} -> {b}   ({where})" for _, a, b, where in found)

@@ -56,12 +56,12 @@ from services.aggregator.state import RunState
 from services.aggregator.store import AggregatorStore
 from services.aggregator.strategies import DifferentialPrivacyServerSideFixedClipping, Strategy
 from services.config import Settings
-from services.data.scaling import FeatureStats, Scaler
 from services.model.layout import Architecture
 from services.protocol import errors
 from services.protocol.codec import CodecError, content_hash, decode_weights
 from services.protocol.errors import ProtocolError
 from services.protocol.messages import JoinRequest, JoinResponse, RoundState, TrainingPlan, WorkerReport
+from services.protocol.scaling import FeatureStats, Scaler
 from services.security.filters import update_norm
 
 log = logging.getLogger("fedad.aggregator")

@@ -31,7 +31,6 @@ import numpy as np
 
 from services.aggregator.rounds import Federation
 from services.config import Settings
-from services.data.scaling import FeatureStats
 from services.protocol import errors
 from services.protocol.codec import CONTENT_TYPE, content_hash, decode_weights, encode_weights
 from services.protocol.errors import error_of
@@ -46,6 +45,7 @@ from services.protocol.messages import (
     RoundState,
     WorkerReport,
 )
+from services.protocol.scaling import FeatureStats
 from services.security.tls import client_context
 
 log = logging.getLogger("fedad.aggregator")

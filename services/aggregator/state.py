@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, fields
 class RunState:
     run_id: str
     rounds_done: int = 0
-    scaler: dict | None = None  # services.data.scaling.Scaler as JSON: frozen once min_workers have joined
+    scaler: dict | None = None  # services.protocol.scaling.Scaler as JSON: frozen once min_workers have joined
     joined: dict[str, dict] = field(default_factory=dict)  # earlier versions' members (now members.log)
     history: list[dict] = field(default_factory=list)  # one record per closed round, oldest first
     rounds_target: int = 0  # rounds to have done once a continual trigger opened one (0: the campaign's)

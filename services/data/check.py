@@ -312,7 +312,8 @@ def format_report(report: NodeReport, settings: Settings) -> str:
     channels = len(settings.data.model_columns)
     shape = f"{len(settings.data.window_stats)} window statistics" if settings.data.window_stats \
         else f"a window of {settings.data.window} rows" if settings.data.window > 1 else "single rows"
-    lines.append(f"  model   input width {settings.input_width} ({channels} channels × {shape})")
+    lines.append(f"  model   input width {settings.input_width} ({channels} channels × {shape}): "
+                 f"{settings.model_shape}, score {settings.model.score}")
     for warning in report.warnings:
         lines.extend(textwrap.wrap(warning, WIDTH, initial_indent="  WARNING ", subsequent_indent=" " * 10))
     lines.append("  usable" + (f", {len(report.warnings)} warning(s)" if report.warnings else ""))

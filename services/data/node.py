@@ -11,10 +11,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from services.data.scaling import Scaler
 from services.data.selection import TrainingSelection
 from services.data.source import Run
 from services.data.windows import Preprocessing, Reference
+from services.protocol.scaling import Scaler
 
 
 @dataclass

@@ -72,6 +72,10 @@ class NodeFeed:
         self._failed: tuple[tuple, DataError] | None = None  # the files that failed to read last, and why
         self.reloads = 0  # times the source was read again after the first
 
+    def latest(self) -> NodeData | None:
+        """The data read last (None before the first read), without looking at the files again."""
+        return self._node
+
     def current(self) -> NodeData:
         """The node's data as its files are now; a DataError (a file half copied, a bad row) leaves the previous
         data in place for the caller to keep using."""

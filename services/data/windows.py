@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 from pydantic import BaseModel
 
-from services.data.scaling import MIN_STD, Scaler
+from services.protocol.scaling import MIN_STD, Scaler
 
 WINDOW_STATS = ("mean", "std", "slope")
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from services.config import MODEL_KINDS, REPO_ROOT, ConfigError, Settings
 from services.data.source import DataError
+from services.evaluation.changepoints import format_board
 from services.evaluation.runner import KINDS, MODES, Progress, describe_data
 from services.evaluation.table import (
     MODE_NAMES,
@@ -25,13 +26,15 @@ def _resolve(path: str) -> Path:
 
 def format_table(results: dict) -> str:
     labelled = results.get("labelled", True)
+    lines = [f"model {results['settings'].get('shape', '?')}; measured on {results.get('cpu', 'an unnamed CPU')} "
+             "(int8 scores depend on these flags)"]
     if labelled:
-        lines = [f"{'detector':<32} {'F1':>6} {'FAR %':>7} {'MAR %':>7} {'ROC-AUC':>8} {'PR-AUC':>7}"]
+        lines += [f"{'detector':<32} {'F1':>6} {'FAR %':>7} {'MAR %':>7} {'ROC-AUC':>8} {'PR-AUC':>7}"]
         for r in table_rows(results):
             lines.append(f"{r['name']:<32} {r['f1']:>6.3f} {r['far']:>7.2f} {r['mar']:>7.2f} "
                          f"{r.get('roc_auc', float('nan')):>8.4f} {r.get('pr_auc', float('nan')):>7.4f}")
     else:
-        lines = ["no labels: alarm rate on held-out rows, and held-out score / threshold quantiles",
+        lines += ["no labels: alarm rate on held-out rows, and held-out score / threshold quantiles",
                  f"{'detector':<32} {'rows':>7} {'alarms %':>9} {'p50':>7} {'p90':>7} {'p99':>7}"]
         for r in table_rows(results):
             lines.append(f"{r['name']:<32} {r['rows']:>7} {r['alarm_rate']:>9.2f} {r.get('ratio_p50', 0):>7.3f} "
@@ -40,6 +43,8 @@ def format_table(results: dict) -> str:
         lines.append("SKAB leaderboard (their README, test set):")
         for name, f1, far, mar in SKAB_LEADERBOARD[:3] + SKAB_LEADERBOARD[7:8]:
             lines.append(f"  {name:<30} {f1:>6.2f} {far:>7.2f} {mar:>7.2f}")
+    if results.get("changepoints"):
+        lines += format_board(results["changepoints"])
     lines.append("per worker (F1 / FAR % / MAR %):" if labelled else "per worker (alarms % of held-out rows):")
     entries = [(f"{MODE_NAMES[mode]} {kind}", entry["kinds"][kind]["workers"])
                for mode, entry in results["modes"].items() for kind in KINDS]
@@ -49,9 +54,16 @@ def format_table(results: dict) -> str:
         cells = "  ".join(f"{w} {m['f1']:.3f}/{m['far']:.1f}/{m['mar']:.1f}" if labelled
                           else f"{w} {m['alarm_rate']:.2f}" for w, m in workers.items())
         lines.append(f"  {name:<18} {cells}")
+    lines.append("served precision per worker (serving.model " + results["settings"].get("serving", "auto") + "):")
+    for mode, entry in results["modes"].items():
+        if "served" in entry:
+            for w, v in entry["served"]["workers"].items():
+                lines.append(f"  {MODE_NAMES[mode]:<12} {w:<10} {v['precision']['reason']}")
     lines.append("checks:")
     for name, check in results["checks"].items():
         lines.append(f"  [{'ok' if check['ok'] else 'NO'}] {name}: {check['value']}")
+    if results.get("verdict"):
+        lines.append(results["verdict"]["line"])
     return "\n".join(lines)
 
 

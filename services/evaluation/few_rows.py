@@ -40,7 +40,6 @@ import torch
 
 from services.config import ConfigError, Settings, load_settings
 from services.data.node import NodeData
-from services.data.scaling import Scaler
 from services.data.source import DataError
 from services.evaluation.runner import (
     KINDS,
@@ -51,6 +50,7 @@ from services.evaluation.runner import (
     train_federated,
     train_local_only,
 )
+from services.protocol.scaling import Scaler
 
 FIGURES = ("f1", "far", "mar", "roc_auc")
 MODELS = ("federated", "local")
@@ -152,11 +152,12 @@ def evaluate_node(settings: Settings, nodes: dict[str, NodeData], worker: str, b
         run: dict[str, dict[str, Any]] = {}
         for model in MODELS:
             scored = score_trained(seeded, {worker: small}, trained[model], workdir / f"{worker}-{label}-{model}")
-            run[model] = {kind: _figures(scored[worker], kind) for kind in KINDS}
+            run[model] = {kind: _figures(scored[worker], kind) for kind in (*KINDS, "served")}
             run[model]["train_seconds"] = round(trained[model].seconds, 1)
         entry["seeds"][seed] = run
     for model in MODELS:
-        entry["models"][model] = {kind: _summary([entry["seeds"][s][model][kind] for s in seeds]) for kind in KINDS}
+        entry["models"][model] = {kind: _summary([entry["seeds"][s][model][kind] for s in seeds])
+                                  for kind in (*KINDS, "served")}
     return entry
 
 
@@ -172,7 +173,7 @@ def run_few_rows(settings: Settings, budgets: tuple[int, ...], workers: tuple[st
     if unknown:
         raise ConfigError(f"--workers: unknown worker(s) {unknown}; known: {', '.join(nodes)}")
     labelled = all(n.labelled for n in nodes.values())
-    served = settings.serving.model
+    served = "served" if settings.serving.model == "auto" else settings.serving.model  # auto: each node's choice
     results: dict[str, Any] = {
         "data": describe_data(settings), "labelled": labelled, "served": served, "seeds": list(seeds),
         "rounds": settings.federation.rounds, "local_epochs": settings.model.local_epochs,

@@ -3,8 +3,9 @@
 For each data set the full evaluation of the config's own kind (services/evaluation/runner.py: federated,
 centralised and local-only, fp32 and int8, the IsolationForest reference, every figure of the report), then the
 other kinds in the same modes (services/evaluation/kinds.py). Data sets by name: ``skab`` is the given config
-(config.yaml unless ``--config``), ``shuttle`` and ``synthetic`` are examples/*.yaml; ``FEDAD__…`` overrides apply to
-all. A data set whose files are not on this machine is skipped with the reason, the others still run.
+(config.yaml unless ``--config``), ``shuttle``, ``synthetic`` and ``own-data`` are the examples' configs;
+``FEDAD__…`` overrides apply to all. A data set whose files are not on this machine is skipped with the reason, the
+others still run.
 
 Written to ``--out``: ``<data set>/results.json`` + ``arrays.npz`` (what ``fedad report`` renders; each results file
 also holds its ``model_kinds``), ``comparison.json`` and ``kinds.md`` (the table across data sets).
@@ -23,7 +24,8 @@ from services.evaluation.runner import Progress, describe_data, json_default, ru
 from services.evaluation.table import COMPARISON, format_kinds_table
 
 DATASETS = {"skab": None, "shuttle": REPO_ROOT / "examples" / "shuttle.yaml",
-            "synthetic": REPO_ROOT / "examples" / "synthetic.yaml"}
+            "synthetic": REPO_ROOT / "examples" / "synthetic.yaml",
+            "own-data": REPO_ROOT / "examples" / "own-data" / "config.yaml"}
 
 
 def evaluate_with_kinds(settings: Settings, out: Path, modes: tuple[str, ...], kinds: tuple[str, ...],

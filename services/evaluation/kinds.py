@@ -96,7 +96,7 @@ def describe_model(settings: Settings) -> str:
 def training_footprint(settings: Settings, nodes: dict, workdir: Path) -> dict:
     """One round of the first worker's local training in the worker's training process, from the seeded start:
     wall and CPU seconds and the process's peak RSS (its VmHWM), as /v1/status ``last_training`` reports them."""
-    from services.data.scaling import FeatureStats
+    from services.protocol.scaling import FeatureStats
     from services.worker.trainer import Trainer
 
     worker_id, node = next(iter(nodes.items()))
@@ -123,7 +123,8 @@ def evaluate_kind(settings: Settings, kind: str, modes: tuple[str, ...], workdir
     progress(f"{kind}: {arch.n_params} parameters, input {arch.width} values ({describe_model(settings)}); "
              f"{', '.join(modes)}")
     entry = {"parameters": arch.n_params, "width": arch.width, "spec_hash": arch.spec_hash,
-             "served": settings.serving.model, "int8_refused": INT8_REFUSED.get(kind),
+             "served": "served" if settings.serving.model == "auto" else settings.serving.model,  # auto: per node
+             "int8_refused": INT8_REFUSED.get(kind),
              "note": kind_note(settings, kind), "model": describe_model(settings),
              "rounds": settings.federation.rounds, "modes": {}}
     first = next(iter(nodes))
@@ -133,7 +134,7 @@ def evaluate_kind(settings: Settings, kind: str, modes: tuple[str, ...], workdir
         trained = TRAINERS[mode](settings, nodes, progress)
         scored = score_trained(settings, nodes, trained, workdir / kind / mode)
         result = {"seconds_per_round": round(trained.seconds / settings.federation.rounds, 2)}
-        for precision in PRECISIONS:
+        for precision in (*PRECISIONS, "served"):
             result[precision] = _metrics(pooled(nodes, scored, precision))
         entry["modes"][mode] = result
         if "onnx_bytes" not in entry:  # sizes and serving time: the same graph whichever mode trained it
@@ -153,7 +154,8 @@ def _take_evaluated(entry: dict, results: dict, rounds: int) -> None:
     serving times."""
     for mode, done in results["modes"].items():
         entry["modes"][mode] = {"seconds_per_round": round(done["train_seconds"] / rounds, 2),
-                                **{p: _metrics(done["kinds"][p]["pooled"]) for p in PRECISIONS}}
+                                **{p: _metrics(done["kinds"][p]["pooled"]) for p in PRECISIONS},
+                                "served": _metrics(done["served"]["pooled"])}
         if "timing" in done:
             entry["onnx_bytes"] = dict(done["int8_vs_fp32"]["bytes"])
             entry["serving_us"] = done["timing"]

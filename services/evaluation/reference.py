@@ -15,9 +15,9 @@ import numpy as np
 
 from services.config import Settings
 from services.data.node import NodeData
-from services.data.scaling import FeatureStats
 from services.model.metrics import detection_metrics, threshold_ratio
 from services.model.scoring import calibrate_threshold
+from services.protocol.scaling import FeatureStats
 
 NAME = "IsolationForest"
 TREES = 200

@@ -25,6 +25,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from sklearn.metrics import precision_recall_curve, roc_curve  # noqa: E402
 
+from services.evaluation.changepoints import format_board  # noqa: E402
 from services.evaluation.runner import KINDS  # noqa: E402
 from services.evaluation.table import (  # noqa: E402
     KIND_HEAD,
@@ -410,7 +411,12 @@ def write_report(results_dir: Path, out: Path) -> Path:
         f"<p>Generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC from <code>{html.escape(str(results_dir))}"
         f"</code> (evaluation took {d.results['seconds']:.0f} s). Protocol: {protocol} "
         f"Thresholds come from training rows only.{reference}</p>",
+        "<h2>Verdict</h2><p>" + html.escape((d.results.get("verdict") or {}).get("line", "no verdict: no "
+                                                                                   "reference detector was run"))
+        + "</p>",
         "<h2>" + ("Comparison with SKAB's leaderboard" if skab else "Comparison") + "</h2>", comparison_table(d),
+        *(["<h2>SKAB's changepoint board</h2><pre>" + html.escape("\n".join(format_board(d.results["changepoints"])))
+            + "</pre>"] if d.results.get("changepoints") else []),
         "<h2>Model kinds</h2>", kinds_section(d, Path(results_dir)),
         "<h2>Targets</h2>", checks_table(d),
         "<h2>Per worker</h2>", worker_table(d),

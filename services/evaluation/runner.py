@@ -33,13 +33,17 @@ from services.aggregator.rounds import Federation
 from services.aggregator.store import AggregatorStore
 from services.config import Settings
 from services.data.node import NodeData
-from services.data.scaling import FeatureStats, Scaler
+from services.protocol.scaling import FeatureStats, Scaler
 from services.data.sources import load_node
+from services.evaluation.changepoints import skab_board
 from services.evaluation.reference import NAME as REFERENCE_NAME
 from services.evaluation.reference import score_reference, unlabelled_metrics
 from services.model.autoencoder import build_autoencoder, set_flat_weights
 from services.model.detector import AnomalyDetector, DetectorSpec, node_seed
 from services.model.metrics import detection_metrics, threshold_ratio
+from services.model.precision import choose as choose_precision
+from services.evaluation.verdict import verdict
+from services.machine import describe_cpu
 from services.model.scoring import session_scores
 from services.protocol.codec import content_hash, encode_weights
 from services.protocol.messages import JoinRequest, TrainingPlan
@@ -179,6 +183,10 @@ def score_trained(settings: Settings, nodes: dict[str, NodeData], trained: Train
                               "run_scores": runs, "bytes": len(detector.served_onnx), "onnx": detector.served_onnx,
                               "train_scores": np.concatenate([r[m] for r, m in zip(runs, node.masks)]),
                               "flags": detector.is_anomaly(held_scores)}
+        choice = choose_precision(settings.serving.model, settings.model.kind,
+                                  {k: per_kind[k]["held_scores"] for k in KINDS},
+                                  {k: per_kind[k]["threshold"] for k in KINDS}, node.held_out_labels())
+        per_kind["served"] = {**per_kind[choice.served], "precision": choice.as_dict()}  # what the node serves
         out[worker_id] = per_kind
     return out
 
@@ -263,11 +271,10 @@ def run_evaluation(settings: Settings, out_dir: Path, modes: tuple[str, ...] = M
                  "rates on held-out rows and score spreads instead")
     progress(f"data: {sum(len(n.runs) for n in nodes.values())} runs in {len(nodes)} workers "
              f"({', '.join(f'{w}: {len(n.runs)}' for w, n in nodes.items())}); input width "
-             f"{settings.input_width}, model {settings.input_width}→{'→'.join(map(str, settings.model.hidden))}→"
-             f"{settings.input_width}")
+             f"{settings.input_width}, model {settings.model_shape}")
     trainers = {"federated": train_federated, "centralised": train_centralised, "local": train_local_only}
     results: dict = {"settings": _settings_summary(settings), "modes": {}, "workers": list(nodes),
-                     "labelled": labelled, "data": describe_data(settings)}
+                     "labelled": labelled, "data": describe_data(settings), "cpu": describe_cpu()}
     arrays: dict[str, np.ndarray] = {}
     for e_worker, node in nodes.items():
         for i, (run, mask) in enumerate(zip(node.runs, node.masks)):
@@ -288,6 +295,10 @@ def run_evaluation(settings: Settings, out_dir: Path, modes: tuple[str, ...] = M
                     for i, s in enumerate(scored[w][kind]["run_scores"]):
                         arrays[f"scores/{mode}/{kind}/{w}/{i}"] = s.astype(np.float32)
                     arrays[f"threshold/{mode}/{kind}/{w}"] = np.array([scored[w][kind]["threshold"]])
+            entry["served"] = {"pooled": pooled(nodes, scored, "served"),  # each node's own precision
+                               "workers": {w: {**scored[w]["served"]["metrics"],
+                                               "threshold": scored[w]["served"]["threshold"],
+                                               "precision": scored[w]["served"]["precision"]} for w in nodes}}
             fp, q = entry["kinds"]["fp32"]["pooled"], entry["kinds"]["int8"]["pooled"]
             first = next(iter(nodes))
             entry["int8_vs_fp32"] = {
@@ -296,6 +307,8 @@ def run_evaluation(settings: Settings, out_dir: Path, modes: tuple[str, ...] = M
                     [scored[w]["int8"]["flags"] == scored[w]["fp32"]["flags"] for w in nodes]))), 4),
                 "bytes": {k: scored[first][k]["bytes"] for k in KINDS},
             }
+            if mode == "federated" and settings.data.source.download == "skab":
+                results["changepoints"] = skab_board(settings, nodes, scored)
             if mode == "federated":
                 entry["history"] = trained.history
                 rows = nodes[first].windows(trained.scalers[first], "held_out")
@@ -317,11 +330,25 @@ def run_evaluation(settings: Settings, out_dir: Path, modes: tuple[str, ...] = M
         arrays[f"threshold/reference/{w}"] = np.array([r["threshold"]])
     progress(f"reference {REFERENCE_NAME} (per node, same inputs): {summary(results['reference']['pooled'])}")
     results["checks"] = acceptance(results, skab=settings.data.source.download == "skab")
+    results["verdict"] = served_verdict(results, settings)
     results["seconds"] = round(time.time() - began, 1)
     (out_dir / "results.json").write_text(json.dumps(results, indent=1, default=json_default))
     np.savez_compressed(out_dir / "arrays.npz", **arrays)
     progress(f"results in {out_dir}/results.json")
     return results
+
+
+def served_verdict(results: dict, settings: Settings) -> dict | None:
+    """The verdict (services/evaluation/verdict.py) on what a node would serve: the federated model at each node's
+    own precision (the first mode evaluated when federated is not)."""
+    if not results["modes"] or "reference" not in results:
+        return None
+    mode = "federated" if "federated" in results["modes"] else next(iter(results["modes"]))
+    served = results["modes"][mode]["served"]
+    chosen = [w["precision"]["served"] for w in served["workers"].values()]
+    precision = chosen[0] if len(set(chosen)) == 1 else f"int8 on {chosen.count('int8')} of {len(chosen)} nodes"
+    what = f"the served detector ({mode}, {precision}, {settings.model_shape.split(' (')[0]})"
+    return verdict(served["pooled"], results["reference"]["pooled"], settings, what)
 
 
 def summary(p: dict) -> str:
@@ -384,6 +411,8 @@ def _settings_summary(settings: Settings) -> dict:
         "model": settings.model.model_dump(mode="json"),
         "federation": settings.federation.model_dump(mode="json"),
         "threshold": settings.threshold.model_dump(mode="json"),
+        "serving": settings.serving.model,
+        "shape": settings.model_shape,
         "input_width": settings.input_width,
         "workers": {w.id: w.partition for w in settings.workers},
     }

@@ -59,8 +59,8 @@ class LstmAutoencoder(nn.Module):
 
 def build_autoencoder(arch, hidden: list[int] | None = None, seed: int | None = None) -> nn.Module:
     """The torch model of an ``Architecture`` (or of anything with an ``architecture``, e.g. a DetectorSpec), or of
-    a dense one given as ``(input_width, hidden)``. Dense: input → hidden… → input, ReLU inside, linear output
-    (inputs are standard-scaled, so unbounded)."""
+    a dense one given as ``(input_width, hidden)``. Dense: input → hidden… → input, ReLU inside except after a
+    narrow bottleneck (layout.linear_layer), linear output (inputs are standard-scaled, so unbounded)."""
     if isinstance(arch, int):
         arch = Architecture.dense(arch, hidden)
     arch = getattr(arch, "architecture", arch)
@@ -75,7 +75,7 @@ def build_autoencoder(arch, hidden: list[int] | None = None, seed: int | None = 
     for i, (n_in, n_out) in enumerate(zip(sizes, sizes[1:])):
         layers.append(nn.Linear(n_in, n_out))
         if i < len(sizes) - 2:
-            layers.append(nn.ReLU())
+            layers.append(nn.Identity() if i == arch.bottleneck else nn.ReLU())  # layout.linear_layer
     return nn.Sequential(*layers)
 
 

@@ -29,12 +29,20 @@ from pathlib import Path
 
 import numpy as np
 
-from services.config import Settings, ThresholdSettings
+from services.config import INT8_REFUSED, Settings, ThresholdSettings
 from services.data.windows import InputPipeline, Preprocessing, Reference
 from services.model.layout import Architecture
 from services.model.metrics import detection_metrics
 from services.model.preprocess_graph import RAW_INPUT_NAME, reference_feeds, served_graph
-from services.model.scoring import ERROR_NAME, INPUT_NAME, SCORE_NAME, calibrate_threshold, make_session
+from services.model.scoring import (
+    ERROR_NAME,
+    INPUT_NAME,
+    SCORE_NAME,
+    calibrate_threshold,
+    make_session,
+    t2_parameters,
+    with_t2,
+)
 from services.protocol.messages import TrainingPlan
 
 SCORE_OUTPUT = [SCORE_NAME]
@@ -68,19 +76,23 @@ class DetectorSpec:
     prep: Preprocessing
     hidden: tuple[int, ...]  # dense: hidden layer sizes
     threshold: ThresholdSettings
-    served: str = "int8"
+    served: str = "int8"  # int8 | fp32: the session opened (serving.model auto: services/model/precision.py)
     seed: int = 0
     kind: str = "dense"  # dense | conv1d | lstm (services/model/layout.py)
     conv_channels: tuple[int, ...] = ()  # conv1d: channels per stride-2 encoder layer
     kernel: int = 0  # conv1d: kernel length
     lstm_hidden: int = 0  # lstm: state size
+    score: str = "error"  # error | error_and_t2 (services/model/scoring.py)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "DetectorSpec":
         model = settings.model
-        return cls(Preprocessing.from_settings(settings.data), tuple(model.hidden), settings.threshold,
-                   settings.serving.model, model.seed, model.kind, tuple(model.conv1d.channels), model.conv1d.kernel,
-                   model.lstm.hidden)
+        served = settings.serving.model
+        if served == "auto":  # calibrated as int8 first; the node's measurement decides (precision.py)
+            served = "fp32" if model.kind in INT8_REFUSED else "int8"
+        return cls(Preprocessing.from_settings(settings.data), tuple(model.hidden_sizes), settings.threshold,
+                   served, model.seed, model.kind, tuple(model.conv1d.channels), model.conv1d.kernel,
+                   model.lstm.hidden, model.score)
 
     @property
     def architecture(self) -> Architecture:
@@ -165,6 +177,12 @@ class AnomalyDetector:
         take = np.linspace(0, len(train_inputs) - 1, min(CALIBRATION_ROWS, len(train_inputs)), dtype=int)
         with tempfile.TemporaryDirectory(dir=workdir) as work:
             self.onnx_int8_ = quantize_int8(self.onnx_fp32_, train_inputs[take], Path(work))
+        if self.spec.score == "error_and_t2":  # the same centre and scales in both files
+            errors = make_session(self.onnx_fp32_).run([SCORE_NAME], {INPUT_NAME: np.ascontiguousarray(
+                train_inputs, dtype=np.float32)})[0]
+            parameters = t2_parameters(train_inputs, errors)
+            self.onnx_fp32_, self.onnx_int8_ = with_t2(self.onnx_fp32_, parameters), with_t2(self.onnx_int8_,
+                                                                                              parameters)
         self._open(self.served_onnx, reference if reference is not None else self.reference_)
         self._set_threshold(train_inputs)
         return self
@@ -200,6 +218,19 @@ class AnomalyDetector:
         other._open(other.served_onnx, self.reference_)
         other._set_threshold(train_inputs)
         return other
+
+    def choose_precision(self, setting: str, train_inputs: np.ndarray, held_inputs: np.ndarray | None,
+                         labels: np.ndarray | None):
+        """This calibrated model served as int8 or fp32 (``serving.model``: auto measures both on the node's held-out
+        rows, services/model/precision.py): the detector to serve and the PrecisionChoice that says why."""
+        from services.model.precision import choose
+
+        both = {p: self if self.spec.served == p else self.served_as(p, train_inputs) for p in ("int8", "fp32")}
+        held = np.empty((0, self.spec.width), np.float32) if held_inputs is None else held_inputs
+        scores = {p: d.score_inputs(held) if len(held) else np.empty(0, np.float32) for p, d in both.items()}
+        choice = choose(setting, self.spec.kind, scores, {p: d.threshold_ for p, d in both.items()},
+                        labels if held_inputs is not None else None)
+        return both[choice.served], choice
 
     def _set_threshold(self, train_inputs: np.ndarray) -> None:
         self.decision_scores_ = self.score_inputs(train_inputs)
@@ -299,6 +330,6 @@ class AnomalyDetector:
 
 
 def _own_scaler(rows: np.ndarray):
-    from services.data.scaling import FeatureStats
+    from services.protocol.scaling import FeatureStats
 
     return FeatureStats.from_rows(rows).scaler()

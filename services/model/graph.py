@@ -1,8 +1,8 @@
 """The autoencoder's fp32 ONNX graph built from the flat weight vector with ``onnx.helper`` alone.
 
 The same graph torch's exporter writes (services/model/onnx_export.py) — Gemm with transB=1 per Linear layer, Relu
-between them, the same tensor and node names, opset 17, a dynamic batch axis — but without importing torch, so a
-process that only serves or calibrates (int8 scales, threshold) never loads it. tests/model/test_graph.py holds the
+between them (none after a narrow bottleneck), the same tensor and node names, opset 17, a dynamic batch axis — but
+without importing torch, so a process that only serves or calibrates (int8 scales, threshold) never loads it. tests/model/test_graph.py holds the
 two exports' scores equal.
 """
 
@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from services.model.layout import parameter_shapes
+from services.model.layout import linear_layer, parameter_shapes
 from services.model.scoring import INPUT_NAME, OUTPUT_NAME
 
 OPSET = 17  # the exporter's opset (services/model/onnx_export.OPSET, which imports torch)
@@ -41,6 +41,7 @@ def autoencoder_graph(weights: np.ndarray, input_width: int, hidden: list[int]) 
     """The fp32 autoencoder as ONNX bytes: input ``x`` [batch, width] → ``reconstruction`` [batch, width]."""
     parts = split_weights(weights, input_width, hidden)
     layers = len(parts) // 2
+    linear = linear_layer(hidden)  # no Relu after a narrow bottleneck (layout.linear_layer)
     nodes, current = [], INPUT_NAME
     for i in range(layers):
         index = 2 * i  # nn.Sequential index of the Linear layer; its ReLU sits at index + 1
@@ -48,7 +49,7 @@ def autoencoder_graph(weights: np.ndarray, input_width: int, hidden: list[int]) 
         nodes.append(helper.make_node("Gemm", [current, f"{index}.weight", f"{index}.bias"], [out],
                                       name=f"/{index}/Gemm", alpha=1.0, beta=1.0, transB=1))
         current = out
-        if i < layers - 1:
+        if i < layers - 1 and i != linear:
             relu = f"/{index + 1}/Relu_output_0"
             nodes.append(helper.make_node("Relu", [current], [relu], name=f"/{index + 1}/Relu"))
             current = relu

@@ -98,6 +98,7 @@ class Architecture:
             sizes = [self.width, *self.hidden, self.width]
             out: list[tuple[str, Shape, float]] = []
             for i, (n_in, n_out) in enumerate(zip(sizes, sizes[1:])):  # Linear at even indices, ReLU between
+                # (a narrow bottleneck's is nn.Identity: no parameters, the indices stay)
                 out += _affine(f"{2 * i}", (n_out, n_in))
             return out
         if self.kind == "conv1d":
@@ -127,10 +128,18 @@ class Architecture:
         return sum(math.prod(shape) for _, shape in self.shapes())
 
     @property
+    def bottleneck(self) -> int | None:
+        """dense: the index of the hidden layer without a ReLU after it (``linear_layer``), or None."""
+        return linear_layer(self.hidden) if self.kind == "dense" else None
+
+    @property
     def spec_hash(self) -> str:
         """Identifies the architecture: a worker whose config builds another model must not join the federation.
-        The kind and width are in it because shapes alone do not fix the computation (a conv window's length)."""
+        The kind and width are in it because shapes alone do not fix the computation (a conv window's length), and
+        so is which dense layer is linear (a narrow bottleneck's: ``linear_layer``)."""
         described = {"kind": self.kind, "width": self.width, "shapes": self.shapes()}
+        if self.bottleneck is not None:  # (a model with ReLUs throughout keeps the hash it always had)
+            described["linear_bottleneck"] = self.bottleneck
         return hashlib.sha256(json.dumps(described).encode()).hexdigest()[:16]
 
     def initial_weights(self, seed: int) -> np.ndarray:
@@ -157,6 +166,21 @@ def _affine(prefix: str, weight_shape: Shape, transposed: bool = False) -> list[
     weight_bound = math.sqrt(3.0) * (_KAIMING_GAIN / math.sqrt(fan_in))
     bias = weight_shape[1] if transposed else weight_shape[0]
     return [(f"{prefix}.weight", weight_shape, weight_bound), (f"{prefix}.bias", (bias,), 1 / math.sqrt(fan_in))]
+
+
+LINEAR_BOTTLENECK_MAX = 2  # units
+
+
+def linear_layer(hidden) -> int | None:
+    """The dense hidden layer without a ReLU after it: the bottleneck (the first narrowest layer) when it has at most
+    ``LINEAR_BOTTLENECK_MAX`` units, else none. A ReLU there can die (a unit whose input stays negative passes
+    nothing, and no gradient revives it): with 1 or 2 units one dead unit halves the code or silences it, a detector
+    that fails by the luck of its initialisation. It happened in 2 of 12 trainings of 2-unit bottlenecks on generated
+    narrow devices, never with a linear one; the pooled held-out ranking of the federated detectors stayed the same
+    (docs/quality.md "Model shape"). From 3 units on a dead unit costs less, and models keep the ReLU they had."""
+    hidden = list(hidden)
+    narrowest = min(hidden)
+    return hidden.index(narrowest) if narrowest <= LINEAR_BOTTLENECK_MAX else None
 
 
 # -- the dense kind, by width and hidden sizes (callers that predate the kinds) ------------------------------------

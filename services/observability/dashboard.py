@@ -19,8 +19,9 @@ from starlette.responses import Response
 from services import logs
 from services.config import Settings, WorkerSettings
 from services.observability.context import WorkerLogContext
-from services.observability.metrics import AggregatorMetrics, DetectStats, WorkerMetrics, metrics_response
-from services.observability.telemetry import Telemetry, TelemetryBoard, TelemetryReporter, finite_or_none, open_alarms
+from services.observability.metrics import (AggregatorMetrics, DetectStats, IngestCollector, LiveDataCollector,
+                                            WorkerMetrics, metrics_response)
+from services.observability.telemetry import Telemetry, TelemetryBoard, TelemetryReporter, finite_or_none
 from services.security.tls import client_context
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
@@ -125,6 +126,8 @@ class AggregatorObservability:
                 "phase": t.get("phase"),
                 "model_round": t.get("model_round"),
                 "threshold": t.get("threshold"),
+                "precision": t.get("precision"),  # int8 | fp32, and why
+                "precision_reason": t.get("precision_reason"),
                 "detect_requests": t.get("detect_requests"),
                 "rows_scored": rows,
                 "anomalies_flagged": anomalies,
@@ -152,36 +155,46 @@ def worker_round(loop, detector) -> int:
 
 
 class WorkerObservability:
-    def __init__(self, app: FastAPI, settings: Settings, worker: WorkerSettings, loop, detector, streams=None):
+    """Watches a worker: /metrics, the telemetry the aggregator's dashboard shows, the worker's page and the round in
+    its log lines. Handed the worker's parts (services/worker/assembly.py), it only reads them: the federation loop,
+    the served model's slot, the streams, the live buffer, the drift watch, the alarms and device ingestion (the
+    last four None when switched off)."""
+
+    def __init__(self, settings: Settings, worker: WorkerSettings, loop, detector, streams=None, buffer=None,
+                 drift=None, alarms=None, ingest=None):
         self.settings, self.worker, self.loop, self.detector = settings, worker, loop, detector
-        self.app_state = app.state  # its ``ingest`` (set when the app starts) holds the alarms
+        self.buffer, self.drift, self.alarms = buffer, drift, alarms
         self.stats = DetectStats(settings.dashboard.recent_scores)
         self.metrics = WorkerMetrics(worker.id, loop, detector, self.stats, streams)
-        self.reporter: TelemetryReporter | None = None
+        self.metrics.registry.register(LiveDataCollector(buffer, drift))
+        if ingest is not None:
+            self.metrics.registry.register(IngestCollector(ingest.metrics))
+        interval = settings.dashboard.telemetry_interval_s  # telemetry to the aggregator's dashboard (0: none)
+        self.reporter = TelemetryReporter(
+            settings.aggregator.url, worker.id, worker.token, interval, self.telemetry,
+            verify=client_context(settings.tls, worker.id)) if interval > 0 and worker.token else None
         logs.bind_round(lambda: worker_round(loop, detector))
-        app.state.observability = self
 
     def telemetry(self) -> dict:
         model, stats = self.detector.current, self.stats
         trained = getattr(self.loop, "last_training", None) or {}
-        drift, buffer = getattr(self.app_state, "drift", None), getattr(self.app_state, "buffer", None)
+        drift, buffer = self.drift, self.buffer
         return {"boot_id": stats.boot_id, "phase": str(self.loop.phase)[:64],
                 "model_round": model.model_round if model else None,
                 "threshold": finite_or_none(model.threshold) if model else None,
                 "detect_requests": stats.requests, "rows_scored": stats.rows, "anomalies_flagged": stats.anomalies,
-                "open_alarms": open_alarms(getattr(self.app_state, "ingest", None)),
+                "open_alarms": len(self.alarms.open_streams()) if self.alarms is not None else 0,
                 "training_loss": finite_or_none(trained.get("loss")),
                 "drift_events": drift.events if drift is not None else 0,
-                "buffer_rows": len(buffer) if buffer is not None else 0}
+                "buffer_rows": len(buffer) if buffer is not None else 0,
+                "precision": model.kind if model else None,
+                "precision_reason": ((getattr(self.loop.models, "served_precision", None) or {}).get("reason")
+                                     or "")[:300] or None}
 
     def start(self) -> None:
         """Report to the aggregator every dashboard.telemetry_interval_s (0: never)."""
-        interval = self.settings.dashboard.telemetry_interval_s
-        if interval <= 0 or not self.worker.token:
-            return
-        self.reporter = TelemetryReporter(self.settings.aggregator.url, self.worker.id, self.worker.token, interval,
-                                          self.telemetry, verify=client_context(self.settings.tls, self.worker.id))
-        self.reporter.start()
+        if self.reporter:
+            self.reporter.start()
 
     def stop(self) -> None:
         if self.reporter:

@@ -23,7 +23,7 @@ import httpx
 
 from services.protocol.messages import Telemetry
 
-__all__ = ["Telemetry", "TelemetryBoard", "TelemetryReporter", "finite_or_none", "open_alarms"]
+__all__ = ["Telemetry", "TelemetryBoard", "TelemetryReporter", "finite_or_none"]
 log = logging.getLogger("fedad.telemetry")
 BUCKETS_KEPT = 360  # anomalies-over-time chart: this many buckets of one report interval each
 ENROLLED = "(enrolled nodes)"  # the series of every node that is not a worker of config.yaml
@@ -81,11 +81,6 @@ class TelemetryBoard:
             rows = {w: [self.buckets[t].get(w, [0, 0])[0] for t in times] for w in names}
             return {"bucket_s": self.bucket_s, "time": times, "anomalies": series, "rows": rows,
                     "latest": {w: dict(v) for w, v in self.latest.items()}}
-
-
-def open_alarms(ingest) -> int:
-    """How many streams have an open alarm on this worker (its device ingestion's alarm book; 0 without one)."""
-    return len(ingest.alarms.open_streams()) if ingest is not None else 0
 
 
 class TelemetryReporter:

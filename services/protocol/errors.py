@@ -72,15 +72,16 @@ CLIENT_DISCONNECTED = _code("client_disconnected", 400, "the client closed the c
 UNREADABLE_BODY = _code("unreadable_body", 400, "the body could not be read: not UTF-8 JSON, or cut off")
 NOT_FOUND = _code("not_found", 404, "no such route or file")
 METHOD_NOT_ALLOWED = _code("method_not_allowed", 405, "the route exists but not with this method")
-TOO_LARGE = _code("too_large", 413, "the body is larger than the model, or a /detect batch than "
-                                    "serving.max_batch_rows (checked before it is read when announced)")
+TOO_LARGE = _code("too_large", 413, "the body is larger than the model, a /detect batch than "
+                                    "serving.max_batch_rows, or a device message than 1 MiB (checked before it is "
+                                    "read when announced)")
 BAD_MEDIA_TYPE = _code("bad_media_type", 415, "a body type the route does not take: weights must be "
                                               "application/octet-stream, OTLP metrics application/x-protobuf or "
                                               "application/json")
 INVALID_UPDATE = _code("invalid_update", 422, "the weight body has the wrong size for the model")
 HASH_MISMATCH = _code("hash_mismatch", 422, "the body does not match its X-Content-SHA256 header")
-NON_FINITE = _code("non_finite", 422, "NaN or infinity in the weights, the training loss or /detect rows (or a "
-                                      "row value beyond float32)")
+NON_FINITE = _code("non_finite", 422, "NaN or infinity in the weights, the training loss, /detect rows or device "
+                                      "values (or a value beyond float32)")
 TOO_MANY_SAMPLES = _code("too_many_samples", 422, "X-Sample-Count exceeds the sample count declared at join")
 INVALID_REQUEST = _code("invalid_request", 422, "a body, field, header, query or path value fails validation")
 # -- a worker's /detect and streams
@@ -92,7 +93,8 @@ EMPTY_BATCH = _code("empty_batch", 422, "no rows to score")
 BAD_ROW = _code("bad_row", 422, "a row is neither a list of numbers nor an object keyed by feature name")
 MISSING_FEATURE = _code("missing_feature", 422, "a row object lacks one of the configured features")
 WRONG_WIDTH = _code("wrong_width", 422, "a row has more or fewer values than there are features")
-NOT_A_NUMBER = _code("not_a_number", 422, "a row value is a string, boolean, null or list, not a number")
+NOT_A_NUMBER = _code("not_a_number", 422, "a row value (or a device property's value) is a string, boolean, null or "
+                                          "list, not a number")
 BAD_BASELINE = _code("bad_baseline", 422, "the baseline is not a list of at least one window of rows, or "
                                           "X-Baseline-Rows is not a usable row count")
 PARTIAL_ROW = _code("partial_row", 422, "a binary /detect body that is not a whole number of float32 rows")
@@ -101,7 +103,7 @@ BASELINE_ALREADY_SET = _code("baseline_already_set", 409, "a baseline for a stre
                                                           "(DELETE /v1/streams/{id} to start it afresh)")
 UNKNOWN_STREAM = _code("unknown_stream", 404, "the worker holds no such stream (never seen, evicted, or lost in "
                                               "a crash)")
-# -- device data pushed to a worker (HTTP push, OTLP metrics); also the reason labels of ingest refusals
+# -- device data: the answers of HTTP push and OTLP metrics, and the reasons MQTT messages are counted by
 BAD_PAYLOAD = _code("bad_payload", 422, "a device message or push body not in its format (form fields, OTLP protobuf "
                                         "or JSON, a KubeEdge document)")
 NO_DEVICE = _code("no_device", 422, "no device named (OTLP: the resource attribute device.id)")
@@ -109,6 +111,11 @@ BAD_DEVICE_ID = _code("bad_device_id", 422, "a device id that is not 1-128 lette
 UNKNOWN_PROPERTY = _code("unknown_property", 422, "none of the properties or metrics is a configured feature "
                                                   "(data.features)")
 BAD_TIMESTAMP = _code("bad_timestamp", 422, "a timestamp that is neither epoch ms/s nor ISO 8601")
+LATE = _code("late", 422, "a device reading older than the row its device assembled last (ingest.tolerance_s)")
+INCOMPLETE_ROW = _code("incomplete_row", 422, "a device row still missing features after ingest.max_wait_s, dropped "
+                                              "(ingest.missing: drop)")
+QUEUE_FULL = _code("queue_full", 503, "ingest.queue_messages device messages already wait to be scored: the reading "
+                                      "was not taken, send it again")
 # -- the server
 INTERNAL_ERROR = _code("internal_error", 500, "a bug in the server; its log has the traceback")
 STORAGE_UNAVAILABLE = _code("storage_unavailable", 503, "the state disk refused a write: nothing changed, retry later")

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from services.data.scaling import FeatureStats, Scaler
+from services.protocol.scaling import FeatureStats, Scaler
 
 API_VERSION = "v1"
 # Headers that travel with binary weights.
@@ -97,6 +97,8 @@ class Telemetry(BaseModel):
     training_loss: float | None = None
     drift_events: int = Field(0, ge=0)  # drift signals since the process started (services/worker/drift.py)
     buffer_rows: int = Field(0, ge=0)  # live rows kept for the next rounds (a gauge)
+    precision: str | None = Field(None, max_length=8)  # int8 | fp32: the served session
+    precision_reason: str | None = Field(None, max_length=300)  # why (services/model/precision.py)
 
 
 class RoundState(BaseModel):

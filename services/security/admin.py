@@ -41,4 +41,10 @@ async def require_admin(
     request.app.state.admin.verify(authorization)
 
 
+def verify_admin(request: Request) -> None:
+    """The same check on a bare request: a route class calls it before the body is read
+    (services/protocol/bodies.limited_body)."""
+    request.app.state.admin.verify(request.headers.get("authorization"))
+
+
 Admin = Depends(require_admin)

@@ -11,6 +11,9 @@ out only once every sink (the MQTT topic with QoS 1, an optional webhook) acknow
 worker restart loses nothing; a delivery cut between the broker's acknowledgement and the file's removal is sent
 again (at least once: consumers dedupe by ``alarm_id`` and ``event``). The outbox is bounded: beyond
 ``alarms.outbox_max`` events the oldest is dropped and counted.
+
+The alarm book is a stream watcher (services/worker/watchers.py): it sees every scored request of every stream, from
+/detect and from device data alike, where the stream table scores them.
 """
 
 from __future__ import annotations
@@ -24,11 +27,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import httpx
 import numpy as np
+import orjson
 
 from services import atomic
+from services.config import Settings, WorkerSettings
+from services.worker import twin
+from services.worker.watchers import Scored
 
 log = logging.getLogger("fedad.worker.alarms")
+OUTBOX_DIR = "alarm-outbox"  # in the worker's state dir
 
 
 @dataclass
@@ -42,8 +51,8 @@ class _StreamAlarm:
 
 
 class AlarmBook:
-    """Debounced alarm state of every stream. ``observe`` is called by one thread (the ingestion pipeline);
-    ``document`` and ``open_streams`` may be read from others (a snapshot under a lock)."""
+    """Debounced alarm state of every stream. ``observe`` runs under the stream table's lock (one scored request at
+    a time, in order); ``document`` and ``open_streams`` may be read from other threads (a snapshot under a lock)."""
 
     def __init__(self, worker_id: str, open_after: int, clear_after: int, emit: Callable[[dict], None],
                  keep_recent: int = 50, max_streams: int = 10_000):
@@ -54,17 +63,24 @@ class AlarmBook:
         self._lock = threading.Lock()
         self.events = {"opened": 0, "cleared": 0}
 
-    def observe(self, stream: str, timestamps, scores: np.ndarray, flags: np.ndarray, threshold: float,
-                model_round: int, top_sensors: list | None = None) -> list[dict]:
-        """Rows of one stream, oldest first, as scored: update its alarm, emit and return the events.
-        ``top_sensors``: per row, its top contributing sensors (None where not computed); an alarm carries those
-        of its peak row."""
+    @classmethod
+    def from_settings(cls, settings: Settings, worker: WorkerSettings,
+                      emit: Callable[[dict], None] | None) -> AlarmBook:
+        """``emit``: where events go (the outbox, and the device twins after it), None: nowhere."""
+        cfg = settings.alarms
+        return cls(worker.id, cfg.open_after, cfg.clear_after, emit or (lambda event: None), cfg.recent,
+                   max_streams=max(settings.ingest.max_devices, settings.streams.max_streams))
+
+    def observe(self, scored: Scored) -> list[dict]:
+        """Rows of one stream, oldest first, as scored: update its alarm, emit and return the events. An alarm
+        carries the top sensors of its peak row."""
         events = []
-        scores = np.asarray(scores, dtype=np.float64).tolist()
-        tops = top_sensors if top_sensors is not None else [None] * len(scores)
+        stream, threshold, model_round = scored.stream, scored.model.threshold, scored.model.model_round
+        scores = np.asarray(scored.scores, dtype=np.float64).tolist()
+        flags = np.asarray(scored.flags, dtype=bool).tolist()
         with self._lock:
             state = self._state(stream)
-            for when, score, flag, top in zip(timestamps, scores, np.asarray(flags, dtype=bool).tolist(), tops):
+            for when, score, flag, top in zip(scored.times, scores, flags, scored.top_sensors):
                 if flag:
                     state.normal = 0
                     state.anomalous += 1
@@ -134,12 +150,13 @@ class Outbox:
     """Events waiting for delivery, one JSON file each (``<sequence>.json``), delivered oldest first by a thread.
 
     ``sinks`` maps a sink name to a function that delivers one event and says whether it was acknowledged; an
-    event's file records the sinks already done, so a webhook that is down does not make MQTT repeat itself."""
+    event's file records the sinks already done, so a webhook that is down does not make MQTT repeat itself.
+    ``topic``: the MQTT topic the events go to, if one of the sinks publishes there (for the documents)."""
 
     def __init__(self, folder: Path, sinks: dict[str, Callable[[dict], bool]], max_events: int,
-                 retry_s: tuple[float, float] = (0.2, 5.0)):
+                 retry_s: tuple[float, float] = (0.2, 5.0), topic: str | None = None):
         self.folder = Path(folder)
-        self.sinks, self.max_events, self.retry_s = sinks, max_events, retry_s
+        self.sinks, self.max_events, self.retry_s, self.topic = sinks, max_events, retry_s, topic
         self.folder.mkdir(parents=True, exist_ok=True)
         atomic.remove_stale_temps(self.folder)
         existing = self._files()
@@ -152,6 +169,39 @@ class Outbox:
         self.dropped = 0
         if existing:
             log.info("%d alarm event(s) left from before: delivering them first", len(existing))
+
+    @classmethod
+    def from_settings(cls, settings: Settings, worker: WorkerSettings, link=None) -> Outbox | None:
+        """The alarm events' way out: the node's MQTT broker through ``link`` (services/worker/ingest/mqtt.py,
+        QoS 1 on ``alarms.topic``; a device twin report on its device's twin topic, services/worker/twin.py) and
+        ``alarms.webhook`` (alarm events only); None when neither is configured."""
+        cfg = settings.alarms
+        sinks: dict[str, Callable[[dict], bool]] = {}
+        topic = cfg.topic.replace("{worker}", worker.id) if link is not None else None
+        webhook = cfg.webhook or ""
+
+        def publish(event: dict) -> bool:
+            if twin.is_twin(event):
+                twin_topic, message = twin.topic_and_payload(event)
+                return link.publish(twin_topic, orjson.dumps(message), qos=1)
+            return link.publish(topic, orjson.dumps(event), qos=1)
+
+        def post(event: dict) -> bool:
+            if twin.is_twin(event):
+                return True  # the webhook takes alarm events; twin reports are for the node's broker
+            return httpx.post(webhook, content=orjson.dumps(event), timeout=5,
+                              headers={"content-type": "application/json"}).is_success
+
+        if link is not None:
+            sinks["mqtt"] = publish
+        if cfg.webhook:
+            sinks["webhook"] = post
+        if not sinks:
+            return None
+        return cls(Path(worker.state_dir) / OUTBOX_DIR, sinks, cfg.outbox_max, topic=topic)
+
+    def document(self) -> dict:
+        return {"pending": self.pending(), "delivered": self.delivered, "dropped": self.dropped, "topic": self.topic}
 
     def _files(self) -> list[Path]:
         return sorted((p for p in self.folder.glob("*.json") if p.stem.isdigit()), key=lambda p: int(p.stem))

@@ -17,7 +17,7 @@ What it gives. ``runs()`` the kept rows as training runs, one per contiguous seg
 ``data.columns`` order, unlabelled); ``mark()`` / ``rows_added_since()`` a counter of rows ever kept, so the
 federation loop can tell how many are new since its last round; ``recent_normal(n)`` the newest rows, for a
 recalibrated threshold. At most ``buffer.max_rows`` rows are kept per worker; beyond that the oldest go. The rows
-it keeps also go, with their scores, to the drift tests (``on_keep``: services/worker/drift.py), so a fault's onset
+it keeps also go, with their scores, to ``on_keep`` (the drift tests, services/worker/drift.py), so a fault's onset
 is never taken for a drift. Cost on the scoring path: ~17 µs for a one-row request, ~1.3 µs a row in a batch of 1000
 (development machine, drift tests included).
 
@@ -48,6 +48,7 @@ import numpy as np
 import orjson
 
 from services.data.source import Run
+from services.worker.watchers import Scored
 
 log = logging.getLogger("fedad.worker.buffer")
 FOLDER = "live-buffer"
@@ -136,7 +137,8 @@ class LiveBuffer:
     Thread-safe: ``observe`` runs under the stream table's lock, the readers and the flushing thread take its own."""
 
     def __init__(self, folder: Path | None, columns: list[str], max_rows: int, margin_rows: int, open_after: int,
-                 clear_after: int, max_streams: int = 10_000, chunk_rows: int | None = None):
+                 clear_after: int, max_streams: int = 10_000, chunk_rows: int | None = None,
+                 on_keep: Callable[[str, list[tuple]], None] | None = None):
         self.folder = Path(folder) if folder is not None else None
         self.columns, self.width = list(columns), len(columns)
         self.max_rows, self.margin = max_rows, margin_rows
@@ -157,18 +159,19 @@ class LiveBuffer:
         self._write_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self.on_keep: Callable[[str, list[tuple]], None] | None = None  # (stream, [(score / threshold, model)])
+        self.on_keep = on_keep  # (stream, [(score / threshold, (model round, threshold))]) of the rows it keeps
         if self.folder is not None:
             self._load(self.folder)
 
     @classmethod
-    def from_settings(cls, settings, state_dir: Path | None) -> LiveBuffer | None:
+    def from_settings(cls, settings, state_dir: Path | None,
+                      on_keep: Callable[[str, list[tuple]], None] | None = None) -> LiveBuffer | None:
         cfg = settings.buffer
         if not cfg.enabled:
             return None
         return cls(Path(state_dir) / FOLDER if state_dir is not None else None, settings.data.columns, cfg.max_rows,
                    cfg.margin_rows, settings.alarms.open_after, settings.alarms.clear_after,
-                   max_streams=settings.streams.max_streams)
+                   max_streams=settings.streams.max_streams, on_keep=on_keep)
 
     # -- what the federation loop reads ------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -205,10 +208,12 @@ class LiveBuffer:
             return {"rows": self._ring.count, "max_rows": self.max_rows, "margin_rows": self.margin,
                     "added": self.added, "held_back": held, "dropped": dict(self.dropped), "segments": listed}
 
-    # -- the gate: StreamTable.score calls this for every scored request ----------------------------------------------
-    def observe(self, stream: str, first_index: int, rows: np.ndarray, scores, flags, model) -> None:
-        """Rows ``first_index, first_index + 1, ...`` of ``stream`` as the served model scored them."""
-        flags = np.asarray(flags, dtype=bool).tolist()
+    # -- the gate: a stream watcher (services/worker/watchers.py) ------------------------------------------------------
+    def observe(self, scored: Scored) -> None:
+        """Rows ``stream_rows, stream_rows + 1, ...`` of a stream as the served model scored them."""
+        stream, first_index, rows, scores, model = (scored.stream, scored.stream_rows, scored.rows, scored.scores,
+                                                     scored.model)
+        flags = np.asarray(scored.flags, dtype=bool).tolist()
         threshold = float(model.threshold) if model is not None else 0.0
         ratios = (np.asarray(scores, dtype=np.float64) / threshold if threshold > 0 else np.zeros(len(rows))).tolist()
         model_id = (model.model_round, threshold) if model is not None else None

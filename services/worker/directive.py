@@ -1,6 +1,6 @@
 """The fleet's model directive, followed here: an admin asked every worker to serve a version, pin one or unpin
-(``POST /v1/admin/fleet/...`` on the aggregator). Workers hear of it in the answers to their reports and telemetry
-and in ``GET /v1/round``; each directive (``seq``) is followed once, through the same ModelShelf calls as the
+(``POST /v1/admin/fleet/...`` on the aggregator). Workers hear of it in the answers to their reports and in ``GET
+/v1/round``; each directive (``seq``) is followed once, through the same ModelShelf calls as the
 worker's own admin routes, and its outcome goes back with the next report (applied, or refused and why: no such
 version kept here, another one pinned locally).
 
@@ -59,4 +59,4 @@ class DirectiveFollower:
             log.warning("%s refused: %s", what, exc)
             return DirectiveResult(seq=directive.seq, status="refused", detail=str(exc)[:500])
         log.info("%s applied%s", what, f" ({directive.reason})" if directive.reason else "")
-        return DirectiveResult(seq=directive.seq, status="applied", detail=f"serving {self.models.served_version}")
+        return DirectiveResult(seq=directive.seq, status="applied", detail=f"serving {self.models.served_id}")

@@ -13,12 +13,12 @@ changes (its scores mean something else), the stream's test starts afresh.
 
 On a drift: the event is counted (``fedad_worker_drift_events_total``, telemetry ``drift_events``, /v1/status and the
 worker's page) and logged, and ``drift.action`` says what follows: ``recalibrate`` hands the served model's scores of
-the last ``drift.recalibrate_rows`` kept rows (any stream) to ``recalibrate`` (a new model version with the same
-weights and a threshold computed on them, served only through the gate). Scores, not rows: each stream's rows were
-scored with that stream's own scaling reference (its baseline), which only the stream table knows. ``retrain``
-raises a request the federation loop's report carries to the aggregator (``WorkerReport.drift``), ``both`` does
-both, ``none`` only counts. Actions run on a thread of their
-own: the scoring path (the event loop, the ingestion thread) only updates the tests.
+the last ``drift.recalibrate_rows`` kept rows (any stream) to ``recalibrate`` (``ModelShelf.recalibrate``: a new
+model version with the same weights and a threshold computed on them, served only through the gate). Scores, not
+rows: each stream's rows were scored with that stream's own scaling reference (its baseline), which only the stream
+table knows. ``retrain`` raises a request the federation loop's report carries to the aggregator
+(``WorkerReport.drift``), ``both`` does both, ``none`` only counts. Actions run on a thread of their own: the
+scoring path (the event loop, the ingestion thread) only updates the tests.
 
 Why not a library. river's ``PageHinkley`` (and ``ADWIN``) is the well-kept reference, but ``from river.drift import
 PageHinkley, ADWIN`` (river 0.26.1) added 82.5 MiB of resident memory to a process that had numpy loaded, took 0.9 s
@@ -38,6 +38,8 @@ import time
 from typing import Callable
 
 import numpy as np
+
+from services.worker.watchers import Scored
 
 log = logging.getLogger("fedad.worker.drift")
 FORGETTING = 1 - 1e-4  # river's default alpha
@@ -77,14 +79,12 @@ class PageHinkley:
 
 class DriftWatch:
     """The drift tests of the worker's streams (at most ``max_streams``, least recently seen out), their events,
-    and the actions they start. ``observe`` is called by ``StreamTable.score`` for every scored request."""
+    and the actions they start. Fed either the live buffer's kept rows (``observe_kept`` as its ``on_keep``) or,
+    without a buffer, every scored request as a stream watcher (``observe``)."""
 
-    def __init__(self, cfg, max_streams: int = 10_000, buffer=None):
+    def __init__(self, cfg, max_streams: int = 10_000, recalibrate: Callable[[np.ndarray], object] | None = None):
         self.cfg, self.max_streams = cfg, max_streams
-        self.fed_by_buffer = buffer is not None  # the buffer hands over the rows it keeps (LiveBuffer.on_keep)
-        if buffer is not None:
-            buffer.on_keep = self.observe_kept
-        self.recalibrate: Callable[[np.ndarray], object] | None = None  # set by the worker (model versions)
+        self.recalibrate = recalibrate  # scores of recent kept rows → a recalibrated model version
         self._scores: collections.deque = collections.deque(maxlen=cfg.recalibrate_rows)  # kept rows, served model
         self._scores_model: tuple | None = None
         self._tests: collections.OrderedDict[str, tuple[tuple, PageHinkley]] = collections.OrderedDict()
@@ -98,10 +98,10 @@ class DriftWatch:
         self._thread: threading.Thread | None = None
 
     @classmethod
-    def from_settings(cls, settings, buffer=None) -> DriftWatch | None:
+    def from_settings(cls, settings, recalibrate: Callable[[np.ndarray], object] | None = None) -> DriftWatch | None:
         if not settings.drift.enabled:
             return None
-        return cls(settings.drift, settings.streams.max_streams, buffer)
+        return cls(settings.drift, settings.streams.max_streams, recalibrate)
 
     @property
     def retrains(self) -> bool:
@@ -112,15 +112,15 @@ class DriftWatch:
         return self.cfg.action in ("recalibrate", "both")
 
     # -- scoring path ------------------------------------------------------------------------------------------------
-    def observe(self, stream: str, first_index: int, rows, scores, flags, model) -> None:
-        """Every scored request (a StreamTable watcher): its rows scored normal, when no live buffer feeds the
-        tests with the rows it keeps."""
-        threshold = float(model.threshold)
-        if self.fed_by_buffer or not threshold > 0:
+    def observe(self, scored: Scored) -> None:
+        """A scored request (as a stream watcher, when no live buffer hands over the rows it keeps): the tests take
+        its rows scored normal."""
+        threshold = float(scored.model.threshold)
+        if not threshold > 0:
             return
-        normal = np.asarray(scores, dtype=np.float64)[~np.asarray(flags, dtype=bool)] / threshold
-        model_id = (model.model_round, threshold)
-        self.observe_kept(stream, [(x, model_id) for x in normal.tolist()])
+        normal = np.asarray(scored.scores, dtype=np.float64)[~np.asarray(scored.flags, dtype=bool)] / threshold
+        model_id = (scored.model.model_round, threshold)
+        self.observe_kept(scored.stream, [(x, model_id) for x in normal.tolist()])
 
     def observe_kept(self, stream: str, kept: list[tuple]) -> None:
         """Rows of ``stream`` as (score / threshold, (model round, threshold)), oldest first."""
@@ -191,8 +191,8 @@ class DriftWatch:
                 log.exception("drift on %s: the action failed", stream)
 
     def on_drift(self, stream: str, recent_scores: np.ndarray) -> None:
-        """Recalibrate on the served model's scores of the newest kept rows, if the worker wired a way to
-        (``self.recalibrate``)."""
+        """Recalibrate on the served model's scores of the newest kept rows, if this watch was given a way to
+        (``recalibrate``)."""
         if self.recalibrate is None or not len(recent_scores):
             self.recalibrations["skipped"] += 1
             log.info("drift on %s: no recalibration (%s)", stream, "no live rows kept" if self.recalibrate else

@@ -10,6 +10,10 @@ ONNX, quantise to int8 on local normal rows, recalibrate the threshold on the se
 on the held-out rows, persist atomically, hot-swap the /detect session. While the aggregator is away the loop
 retries with capped exponential backoff. Local training runs in a child process per round (services/worker/trainer.py),
 so this process, which serves /detect, never imports torch.
+
+The loop is handed what it works with (services/worker/assembly.py builds them all): the model shelf it installs
+into, the node's data feed, the trainer, and the live buffer and drift watch whose rows and requests it trains on
+and reports. It builds the report the reporter thread sends (``report`` / ``send_report``), and holds nobody else.
 """
 
 from __future__ import annotations
@@ -25,15 +29,15 @@ import numpy as np
 from services import faults
 from services.config import Settings, WorkerSettings
 from services.data.node import NodeData
-from services.data.scaling import FeatureStats, Scaler
+from services.protocol.scaling import FeatureStats, Scaler
 from services.data.source import DataError
 from services.data.sources import NodeFeed
-from services.model.detector import DetectorSpec, node_seed
+from services.model.detector import node_seed
 from services.protocol.codec import CONTENT_TYPE, content_hash, decode_weights, encode_weights
 from services.protocol.errors import (CONFLICTING_UPDATE, FATAL_CODES, FUTURE_ROUND, NO_OPEN_ROUND, NOT_FOUND,
                                       NOT_JOINED, NOT_SAMPLED, STALE_ROUND, TOO_STALE, ErrorCode, error_of)
-from services.protocol.messages import (H_LOSS, H_ROUND, H_SAMPLES, H_SHA256, JoinRequest, JoinResponse, RoundState,
-                                        TrainingPlan, WorkerReport)
+from services.protocol.messages import (H_LOSS, H_ROUND, H_SAMPLES, H_SHA256, FleetDirective, JoinRequest,
+                                        JoinResponse, RoundState, TrainingPlan, WorkerReport)
 from services.security.accountant import GaussianAccountant
 from services.security.filters import FilterContext, apply, client_privacy_filters
 from services.security.tls import client_context
@@ -42,15 +46,12 @@ from services.worker.directive import DirectiveFollower
 from services.worker.drift import DriftWatch
 from services.worker.marks import TrainedMarks
 from services.worker.models import ModelShelf
-from services.worker.reporter import Reporter
-from services.worker.serving import ModelSlot
 from services.worker.state import WorkerState
 from services.worker.trainer import Trainer, TrainingFailed
 
 log = logging.getLogger("fedad.worker")
 LONG_POLL_S = 30.0
 MAX_BACKOFF_S = 15.0
-REPORT_INTERVAL_S = 2.0  # a changed report waits at most this long, and no two are closer
 
 
 class Retry(Exception):
@@ -64,21 +65,24 @@ class Fatal(Exception):
 
 
 class WorkerLoop:
-    def __init__(self, settings: Settings, worker: WorkerSettings, slot: ModelSlot):
+    def __init__(self, settings: Settings, worker: WorkerSettings, models: ModelShelf, feed: NodeFeed,
+                 trainer: Trainer, directive: DirectiveFollower, buffer: LiveBuffer | None = None,
+                 drift: DriftWatch | None = None):
         self.settings = settings
         self.worker = worker
-        self.slot = slot
-        self.spec = DetectorSpec.from_settings(settings)
-        self.models = ModelShelf(settings, worker, slot, self.spec, lambda: self.data)  # versions, gate, serving
-        self.directive = DirectiveFollower(worker.state_dir, self.models)  # the fleet's model directives
-        self.store = self.models.store
+        self.models = models  # versions, gate, serving
+        self.feed = feed  # the partition as it grows
+        self.trainer = trainer  # torch runs only in its child processes
+        self.directive = directive  # the fleet's model directives, followed once each and reported
+        self.buffer = buffer  # live rows scored normal, trained on in the next rounds (buffer.enabled)
+        self.drift = drift  # the streams' drift tests: their retrain requests go into the report (drift.enabled)
+        self.spec = models.spec
         self.spec_hash = self.spec.spec_hash
         self.n_params = self.spec.n_params
         self.stop_event = threading.Event()
         self.phase = "starting"
         self.progress: dict = {}
         self.last_training: dict | None = None  # round, loss, seconds, peak_rss_mib of the last local round
-        self.trainer = Trainer(worker.state_dir)  # torch runs only in its child processes
         self.training_failures = 0  # training processes that crashed or were killed (each retried)
         self.last_training_failure: str | None = None
         self.rounds_trained = 0
@@ -89,10 +93,6 @@ class WorkerLoop:
         self._backoff = 0.5
         self._seed = node_seed(settings.model.seed, worker.id)
         self.outbound = client_privacy_filters(settings.privacy)  # client-side DP: clip + noise before upload
-        # Set by create_app when enabled: live rows scored normal (LiveBuffer) and the drift watch (DriftWatch).
-        self.buffer: LiveBuffer | None = None
-        self.drift: DriftWatch | None = None
-        self.feed = NodeFeed(settings, worker)  # the partition as it grows
         self.marks = TrainedMarks()  # rows already trained on (services/worker/marks.py)
         self.continual: bool | None = None  # the aggregator's RoundState.continual; None: not asked yet
         self.new_rows = 0  # rows not yet trained on, as last counted
@@ -100,8 +100,7 @@ class WorkerLoop:
         self._drift_asks = 0  # drift retrain requests taken from the drift watch ...
         self._drift_asks_trained = 0  # ... of which a round this worker trained in has answered this many
         self._report_refused: str | None = None  # the code of the last refused report, logged once
-        self.report_client: httpx.Client | None = None
-        self.reporter = Reporter(self._report, self._send_report, REPORT_INTERVAL_S)
+        self.report_client: httpx.Client | None = None  # open from the first join with a scaler until stop()
 
     # -- lifecycle ------------------------------------------------------------------------------------------------
     def start(self) -> threading.Thread:
@@ -111,7 +110,6 @@ class WorkerLoop:
 
     def stop(self) -> None:
         self.stop_event.set()
-        self.reporter.stop()
         if self.report_client is not None:
             self.report_client.close()
 
@@ -138,7 +136,6 @@ class WorkerLoop:
             self.restore()
             self.data = self.feed.current()
             self._load_marks()
-            self.report_client = self._client(10)  # the reporter's own, open until stop(): reports outlive the loop
             with self._client(LONG_POLL_S + 15) as client:
                 self.client = client
                 self._follow() if self.worker.mode == "detect_only" else self._federate()
@@ -169,7 +166,7 @@ class WorkerLoop:
                 if state is None or (not state.continual and state.rounds_done <= global_round):
                     self.phase = "done"
                     log.info("federation done at round %d: serving version %s", global_round,
-                             self.models.served_version)
+                             self.models.served_id)
                     return
                 self.phase = "idle"
                 if state.rounds_done <= global_round and state.phase != "training":
@@ -185,7 +182,6 @@ class WorkerLoop:
                 global_round, global_weights = model_round, weights
                 if model_round >= 1:  # round 0 is the untrained starting point: nothing worth serving
                     self._install(joined.run_id, scaler, model_round, weights)
-                    self.reporter.nudge()
                 continue  # look again: the campaign may be over, the next round open or not yet
             open_round = global_round + 1
             if may_train and pushed_round < open_round and joined.sampling and passed_round < open_round:
@@ -225,7 +221,6 @@ class WorkerLoop:
             if weights is not None and model_round > served_round:
                 self._install(joined.run_id, joined.scaler, model_round, weights)
                 served_round = model_round
-                self.reporter.nudge()
         self.phase = "done"
         log.info("federation done: serving round %d", served_round)
 
@@ -237,7 +232,8 @@ class WorkerLoop:
             self._sleep(1.0)
             joined = self._retrying(self._join)
         self.rounds_total = joined.rounds_total
-        self.reporter.start(f"reporter-{self.worker.id}")  # the aggregator knows this worker now
+        if self.report_client is None:  # the aggregator knows this worker now: reports may go (``report``)
+            self.report_client = self._client(10)  # the reports' own, open until stop(): reports outlive the loop
         return joined
 
     def _resume_point(self) -> tuple[int, np.ndarray | None]:
@@ -357,8 +353,7 @@ class WorkerLoop:
             return None
         state = RoundState.model_validate(response.json())
         self.continual = state.continual
-        if self.directive.follow(state.directive):
-            self.reporter.nudge(force=True)
+        self.follow_directive(state.directive)
         return state
 
     def _refresh_data(self) -> tuple[int | None, int]:
@@ -391,7 +386,6 @@ class WorkerLoop:
         self.marks.trained(round_no, self.data, buffer_mark)
         self._drift_asks_trained = drift_asks
         self._save_marks()
-        self.reporter.nudge(force=True)
 
     def _load_marks(self) -> None:
         """The marks of the last run; a worker that served a model before marks were kept trained on its rows."""
@@ -424,22 +418,29 @@ class WorkerLoop:
         self.new_rows = self.marks.new_rows(node, self.buffer)
         return self.new_rows
 
-    def _report(self) -> WorkerReport:
-        """What the aggregator hears about this worker: counts and model versions, never rows."""
+    def report(self) -> tuple[WorkerReport, int] | None:
+        """What the aggregator hears about this worker (counts and model versions, never rows), and the rounds
+        trained so far: after each, the report goes out even if it looks the same (services/worker/reporter.py).
+        None until the worker has joined a federation with its scaler: nothing to report to yet."""
+        if self.report_client is None:
+            return None
         drift = self.drift
         if drift is not None and drift.take_retrain_request():
             self._drift_asks += 1
         models = self.models
-        served = models.served_round if models is not None else None
-        if served is None and self.slot.current is not None:
-            served = self.slot.current.model_round
-        return WorkerReport(new_rows=self.count_new_rows(), drift=self._drift_asks > self._drift_asks_trained,
-                            drift_events=int(getattr(drift, "events", 0) or 0), served_round=served,
-                            pinned=models.pinned_round if models is not None else None,
-                            versions=[_finite(v) for v in (models.versions if models is not None else [])[-100:]],
-                            directive=self.directive.result)
+        served = models.served_round
+        if served is None and models.slot.current is not None:
+            served = models.slot.current.model_round
+        report = WorkerReport(new_rows=self.count_new_rows(), drift=self._drift_asks > self._drift_asks_trained,
+                              drift_events=drift.events if drift is not None else 0, served_round=served,
+                              pinned=models.pinned_round, versions=[_finite(v) for v in models.versions[-100:]],
+                              directive=self.directive.result)
+        return report, self.marks.rounds
 
-    def _send_report(self, report: WorkerReport) -> bool:
+    def send_report(self, report: WorkerReport) -> bool:
+        """Post ``report``; True once the aggregator took it (or takes no reports at all)."""
+        if self.report_client is None:
+            return False
         try:
             response = self.report_client.post(f"/v1/workers/{self.worker.id}/report",
                                                json=report.model_dump(mode="json"))
@@ -461,19 +462,18 @@ class WorkerLoop:
         self.follow_directive(response.json().get("directive"))
         return True
 
-    def follow_directive(self, directive: dict | None) -> None:
-        """The fleet's model directive, from any answer that carries it: followed once, reported next."""
+    def follow_directive(self, directive: FleetDirective | dict | None) -> None:
+        """The fleet's model directive, from any answer that carries it: followed once; its outcome changes the
+        report, which the reporter sends at its next look."""
         try:
-            if self.directive.follow(directive):
-                self.reporter.nudge(force=True)
+            self.directive.follow(directive)
         except ValueError as exc:  # a directive this worker cannot read: say so once, keep working
             log.warning("fleet directive not understood: %s", exc)
 
     def continual_document(self) -> dict:
-        """The ``continual`` block of /v1/status."""
+        """The ``continual`` block of /v1/status (the reporter adds how many reports it sent)."""
         return {"enabled": self.continual, "new_rows": self.new_rows, "last_round_trained": self.marks.last_round,
-                "rounds_trained": self.marks.rounds, "reports_sent": self.reporter.sent,
-                "source_reloads": self.feed.reloads}
+                "rounds_trained": self.marks.rounds, "source_reloads": self.feed.reloads}
 
     def _client(self, timeout: float) -> httpx.Client:
         return httpx.Client(base_url=self.settings.aggregator.url, timeout=timeout,

@@ -26,7 +26,7 @@ import numpy as np
 
 from services.config import Settings, WorkerSettings
 from services.data.node import NodeData
-from services.data.scaling import Scaler
+from services.protocol.scaling import Scaler
 from services.data.windows import Reference
 from services.model.detector import AnomalyDetector, DetectorSpec
 from services.model.scoring import calibrate_threshold
@@ -64,11 +64,18 @@ class ModelShelf:
 
     # -- what the status page, the routes and the reports read ---------------------------------------------------
     @property
-    def served_version(self) -> str | None:
+    def served_id(self) -> str | None:
+        """The served version's id ("12", "12.1"); ``state.served_version`` is the version itself."""
         return self.state.served_id if self.state else None
 
     @property
-    def pinned_version(self) -> str | None:
+    def served_precision(self) -> dict | None:
+        """The served version's precision and why (services/model/precision.PrecisionChoice)."""
+        served = self.state.served_version if self.state else None
+        return served.precision if served else None
+
+    @property
+    def pinned_id(self) -> str | None:
         return self.state.pinned_id if self.state else None
 
     @property
@@ -101,7 +108,8 @@ class ModelShelf:
         """GET /v1/models and the ``models`` block of /v1/status."""
         with self._lock:
             state = self.state
-            return {"served": self.served_version, "pinned": self.pinned_version, "served_round": self.served_round,
+            return {"served": self.served_id, "pinned": self.pinned_id, "served_round": self.served_round,
+                    "precision": self.served_precision,
                     "pinned_round": self.pinned_round, "latest_round": self.latest_round, "keep": self.keep,
                     "gate": self.rule.model_dump(),
                     "versions": [_document(v, state) for v in state.versions] if state else []}
@@ -137,9 +145,11 @@ class ModelShelf:
         """Export, quantise, calibrate, evaluate, gate, persist, swap (if served)."""
         started = time.time()
         reference = data.default_reference(scaler)
-        detector = AnomalyDetector(self.spec, weights).calibrate(data.windows(scaler, "train"), reference,
-                                                                 workdir=self.store.dir, onnx_fp32=onnx_fp32)
+        train = data.windows(scaler, "train")
+        detector = AnomalyDetector(self.spec, weights).calibrate(train, reference, workdir=self.store.dir,
+                                                                 onnx_fp32=onnx_fp32)
         inputs, labels = self._held_out_rows(data, scaler)
+        detector, precision = detector.choose_precision(self.settings.serving.model, train, inputs, labels)
         threshold, onnx_fp32, onnx_int8 = detector.threshold_, detector.onnx_fp32_, detector.onnx_int8_
         assert threshold is not None and onnx_fp32 is not None and onnx_int8 is not None  # calibrate() set all three
         with self._lock:
@@ -147,9 +157,10 @@ class ModelShelf:
                 self.state = WorkerState(run_id=run_id, scaler=scaler.model_dump(), spec_hash=self.spec.spec_hash)
                 self._detectors.clear()
             version = ModelVersion(id=str(model_round), round=model_round, threshold=threshold,
-                                   served=self.spec.served, weights=weights, onnx_fp32=onnx_fp32,
+                                   served=precision.served, weights=weights, onnx_fp32=onnx_fp32,
                                    onnx_int8=onnx_int8, reference=reference.model_dump(),
-                                   local_loss=local_loss, installed_at=round(time.time(), 3))
+                                   local_loss=local_loss, installed_at=round(time.time(), 3),
+                                   precision=precision.as_dict())
             return self._admit(version, detector, inputs, labels, started)
 
     def recalibrate(self, recent_rows: np.ndarray | Sequence | None = None, *,
@@ -268,7 +279,7 @@ class ModelShelf:
     def unpin(self, by: str = "admin") -> str | None:
         """Newer models that pass the gate are served again; the one served now stays until then."""
         with self._lock:
-            was = self.pinned_version
+            was = self.pinned_id
             if self.state is not None and was is not None:
                 self.state.pinned_id = None
                 self._persist("unpinning")
@@ -385,7 +396,8 @@ def _report(version: ModelVersion) -> dict:
 
 
 def _document(version: ModelVersion, state: WorkerState) -> dict:
-    return {**_report(version), "model": version.served, "threshold": version.threshold,
+    return {**_report(version), "model": version.served, "precision": version.precision,
+            "threshold": version.threshold,
             "served": version.id == state.served_id, "pinned": version.id == state.pinned_id,
             "installed_at": version.installed_at, "local_loss": version.local_loss,
             "evaluation": version.evaluation, "gate": version.gate}

@@ -48,6 +48,7 @@ class ModelVersion:
     status: str = "kept"  # served | kept | refused (services/protocol/messages.ModelVersionReport)
     reason: str = ""  # why it has its status: the gate's verdict, a pin, an admin's request
     gate: dict | None = None  # the gate's decision: passed, checks with both values and bounds
+    precision: dict | None = None  # why ``served`` (services/model/precision.PrecisionChoice)
     local_loss: float | None = None
     installed_at: float = 0.0
     files: dict[str, str] = field(default_factory=dict)  # blob name → file in the state folder (set by the store)

@@ -17,9 +17,10 @@ the streams over to the next start through ``streams.json`` in the state dir, re
 crash (kill -9, power loss) the streams start afresh, and the answers' ``stream_rows`` (0 for a new stream) tells a
 client to send its baseline again.
 
-``StreamTable.score`` is the one entry point: /detect calls it, and so can any other source of rows (MQTT). Its
-``watchers`` see every scored request of a stream in order (the live buffer, the drift tests): rows, scores, flags
-and the stream row number of the first row, under the table's lock.
+``StreamTable.score`` is the one entry point: /detect calls it, and so does device ingestion (MQTT, HTTP push). It
+names the top sensors of the flagged rows (of every row when asked) from the very inputs it scored, and its
+``watchers`` (services/worker/watchers.py: the alarms, the live buffer, the drift tests) see every scored request
+of a stream in order, under the table's lock.
 """
 
 from __future__ import annotations
@@ -28,9 +29,9 @@ import collections
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple, Protocol
 
 import numpy as np
 import orjson
@@ -39,25 +40,13 @@ from services import atomic
 from services.data.windows import InputPipeline, Preprocessing, Reference
 from services.protocol import errors
 from services.protocol.errors import ProtocolError
+from services.worker.explain import Explainer
 from services.worker.parsing import stream_id
-from services.worker.serving import ModelSlot, ServedModel
+from services.worker.serving import ModelSlot
+from services.worker.watchers import Scored, StreamWatcher
 
 log = logging.getLogger("fedad.worker")
 HANDOVER_FILE = "streams.json"
-
-
-class StreamWatcher(Protocol):
-    """Sees every scored request of every stream (services/worker/buffer.py, services/worker/drift.py)."""
-
-    def observe(self, stream: str, first_index: int, rows: np.ndarray, scores: np.ndarray, flags: np.ndarray,
-                model: ServedModel) -> None: ...
-
-
-class Scored(NamedTuple):
-    scores: np.ndarray  # float32, one per new row
-    flags: np.ndarray  # bool, score above the model's threshold
-    model: ServedModel  # the model that scored them (round, threshold, kind)
-    stream_rows: int  # rows of this stream scored before these (0: a new stream)
 
 
 @dataclass
@@ -74,9 +63,11 @@ class StreamTable:
     may score at once; one lock, held for the scoring of one request."""
 
     def __init__(self, slot: ModelSlot, prep: Preprocessing, features: list[str], max_streams: int,
-                 state_dir: Path | None = None, watchers: tuple[StreamWatcher, ...] = ()):
+                 state_dir: Path | None = None, watchers: Sequence[StreamWatcher | None] = (),
+                 explainer: Explainer | None = None):
         self.slot, self.prep, self.features, self.max_streams = slot, prep, list(features), max_streams
         self.watchers = tuple(w for w in watchers if w is not None)
+        self.explainer = explainer  # None: no top sensors (every row's entry is None)
         self.keep = prep.window - 1  # rows a window reaches back
         self.handover = Path(state_dir) / HANDOVER_FILE if state_dir is not None else None
         self._streams: collections.OrderedDict[str, Stream] = collections.OrderedDict()
@@ -88,11 +79,13 @@ class StreamTable:
         return len(self._streams)
 
     # -- scoring ---------------------------------------------------------------------------------------------------
-    def score(self, stream: str, rows: np.ndarray, baseline: np.ndarray | None = None) -> Scored:
+    def score(self, stream: str, rows: np.ndarray, baseline: np.ndarray | None = None,
+              times: Sequence[float] | None = None, explain_all: bool = False) -> Scored:
         """Score ``rows`` (consecutive raw rows in feature order, float32, oldest first) as the next rows of
         ``stream``. ``baseline`` (normal rows from the start of the run) is taken from a stream's first request only;
         with one on a later request this raises ProtocolError ``baseline_already_set`` (forget the stream first).
-        Raises ``no_model`` before a first model and ``bad_stream_id`` for an unusable id."""
+        ``times``: each row's time (default: now). Top sensors are named for the flagged rows, for all with
+        ``explain_all``. Raises ``no_model`` before a first model and ``bad_stream_id`` for an unusable id."""
         stream_id(stream)
         rows = self._checked(rows, "rows")
         if baseline is not None:
@@ -115,19 +108,24 @@ class StreamTable:
             pipeline = state.pipeline or model.detector.pipeline_
             history = state.history
             context = np.concatenate([history, rows]) if len(history) else rows
-            scores = model.detector.score_inputs(pipeline(context)[len(history):])
+            inputs = pipeline(context)[len(history):]
+            scores = model.detector.score_inputs(inputs)
             flags = model.detector.is_anomaly(scores)
-            before = state.rows
+            which = np.ones(len(rows), dtype=bool) if explain_all else flags
+            top = self.explainer.explain(model.detector, inputs, which) if self.explainer else [None] * len(rows)
+            now = time.time()
+            scored = Scored(stream, rows, [now] * len(rows) if times is None else times, scores, flags, model,
+                            state.rows, top)
             state.history = context[max(0, len(context) - self.keep):].copy()
             state.rows += len(rows)
-            state.last_seen = time.time()
+            state.last_seen = now
             self._put(stream, state)
             for watcher in self.watchers:
                 try:
-                    watcher.observe(stream, before, rows, scores, flags, model)
-                except Exception:  # the answer matters more than what the live buffer or drift tests make of it
+                    watcher.observe(scored)
+                except Exception:  # the answer matters more than what the alarms, buffer or drift tests make of it
                     log.exception("%s failed on stream %s", type(watcher).__name__, stream)
-        return Scored(scores, flags, model, before)
+        return scored
 
     def _checked(self, rows, what: str) -> np.ndarray:
         """Rows from any caller (not only /detect's parser) as (n ≥ 1, features) finite float32."""

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from services.config import load_settings
-from services.data.scaling import FeatureStats
+from services.protocol.scaling import FeatureStats
 from services.model.layout import count_parameters, spec_hash
 from services.protocol.codec import content_hash, decode_weights, encode_weights
 from services.protocol.errors import CODES

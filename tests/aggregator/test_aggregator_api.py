@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from services.config import load_settings
-from services.data.scaling import FeatureStats
+from services.protocol.scaling import FeatureStats
 from services.data.sources import load_node
 from services.data.selection import FirstRows
 from services.model.layout import count_parameters, spec_hash

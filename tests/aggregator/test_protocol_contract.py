@@ -12,8 +12,8 @@ from services.config import load_settings
 from services.data.sources import load_node
 from services.protocol.codec import decode_weights
 from services.protocol.errors import FATAL_CODES, error_of
+from services.worker.assembly import build_worker
 from services.worker.loop import Fatal, Retry, WorkerLoop
-from services.worker.serving import ModelSlot
 from support import Stack
 
 
@@ -28,7 +28,7 @@ def aggregator(tmp_path):
 def worker_loop(stack, worker_id="valve2", token=None, **env) -> WorkerLoop:
     settings = load_settings(environ={**stack.env, **env})
     worker = settings.worker(worker_id)
-    loop = WorkerLoop(settings, worker, ModelSlot())
+    loop = build_worker(settings, worker).loop  # as the worker assembles it, not started
     loop.data = load_node(settings, worker)
     loop.client = httpx.Client(base_url=stack.agg_url, timeout=30,
                                headers={"Authorization": f"Bearer {token or worker.token}"})

@@ -6,7 +6,7 @@ import pytest
 from services.aggregator.rounds import Federation, RoundError
 from services.aggregator.store import AggregatorStore
 from services.config import load_settings
-from services.data.scaling import FeatureStats
+from services.protocol.scaling import FeatureStats
 from services.protocol.codec import encode_weights
 from services.protocol.messages import JoinRequest
 

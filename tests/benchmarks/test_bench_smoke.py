@@ -125,3 +125,9 @@ def test_fleet_script(tmp_path):
     sites = r["sites"]
     assert sites["every_round_closed_with_all_3_sites"] and sites["no_acknowledged_update_lost"]
     assert [x["round"] for x in sites["root_rounds"]] == [1, 2]
+
+
+def test_precision_choice_script(tmp_path):
+    r = run_script("precision_choice", tmp_path, "--worker", "valve2", "--repeat", "1", "--epochs", "1")
+    assert r["held_out_rows"] > 0 and all(len(v) == 1 and v[0] > 0 for v in r["cpu_ms"].values())
+    assert r["ratio"] > 0 and r["choice"]["served"] in ("int8", "fp32") and r["choice"]["roc_auc_fp32"] > 0.5

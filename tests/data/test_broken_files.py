@@ -25,7 +25,7 @@ def write_setup(tmp_path, files: dict[str, bytes], features=("a", "b"), workers=
         "data": {"source": {"kind": "files", "dir": "data", **source},
                  "training": {"policy": "first_rows", "rows": 2},
                  "features": list(features), "window": 1, "window_stats": []},
-        "model": {"hidden": [2]},
+        "model": {"hidden": [1]},
         "workers": [{"id": w, "partition": part, "port": 9001 + i, "state_dir": f"state/{w}", "token": f"token-{w}"}
                     for i, (w, part) in enumerate(workers.items())],
     }

@@ -12,7 +12,7 @@ from support import free_port
 
 from services.config import load_settings
 from services.data import skab
-from services.data.scaling import FeatureStats
+from services.protocol.scaling import FeatureStats
 from services.data.source import DataError
 from services.data.sources import load_node
 from services.data.windows import make_windows

@@ -7,6 +7,7 @@ and handed to the services' own config loader, with the ConfigMap's config.yaml 
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import os
 import re
@@ -191,18 +192,50 @@ def test_probe_and_metrics_paths_are_routes_of_the_fastapi_apps(rendered, overla
         "the worker's /detect route (docs/deploy.md queries it)"
 
 
+def _is_environ(node: ast.expr) -> bool:
+    return isinstance(node, ast.Attribute) and node.attr == "environ" or isinstance(node, ast.Name) and \
+        node.id == "environ"
+
+
+def environment_reads(roots: list[Path]) -> set[str]:
+    """The names the code under ``roots`` reads from its environment: ``os.environ.get("X")``,
+    ``os.environ["X"]``, ``os.getenv("X")``, ``"X" in os.environ``. A name that is only quoted, or only set
+    (``os.environ.setdefault``, an assignment), is not read."""
+    found: set[str] = set()
+    for path in (p for root in roots for p in ([root] if root.is_file() else root.rglob("*.py"))):
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant):
+                f = node.func
+                if isinstance(f, ast.Attribute) and (f.attr == "get" and _is_environ(f.value) or
+                                                     f.attr == "getenv" and isinstance(f.value, ast.Name)):
+                    found.add(node.args[0].value)
+            elif isinstance(node, ast.Subscript) and isinstance(node.ctx, ast.Load) and _is_environ(node.value) \
+                    and isinstance(node.slice, ast.Constant):
+                found.add(node.slice.value)
+            elif isinstance(node, ast.Compare) and isinstance(node.left, ast.Constant) and \
+                    isinstance(node.ops[0], ast.In) and _is_environ(node.comparators[0]):
+                found.add(node.left.value)
+    return found
+
+
+def test_the_environment_scan_tells_a_read_from_a_mention():
+    reads = environment_reads(PLAIN_ENV_READERS)
+    assert {"FEDAD_CONFIG", "FEDAD_WORKER_ID", "FEDAD_WORKER_MODE", "FEDAD_FAULT"} <= reads
+    assert "ORT_DISABLE_TELEMETRY" not in reads, "services/__init__.py only sets it (for onnxruntime to read)"
+    assert "FEDAD_WORKER_ID_TYPO" not in reads
+
+
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_every_env_var_is_one_the_services_read(rendered, overlay, tmp_path):
-    """FEDAD__* through the services' config loader (a misspelt key is a ConfigError); other names must occur
-    in the services' code or the image's entrypoint."""
-    sources = "\n".join(p.read_text() for root in PLAIN_ENV_READERS
-                        for p in ([root] if root.is_file() else root.rglob("*.py")))
+    """FEDAD__* through the services' config loader (a misspelt key is a ConfigError); every other name must be
+    read from the environment by the services' code or the image's entrypoint (not merely appear in it)."""
+    reads = environment_reads(PLAIN_ENV_READERS)
     r = rendered[overlay]
     for d in r.of_kind("Deployment"):
         settings, env = settings_in(r, d, tmp_path)   # raises ConfigError naming a bad key
         for name in env:
             if not name.startswith("FEDAD__"):
-                assert f'"{name}"' in sources, f"{d['metadata']['name']}: nothing in services/ reads {name}"
+                assert name in reads, f"{d['metadata']['name']}: nothing in services/ reads {name}"
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -454,3 +487,26 @@ def test_detect_only_component_runs_the_torch_free_image_within_its_measured_mem
     assert 'os.environ.get("FEDAD_WORKER_MODE")' in (REPO / "docker" / "entrypoint.py").read_text()
     assert_resources_cover(d, "worker-detect")
     assert mib(container(d)["resources"]["limits"]["memory"]) <= 192, "fits the gateway the container test uses"
+
+
+def test_arm64_component_runs_the_arm64_tags_only_on_arm64_nodes(tmp_path):
+    """A worker's folder plus detect-only and arm64, as the component's header says to list them: the -arm64 tags
+    that make images-arm64 builds, and a selector that keeps the pod off amd64 nodes."""
+    deploy = REPO / "deploy"
+
+    def rel(path: Path) -> str:
+        return Path(os.path.relpath(path, tmp_path)).as_posix()
+
+    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump({
+        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+        "resources": [rel(deploy / "base" / "workers" / WORKER_IDS[-1])],
+        "components": [rel(deploy / "components" / "detect-only"), rel(deploy / "components" / "arm64")]}))
+    out = run([tool("kubectl"), "kustomize", "--load-restrictor=LoadRestrictionsNone", str(tmp_path)]).stdout
+    [d] = [d for d in yaml.safe_load_all(out) if d and d["kind"] == "Deployment"]
+    assert container(d)["image"] == "fedad-worker-detect:latest-arm64"
+    assert d["spec"]["template"]["spec"]["nodeSelector"]["kubernetes.io/arch"] == "arm64"
+    pod = d["spec"]["template"]["spec"]
+    node = {k: v for k, v in pod["nodeSelector"].items() if k != "kubernetes.io/arch"}  # the worker's own node
+    assert not schedulable(pod, {"labels": {**node, "kubernetes.io/arch": "amd64"}, "taints": []})
+    assert schedulable(pod, {"labels": {**node, "kubernetes.io/arch": "arm64"}, "taints": []})
+    assert "-arm64" in (REPO / "mk" / "containers.mk").read_text(), "make images-arm64 builds the -arm64 tags"

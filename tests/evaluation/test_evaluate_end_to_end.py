@@ -116,3 +116,33 @@ def test_report_is_one_html_file_with_every_figure(evaluated, tmp_path):
                          re.S), f"figure {key} missing"
     assert "Conv-AE" in page and "fedad federated int8" in page
     assert "src='http" not in page and "<script" not in page  # self-contained
+
+
+def test_each_node_serves_its_own_precision_and_the_table_ends_with_a_verdict(evaluated):
+    settings, _, results, _ = evaluated
+    served = results["modes"]["federated"]["served"]
+    for worker, figures in served["workers"].items():
+        chosen = figures["precision"]
+        assert chosen["setting"] == "auto" and chosen["served"] in ("int8", "fp32")
+        own = results["modes"]["federated"]["kinds"][chosen["served"]]["workers"][worker]
+        assert figures["f1"] == own["f1"] and figures["threshold"] == own["threshold"]
+        assert (chosen["served"] == "int8") == (chosen["roc_auc_int8"] >= chosen["roc_auc_fp32"] - 0.005)
+    verdict, reference = results["verdict"], results["reference"]["pooled"]
+    gap = served["pooled"]["roc_auc"] - reference["roc_auc"]
+    assert verdict["ranks"] == ("level" if abs(gap) <= 0.005 else "above" if gap > 0 else "below")
+    assert ("; try: " in verdict["line"]) == (verdict["ranks"] == "below")
+    table = format_table(results).splitlines()
+    assert table[0].startswith("model dense 18→8→4→8→18 (from the input width); measured on ")
+    assert table[-1] == verdict["line"] and table[-1].startswith("verdict: the served detector (federated, ")
+    assert (f"ROC-AUC {served['pooled']['roc_auc']:.3f} vs {reference['roc_auc']:.3f}; at the same threshold rule "
+            f"F1 {served['pooled']['f1']:.3f} vs {reference['f1']:.3f}") in table[-1]
+
+
+def test_skabs_changepoint_board_scores_the_served_alarms(evaluated):
+    _, _, results, _ = evaluated
+    board = results["changepoints"]
+    assert board["alarms"]["changepoints"] == 18  # valve1/0, valve1/1, valve2/0, other/5, other/9: 4 + 4 + 4 + 2 + 4
+    for series in ("alarms", "rows"):
+        r = board[series]
+        assert r["missed"] <= r["changepoints"] and -100 < r["low_fp"] <= r["standard"] <= 100
+    assert "SKAB changepoint board" in format_table(results) and "leaderboard: MSCRED" in format_table(results)

@@ -46,7 +46,8 @@ def test_every_kind_on_every_data_set_in_one_comparison(tmp_path, missing_shuttl
     saved = json.loads((out / "synthetic" / "results.json").read_text())
     assert saved["model_kinds"] == kinds and saved["labelled"]
     table = (out / "kinds.md").read_text()
-    assert "| synthetic | dense | federated | int8 |" in table and "| synthetic | lstm | federated | fp32" in table
+    assert "| synthetic | dense | federated | auto (each node's own choice) |" in table  # serving.model auto
+    assert "| synthetic | lstm | federated | fp32" in table
     assert table.splitlines()[2] in printed and "shuttle skipped" in printed
 
     report_command(str(out), str(tmp_path / "report.html"))  # no results.json at the top: the first data set's

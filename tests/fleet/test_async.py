@@ -13,7 +13,7 @@ import pytest
 from benchmarks.common import wait_until
 from services.aggregator.buffered import staleness_weight
 from services.config import load_settings
-from services.data.scaling import FeatureStats
+from services.protocol.scaling import FeatureStats
 from services.model.layout import Architecture
 from services.protocol.codec import content_hash, decode_weights, encode_weights
 from support import Stack

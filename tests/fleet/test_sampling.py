@@ -12,7 +12,7 @@ import numpy as np
 from benchmarks.common import newest_round, wait_until
 from services.aggregator.membership import draw_sample
 from services.config import load_settings
-from services.data.scaling import FeatureStats
+from services.protocol.scaling import FeatureStats
 from services.model.layout import Architecture
 from services.protocol.codec import content_hash, encode_weights
 from support import Stack

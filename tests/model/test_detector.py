@@ -8,7 +8,7 @@ import pytest
 
 from services.config import load_settings
 from services.data.node import NodeData
-from services.data.scaling import FeatureStats
+from services.protocol.scaling import FeatureStats
 from services.data.sources import load_node
 from services.model.detector import AnomalyDetector, DetectorSpec, NotFittedError, node_seed
 from services.protocol.messages import TrainingPlan

@@ -44,7 +44,7 @@ def references(node, prep):
     """Each run's reference: its own first rows (``run``), or one scaler of the node's training rows."""
     scaler = None
     if prep.baseline == "federation":
-        from services.data.scaling import FeatureStats
+        from services.protocol.scaling import FeatureStats
         scaler = FeatureStats.from_rows(node.train_raw()).scaler()
     return [prep.reference(run.values[mask], scaler) for run, mask in zip(node.runs, node.masks)]
 

@@ -22,7 +22,12 @@ def test_shapes_hash_and_count_match_the_torch_model(width, hidden):
     model = build_autoencoder(width, hidden)
     shapes = [(name, tuple(t.shape)) for name, t in model.state_dict().items()]
     assert parameter_shapes(width, hidden) == shapes
+    activations = [type(m).__name__ for m in model][1::2]  # after each hidden Linear: ReLU, or a narrow bottleneck's none
+    linear = activations.index("Identity") if "Identity" in activations else None
+    assert activations.count("Identity") == (min(hidden) <= 2) and (linear is None or hidden[linear] == min(hidden))
     described = {"kind": "dense", "width": width, "shapes": shapes}
+    if linear is not None:
+        described["linear_bottleneck"] = linear
     assert spec_hash(width, hidden) == hashlib.sha256(json.dumps(described).encode()).hexdigest()[:16]
     assert count_parameters(width, hidden) == sum(p.numel() for p in model.parameters())
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from services.config import load_settings
-from services.data.scaling import FeatureStats
+from services.protocol.scaling import FeatureStats
 from services.data.sources import load_node
 from services.model import training
 from services.model.autoencoder import build_autoencoder, get_flat_weights, set_flat_weights

@@ -18,7 +18,7 @@ import pytest
 
 from observability.helpers import ROUNDS
 from services.data.sources import load_node
-from support import Stack
+from support import Stack, get_json
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = Path(os.environ.get("FEDAD_ARTIFACTS", REPO / "build" / "artifacts"))
@@ -117,6 +117,8 @@ def test_dashboard_lists_workers_rounds_and_draws_charts(observed_stack, browser
             row = p.inner_text(f'#workers tbody tr[data-worker="{w}"]')
             assert "online" in row, row
             assert f"{observed_stack.traffic[w]['rows']}" in row.replace(",", ""), row
+            precision = get_json(f"{observed_stack.worker_url(w)}/v1/status")["precision"]  # served int8 or fp32, why
+            assert f"· {precision['served']}" in row and precision["reason"] in row, row
         rounds = p.eval_on_selector_all("#rounds tbody tr[data-round]", "rows => rows.map(r => +r.dataset.round)")
         assert len(rounds) >= 1 and rounds[0] == ROUNDS, f"closed rounds shown: {rounds}"
         assert p.inner_text("#rounds-done") == str(ROUNDS)
@@ -147,6 +149,10 @@ def test_worker_page_shows_recent_scores_against_the_threshold(observed_stack, b
         p = page.page
         assert p.inner_text("#worker-id") == worker
         assert p.inner_text("#model-round") == str(ROUNDS)
+        status = get_json(f"{observed_stack.worker_url(worker)}/v1/status")
+        assert p.inner_text("#precision") == status["model"] and p.inner_text("#precision-why") == \
+            status["precision"]["reason"]
+        assert p.inner_text("#model-kind") == f"{status['shape']} as {status['model']}"
         points = page.wait_for("() => window.fedad.pointsWithData('score-chart')", "score chart data")
         shown = min(observed_stack.traffic[worker]["rows"], observed_stack.settings.dashboard.recent_scores)
         assert points >= shown, points  # every recent score, plus the threshold line

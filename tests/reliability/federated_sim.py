@@ -32,7 +32,7 @@ from services.aggregator import strategies  # noqa: E402
 from services.aggregator.rounds import Federation  # noqa: E402
 from services.aggregator.store import AggregatorStore  # noqa: E402
 from services.config import Settings, load_settings  # noqa: E402
-from services.data.scaling import FeatureStats  # noqa: E402
+from services.protocol.scaling import FeatureStats  # noqa: E402
 from services.data.node import NodeData  # noqa: E402
 from services.data.sources import load_node, training_selection  # noqa: E402
 from services.data.windows import Preprocessing  # noqa: E402

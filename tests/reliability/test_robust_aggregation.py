@@ -18,7 +18,7 @@ from reliability import federated_sim
 from services.aggregator.rounds import Federation
 from services.aggregator.store import AggregatorStore
 from services.config import load_settings
-from services.data.scaling import FeatureStats
+from services.protocol.scaling import FeatureStats
 from services.protocol.codec import encode_weights
 from services.protocol.messages import JoinRequest
 from services.security.accountant import GaussianAccountant

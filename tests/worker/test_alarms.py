@@ -3,6 +3,7 @@
 import numpy as np
 
 from services.worker.alarms import AlarmBook, Outbox
+from support import scored
 
 
 def book(events, open_after=3, clear_after=2):
@@ -12,7 +13,8 @@ def book(events, open_after=3, clear_after=2):
 def observe(alarms, stream, flags, scores=None, start=0.0):
     flags = np.asarray(flags, dtype=bool)
     scores = np.asarray(scores if scores is not None else np.where(flags, 2.0, 0.1))
-    return alarms.observe(stream, [start + i for i in range(len(flags))], scores, flags, 1.0, 7)
+    return alarms.observe(scored(stream, 0, scores, flags, model_round=7,
+                                 times=[start + i for i in range(len(flags))]))
 
 
 def test_opens_after_n_consecutive_anomalous_rows_clears_after_m_normal_ones():

@@ -126,12 +126,10 @@ def test_the_drop_counter_survives_a_broker_restart_and_warns_once_per_period(ca
     import logging
 
     from services.worker.ingest.broker_watch import BrokerWatch
-    from services.worker.ingest.mqtt import MqttLink
 
-    link = MqttLink("127.0.0.1", 1, "unit", [], 1, lambda topic, payload: None)  # never started
     q: queue.Queue = queue.Queue(maxsize=10)
-    watch = BrokerWatch(link, q, warn_every_s=3600)
-    tap = link.taps["$SYS/broker/publish/messages/dropped"]
+    watch = BrokerWatch(q, warn_every_s=3600)
+    tap = watch.taps["$SYS/broker/publish/messages/dropped"]  # what the MQTT link hands the $SYS messages to
     with caplog.at_level(logging.WARNING, logger="fedad.worker.broker"):
         for value in (b"100", b"130", b"not a number", b"150", b"20", b"25"):  # 20: the broker restarted
             tap("$SYS/broker/publish/messages/dropped", value)

@@ -8,6 +8,7 @@ import pytest
 
 from services.worker.alarms import AlarmBook
 from services.worker.buffer import LiveBuffer
+from support import scored
 
 WIDTH = 3
 
@@ -24,7 +25,7 @@ def feed(buffer: LiveBuffer, stream: str, flags, sizes=None, first: int = 0) -> 
     for size in sizes:
         part = flags[at:at + size]
         if len(part):
-            buffer.observe(stream, first + at, rows_for(first + at, len(part)), np.where(part, 2.0, 0.5), part, None)
+            buffer.observe(scored(stream, first + at, np.where(part, 2.0, 0.5), part, rows_for(first + at, len(part))))
         at += size
 
 
@@ -40,7 +41,7 @@ def expected(flags, open_after: int, clear_after: int, margin: int) -> list[int]
     flags = np.asarray(flags, dtype=bool)
     n = len(flags)
     book = AlarmBook("w", open_after, clear_after, lambda event: None)
-    events = book.observe("s", list(range(n)), np.where(flags, 2.0, 0.5), flags, 1.0, 1)
+    events = book.observe(scored("s", 0, np.where(flags, 2.0, 0.5), flags))
     spans, start = [], None
     for event in events:
         if event["event"] == "opened":

@@ -28,7 +28,7 @@ from services.protocol.messages import WorkerReport
 from services.worker.buffer import LiveBuffer
 from services.worker.marks import TrainedMarks
 from services.worker.reporter import Reporter
-from support import REPO, Process, Stack, free_port, get_json, wait_until
+from support import REPO, Process, Stack, free_port, get_json, scored, wait_until
 
 SETTINGS = load_settings(environ={})
 ADMIN_TOKEN = "dev-admin-token"
@@ -232,7 +232,7 @@ def test_marks_count_new_source_and_live_rows_until_a_round_trains_on_them(tmp_p
     buffer = LiveBuffer(None, columns, max_rows=100, margin_rows=0, open_after=3, clear_after=10)
 
     def live(n: int, first: int) -> None:  # rows the served model scored normal
-        buffer.observe("s", first, np.ones((n, len(columns)), np.float32), np.full(n, 0.5), np.zeros(n, bool), None)
+        buffer.observe(scored("s", first, np.full(n, 0.5), np.zeros(n, bool), np.ones((n, len(columns)), np.float32)))
 
     marks = TrainedMarks()
     assert marks.new_rows(node, None) == 4 * 400  # never trained: every training row is new
@@ -246,15 +246,19 @@ def test_marks_count_new_source_and_live_rows_until_a_round_trains_on_them(tmp_p
     assert TrainedMarks.load(tmp_path) == marks and TrainedMarks.load(tmp_path / "none") is None
 
 
-def test_the_reporter_sends_changes_at_most_every_interval_and_again_when_forced():
-    now, current, delivered, accept = [0.0], [5], [], [True]
+def test_the_reporter_sends_changes_at_most_every_interval_and_again_after_a_round():
+    now, current, rounds, delivered, accept = [0.0], [5], [0], [], [True]
 
     def send(report: WorkerReport) -> bool:
         if accept[0]:
             delivered.append(report.new_rows)
         return accept[0]
 
-    reporter = Reporter(lambda: WorkerReport(new_rows=current[0]), send, min_interval_s=2.0, clock=lambda: now[0])
+    joined = [False]
+    reporter = Reporter(lambda: (WorkerReport(new_rows=current[0]), rounds[0]) if joined[0] else None, send,
+                        min_interval_s=2.0, clock=lambda: now[0])
+    assert not reporter.step() and delivered == [], "nothing to report before the worker joined"
+    joined[0] = True
     assert reporter.step() and delivered == [5]
     now[0] = 3.0
     assert not reporter.step(), "unchanged: nothing to send"
@@ -264,9 +268,8 @@ def test_the_reporter_sends_changes_at_most_every_interval_and_again_when_forced
     assert not reporter.step(), "changed, but the last report is younger than the interval"
     now[0] = 5.5
     assert reporter.step() and delivered == [5, 6, 7]
-    reporter.nudge(force=True)
-    now[0] = 7.5
-    assert reporter.step() and delivered == [5, 6, 7, 7], "forced: sent although unchanged"
+    rounds[0], now[0] = 1, 7.5
+    assert reporter.step() and delivered == [5, 6, 7, 7], "a round was trained: sent although unchanged"
     current[0], accept[0], now[0] = 9, False, 9.5
     assert not reporter.step() and reporter.last_sent.new_rows == 7
     accept[0], now[0] = True, 10.5

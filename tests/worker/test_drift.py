@@ -18,6 +18,7 @@ import pytest
 from services.config import DriftSettings, load_settings
 from services.worker.buffer import FLUSH_S, FOLDER, LiveBuffer
 from services.worker.drift import DriftWatch, PageHinkley
+from services.worker.watchers import Scored
 from support import Stack, partition_runs, wait_until
 
 from .test_buffer import expected
@@ -56,40 +57,39 @@ def model(round_=1, threshold=2.0):
     return SimpleNamespace(model_round=round_, threshold=threshold)
 
 
-def watch(action="both", margin=0, **cfg) -> tuple[DriftWatch, LiveBuffer]:
+def watch(action="both", margin=0, recalibrate=None, **cfg) -> tuple[DriftWatch, LiveBuffer]:
     """A watch fed by a live buffer (as on a worker): rows reach the tests when the buffer keeps them."""
     settings = DriftSettings(action=action, **{"min_rows": 50, "page_hinkley_threshold": 5.0, **cfg})
-    buffer = LiveBuffer(None, ["a", "b"], 10_000, margin, 3, 2)
-    return DriftWatch(settings, buffer=buffer), buffer
+    drift = DriftWatch(settings, recalibrate=recalibrate)
+    return drift, LiveBuffer(None, ["a", "b"], 10_000, margin, 3, 2, on_keep=drift.observe_kept)
 
 
-def send(watch_: DriftWatch, buffer: LiveBuffer, stream: str, ratios, first: int = 0, model_=None,
-         flags=None) -> None:
-    """Rows whose score is ``ratio`` thresholds, one per request, through both watchers (as StreamTable does)."""
+def send(watchers, stream: str, ratios, first: int = 0, model_=None, flags=None) -> None:
+    """Rows whose score is ``ratio`` thresholds, one per request, to each watcher (as StreamTable does)."""
     model_ = model_ or model()
     ratios = np.asarray(ratios, dtype=np.float64)
     flags = np.zeros(len(ratios), dtype=bool) if flags is None else np.asarray(flags, dtype=bool)
     for i, ratio in enumerate(ratios):
         rows = np.full((1, 2), first + i, dtype=np.float32)
-        scores, flag = np.array([ratio * model_.threshold], dtype=np.float32), flags[i:i + 1]
-        buffer.observe(stream, first + i, rows, scores, flag, model_)
-        watch_.observe(stream, first + i, rows, scores, flag, model_)
+        request = Scored(stream, rows, [0.0], np.array([ratio * model_.threshold], dtype=np.float32),
+                         flags[i:i + 1], model_, first + i, [None])
+        for watcher in watchers:
+            watcher.observe(request)
 
 
 def test_stationary_normal_scores_never_signal_with_the_default_lambda():
     drift, buffer = watch(min_rows=200, page_hinkley_threshold=DriftSettings().page_hinkley_threshold)
-    send(drift, buffer, "s", np.random.default_rng(0).normal(0.4, 0.15, 20000).clip(0, 0.99))
+    send([buffer], "s", np.random.default_rng(0).normal(0.4, 0.15, 20000).clip(0, 0.99))
     assert drift.events == 0 and not drift.take_retrain_request()
 
 
 def test_a_rise_of_normal_scores_signals_once_asks_for_a_round_and_recalibrates_on_recent_rows():
-    drift, buffer = watch()
-    calls = []
-    drift.recalibrate = calls.append
+    calls: list = []
+    drift, buffer = watch(recalibrate=calls.append)
     drift.start()
     try:
         g = np.random.default_rng(0)
-        send(drift, buffer, "s", np.r_[g.normal(0.3, 0.05, 300), g.normal(0.7, 0.05, 100)])
+        send([buffer], "s", np.r_[g.normal(0.3, 0.05, 300), g.normal(0.7, 0.05, 100)])
         assert drift.events == 1 and drift.by_stream["s"] == 1
         [event] = drift.document()["recent"]
         assert event["stream"] == "s" and event["mean_before"] == pytest.approx(0.3, abs=0.05)
@@ -109,19 +109,19 @@ def test_a_rise_of_normal_scores_signals_once_asks_for_a_round_and_recalibrates_
 def test_flagged_rows_are_not_watched_and_another_model_starts_the_test_afresh():
     drift, buffer = watch(action="retrain")
     g = np.random.default_rng(0)
-    send(drift, buffer, "s", g.normal(0.3, 0.05, 300))
-    send(drift, buffer, "s", np.full(300, 3.0), first=300, flags=np.ones(300))  # a fault: alarms, not drift
+    send([buffer], "s", g.normal(0.3, 0.05, 300))
+    send([buffer], "s", np.full(300, 3.0), first=300, flags=np.ones(300))  # a fault: alarms, not drift
     assert drift.events == 0
-    send(drift, buffer, "s", g.normal(0.7, 0.05, 45), first=600, model_=model(round_=2))  # a new model: 0.7 is its
+    send([buffer], "s", g.normal(0.7, 0.05, 45), first=600, model_=model(round_=2))  # a new model: 0.7 is its
     assert drift.events == 0  # normal (fewer than min_rows since the reset anyway)
-    send(drift, buffer, "s", g.normal(0.7, 0.05, 300), first=645, model_=model(round_=2))
+    send([buffer], "s", g.normal(0.7, 0.05, 300), first=645, model_=model(round_=2))
     assert drift.events == 0 and drift.document()["streams_watched"] == 1
 
 
 def test_action_none_only_counts():
     drift, buffer = watch(action="none")
     g = np.random.default_rng(2)
-    send(drift, buffer, "s", np.r_[g.normal(0.3, 0.05, 300), g.normal(0.8, 0.05, 100)])
+    send([buffer], "s", np.r_[g.normal(0.3, 0.05, 300), g.normal(0.8, 0.05, 100)])
     assert drift.events == 1 and not drift.take_retrain_request()
 
 
@@ -132,9 +132,9 @@ def test_a_fault_onset_is_no_drift_when_the_buffer_feeds_the_tests_but_is_one_wi
     ratios = np.r_[g.normal(0.3, 0.05, 300), np.linspace(0.3, 0.95, 60), np.full(20, 2.0), g.normal(0.3, 0.05, 200)]
     flags = ratios > 1
     buffered, buffer = watch(margin=80)
-    send(buffered, buffer, "s", ratios, flags=flags)
+    send([buffer], "s", ratios, flags=flags)
     alone = DriftWatch(DriftSettings(min_rows=50, page_hinkley_threshold=5.0))
-    send(alone, LiveBuffer(None, ["a", "b"], 10, 0, 3, 2), "s", ratios, flags=flags)
+    send([LiveBuffer(None, ["a", "b"], 10, 0, 3, 2), alone], "s", ratios, flags=flags)  # the stream table's watchers
     assert buffered.events == 0 and alone.events == 1
 
 

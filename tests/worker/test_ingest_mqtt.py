@@ -20,7 +20,7 @@ import pytest
 from services.config import load_settings
 from services.data.sources import data_root
 from services.worker.alarms import AlarmBook
-from support import free_port, wait_until
+from support import free_port, scored, wait_until
 
 SETTINGS = load_settings()
 FEATURES = SETTINGS.data.features
@@ -144,9 +144,9 @@ def expected_events(worker, device: str, rows: np.ndarray) -> list[dict]:
     body = httpx.post(f"{worker.url}/detect", timeout=60, json={
         "baseline": rows[:BASELINE].tolist(), "samples": rows[BASELINE:].tolist()}).json()
     events = []
-    AlarmBook("valve1", SETTINGS.alarms.open_after, SETTINGS.alarms.clear_after, events.append).observe(
-        device, [stamp(i) for i in range(BASELINE, len(rows))], np.array(body["scores"]),
-        np.array(body["is_anomaly"]), body["threshold"], body["model_round"])
+    AlarmBook("valve1", SETTINGS.alarms.open_after, SETTINGS.alarms.clear_after, events.append).observe(scored(
+        device, 0, np.array(body["scores"]), np.array(body["is_anomaly"]), threshold=body["threshold"],
+        model_round=body["model_round"], times=[stamp(i) for i in range(BASELINE, len(rows))]))
     return events
 
 

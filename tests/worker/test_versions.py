@@ -25,7 +25,7 @@ import pytest
 
 from services import atomic
 from services.config import load_settings
-from services.data.scaling import FeatureStats
+from services.protocol.scaling import FeatureStats
 from services.data.sources import load_node
 from services.model.detector import DetectorSpec
 from services.protocol.codec import CONTENT_TYPE, content_hash, decode_weights, encode_weights
@@ -105,17 +105,17 @@ def test_rollback_pin_and_unpin_survive_a_restart(tmp_path, node):
 
     restarted = shelf_at(tmp_path, node)
     restarted.restore()
-    assert (restarted.served_version, restarted.pinned_version) == ("2", "2")
+    assert (restarted.served_id, restarted.pinned_id) == ("2", "2")
     assert restarted.slot.current.model_round == 2
     assert statuses(restarted) == {"1": "kept", "2": "served", "3": "kept"}
 
     pinned_out = restarted.install("run", scaler, 4, good_weights(), data)
     assert pinned_out.status == "kept" and "pinned to 2" in pinned_out.reason
     assert restarted.slot.current.model_round == 2
-    assert restarted.unpin() == "2" and restarted.pinned_version is None
+    assert restarted.unpin() == "2" and restarted.pinned_id is None
     again = shelf_at(tmp_path, node)
     again.restore()
-    assert again.pinned_version is None and again.served_version == "2"
+    assert again.pinned_id is None and again.served_id == "2"
 
 
 def test_old_versions_retire_beyond_keep_but_never_the_served_or_pinned_one(tmp_path, node):
@@ -143,12 +143,12 @@ def test_recalibration_is_a_new_version_with_the_same_weights_through_the_gate(t
     assert quieter.gate["against"] == "1"
     second = shelf.recalibrate(recent * 1.0)
     assert second.id == "1.2"
-    served = shelf.served_version
+    served = shelf.served_id
     assert shelf.slot.current.threshold == shelf.state.version(served).threshold
     restarted = shelf_at(tmp_path, node)
     restarted.restore()
     assert [v["version"] for v in restarted.versions] == ["1", "1.1", "1.2"]
-    assert restarted.served_version == served
+    assert restarted.served_id == served
 
 
 def test_a_state_folder_from_before_versions_loads_as_one_served_version(tmp_path, node):
@@ -164,7 +164,7 @@ def test_a_state_folder_from_before_versions_loads_as_one_served_version(tmp_pat
 
     old = shelf_at(tmp_path / "old", node)
     old.restore()
-    assert old.served_version == "4" and old.slot.current.model_round == 4
+    assert old.served_id == "4" and old.slot.current.model_round == 4
     assert old.slot.current.threshold == version.threshold
     old.install("run", scaler, 5, good_weights(), data)  # saved in the versioned layout from now on
     state = json.loads((tmp_path / "old" / "state.json").read_text())

@@ -6,13 +6,13 @@ from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 
 from services.aggregator.deps import FederationDep, PublisherDep
-from services.aggregator.routes.bodies import limited_body
 from services.protocol import errors
-from services.security.admin import Admin
+from services.protocol.bodies import limited_body
+from services.security.admin import Admin, verify_admin
 
 MAX_CONTROL_BYTES = 4096
 router = APIRouter(prefix="/v1/admin", tags=["admin"], dependencies=[Admin], route_class=limited_body(
-    MAX_CONTROL_BYTES, lambda request: request.app.state.admin.verify(request.headers.get("authorization"))))
+    MAX_CONTROL_BYTES, verify_admin))
 
 
 class RoundRequest(BaseModel):

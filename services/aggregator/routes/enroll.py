@@ -10,8 +10,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from services.aggregator.routes.bodies import limited_body
 from services.protocol import errors
+from services.protocol.bodies import limited_body
 from services.security.tls import client_certificate_id
 
 MAX_ENROLL_BYTES = 1024

@@ -9,8 +9,8 @@ from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from services.aggregator.deps import FederationDep
-from services.aggregator.routes.bodies import limited_body
 from services.protocol import errors
+from services.protocol.bodies import limited_body
 from services.protocol.errors import ProtocolError
 from services.protocol.messages import FleetDirective
 from services.security.admin import Admin

@@ -6,8 +6,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 
 from services.aggregator.deps import FederationDep, OwnWorker, PublisherDep, worker_of
-from services.aggregator.routes.bodies import limited_body
 from services.protocol import errors
+from services.protocol.bodies import limited_body
 from services.protocol.errors import ProtocolError
 from services.protocol.messages import WorkerReport
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Request
-from starlette.requests import ClientDisconnect
 
 from services.aggregator.deps import AuthenticatedWorker
 from services.aggregator.observer import AggregatorObserver
 from services.protocol import errors
+from services.protocol.bodies import read_limited, refuse_announced
 from services.protocol.codec import CONTENT_TYPE
 from services.protocol.errors import ProtocolError
 from services.protocol.messages import H_LOSS, H_SAMPLES, H_SHA256
@@ -17,27 +17,15 @@ from services.protocol.messages import H_LOSS, H_SAMPLES, H_SHA256
 router = APIRouter(prefix="/v1/rounds", tags=["rounds"])
 
 
-async def read_update(request: Request, limit: int, caller: str, observer: AggregatorObserver) -> bytes:
+async def read_update(request: Request, limit: int, observer: AggregatorObserver) -> bytes:
     """The body, refused as soon as it is known to exceed ``limit`` bytes (from Content-Length, before reading)."""
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise ProtocolError(errors.TOO_LARGE, f"update body of {declared} bytes exceeds the model's {limit} bytes")
+    allowed = f"the model's {limit} bytes"
+    refuse_announced(request.headers, limit, "update body", allowed)
     media_type = request.headers.get("content-type", CONTENT_TYPE).split(";")[0].strip().lower()
     if media_type != CONTENT_TYPE:
         raise ProtocolError(errors.BAD_MEDIA_TYPE, f"update body must be raw little-endian float32 sent as "
                                                    f"{CONTENT_TYPE}, not {media_type}")
-    body = bytearray()
-    try:
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > limit:
-                raise ProtocolError(errors.TOO_LARGE, f"update body exceeds the model's {limit} bytes")
-    except ClientDisconnect:
-        raise ProtocolError(errors.CLIENT_DISCONNECTED, f"worker {caller} disconnected after {len(body)} bytes of "
-                                                        "its update: nothing was accepted") from None
-    finally:
-        observer.update_received(len(body))
-    return bytes(body)
+    return await read_limited(request, limit, "update body", allowed, on_read=observer.update_received)
 
 
 @router.post("/{round_no}/updates", responses=errors.openapi_responses(
@@ -68,7 +56,7 @@ async def take(request: Request, round_no: int, caller: str, sample_count: int, 
     """The handler behind both this route and its fast twin (routes/fast.py)."""
     state = request.app.state
     federation, observer = state.federation, state.observer
-    body = await read_update(request, federation.n_params * 4, caller, observer)
+    body = await read_update(request, federation.n_params * 4, observer)
     result = await federation.submit_async(caller, round_no, body, sample_count, loss, sha256)
     observer.update_accepted(result)
     state.publisher.check()

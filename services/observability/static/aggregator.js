@@ -71,11 +71,13 @@
     if (!m) return "<td class=\"left served muted\">" + (w.model_round === null || w.model_round === undefined
       ? "–" : "round " + w.model_round) + "</td>";
     let html = m.served_round === null ? "none yet" : "round " + m.served_round;
+    if (w.precision) html += " · " + f.escape(w.precision);
     if (m.pinned !== null) html += "<span class=\"pin\">pinned</span>";
     if (m.last_refused) {
       const why = m.last_refused.reason.replace(/^refused:\s*/i, "");
       html += "<span class=\"why\">refused round " + m.last_refused.round + ": " + f.escape(why) + "</span>";
     }
+    if (w.precision_reason) html += "<span class=\"precision\">" + f.escape(w.precision_reason) + "</span>";
     return "<td class=\"left served\">" + html + "</td>";
   }
 

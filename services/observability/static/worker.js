@@ -10,7 +10,9 @@
     const phase = f.el("phase");
     phase.textContent = d.phase;
     phase.className = "pill " + (d.phase === "done" ? "done" : d.phase === "failed" ? "failed" : "training");
-    f.text("model-kind", d.model || "no");
+    f.text("model-kind", d.model ? (d.shape ? d.shape + " as " : "") + d.model : "no");
+    f.text("precision", d.model || "–");
+    f.text("precision-why", (d.precision && d.precision.reason) || "");
     f.text("model-round", d.model_round === null ? "–" : d.model_round);
     f.text("rounds-total", d.rounds_total);
     f.el("round-bar").style.width = (100 * (d.model_round || 0) / Math.max(1, d.rounds_total)) + "%";

@@ -4,10 +4,11 @@ ingestion queue filling up.
 A broker that keeps a subscriber's QoS 1 messages queues at most ``max_queued_messages`` (and ``max_queued_bytes``)
 per client beyond the ``max_inflight_messages`` window; what comes on top is dropped, silently for the subscriber.
 Mosquitto counts those drops, for all its clients together, in ``$SYS/broker/publish/messages/dropped`` (published
-every ``sys_interval`` seconds, 10 by default). This watcher subscribes to that counter through the worker's MQTT
-link, exposes it and the ingestion queue's depth as metrics, and warns in the log when either says rows are being
-lost (at most once per ``warn_every_s`` for each). A broker whose ACLs hide ``$SYS`` leaves the broker figures
-unknown (null in /v1/ingest, no series in /metrics), which is said once in the log after ``SILENT_AFTER_S``.
+every ``sys_interval`` seconds, 10 by default). This watcher takes that counter from the worker's MQTT link (its
+``taps``, handed to the link when it starts), exposes it and the ingestion queue's depth as metrics, and warns in the
+log when either says rows are being lost (at most once per ``warn_every_s`` for each). A broker whose ACLs hide
+``$SYS`` leaves the broker figures unknown (null in /v1/ingest, no series in /metrics), which is said once in the
+log after ``SILENT_AFTER_S``.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ SILENT_AFTER_S = 60.0  # six of Mosquitto's default sys_interval
 
 
 class BrokerWatch:
-    def __init__(self, link, ingest_queue: queue.Queue, interval_s: float = 5.0, warn_every_s: float = 60.0):
+    def __init__(self, ingest_queue: queue.Queue, interval_s: float = 5.0, warn_every_s: float = 60.0):
         self.queue, self.interval, self.warn_every = ingest_queue, interval_s, warn_every_s
         self.broker: dict[str, int] = {}  # the broker's own counters, as last reported
         self.dropped_since_start = 0  # broker drops seen while this worker was connected (its counter's increments)
@@ -33,8 +34,7 @@ class BrokerWatch:
         self._last_warned: dict[str, float] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        for topic in TOPICS:
-            link.tap(topic, self._on_sys)
+        self.taps = {topic: self._on_sys for topic in TOPICS}  # for the MQTT link: $SYS topic -> handler
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="broker-watch", daemon=True)

@@ -17,7 +17,8 @@ Values arrive as strings (KubeEdge) or numbers; both must parse to a finite floa
 ``data.features`` are ignored (a device may report more than the model watches); a message with none of them is
 refused. Timestamps: epoch milliseconds (KubeEdge) or seconds (told apart by size), or ISO 8601 / ``YYYY-MM-DD
 HH:MM:SS`` (without a zone: the node's local time, as the mapper writes it); a message without one gets its arrival
-time. Refusal reasons are a closed set (``REASONS``): they label ``fedad_worker_ingest_refused_total``.
+time. Refusal reasons are a closed set (``REASONS``), each an error code of services/protocol/errors.py: they label
+``fedad_worker_ingest_refused_total`` and are the codes the HTTP push answers with.
 """
 
 from __future__ import annotations
@@ -29,12 +30,14 @@ from dataclasses import dataclass
 
 import orjson
 
+from services.protocol import errors
 from services.worker.twin import VERDICT_PROPERTIES
 
 FORMATS = ("rows", "kubeedge_data", "kubeedge_twin", "property")
-REASONS = ("too_large", "malformed_json", "bad_payload", "no_device", "bad_device_id", "unknown_property",
-           "not_a_number", "non_finite", "bad_timestamp", "late", "incomplete_row", "queue_full", "no_model",
-           "bad_media_type")
+REASONS = tuple(e.code for e in (errors.TOO_LARGE, errors.MALFORMED_JSON, errors.BAD_PAYLOAD, errors.NO_DEVICE,
+                                 errors.BAD_DEVICE_ID, errors.UNKNOWN_PROPERTY, errors.NOT_A_NUMBER,
+                                 errors.NON_FINITE, errors.BAD_TIMESTAMP, errors.LATE, errors.INCOMPLETE_ROW,
+                                 errors.QUEUE_FULL, errors.NO_MODEL, errors.BAD_MEDIA_TYPE))
 DEVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")  # the stream ids /detect accepts
 MAX_PAYLOAD = 1 << 20  # bytes of one message
 MAX_ROWS_PER_MESSAGE = 10_000

@@ -5,6 +5,10 @@ to ``RECONNECT_MAX_S``; subscriptions are (re)made in ``on_connect``, so they co
 The session is persistent (``clean_session`` false under a fixed client id): while the worker restarts, the broker
 keeps its QoS 1 messages for it. ``on_message`` runs on paho's thread and only hands the raw message on: parsing
 and scoring happen on the ingestion thread, so a slow model never stalls the connection's keep-alive.
+
+One link serves two parts of the worker: device data in (services/worker/ingest/pipeline.py) and alarm events out
+(services/worker/alarms.py). Both are built on it, so what it subscribes to and whom it tells are given when it
+starts (``start``), once all of them exist.
 """
 
 from __future__ import annotations
@@ -15,19 +19,21 @@ from typing import Callable
 
 import paho.mqtt.client as paho
 
+from services.config import Settings, WorkerSettings
+
 log = logging.getLogger("fedad.worker.mqtt")
 RECONNECT_MAX_S = 5
 
 
 class MqttLink:
-    def __init__(self, host: str, port: int, client_id: str, subscriptions: list[str], qos: int,
-                 on_message: Callable[[str, bytes], None], keepalive_s: int = 30):
-        self.host, self.port, self.subscriptions, self.qos = host, port, list(subscriptions), qos
-        self.handle = on_message
+    def __init__(self, host: str, port: int, client_id: str, qos: int, keepalive_s: int = 30):
+        self.host, self.port, self.qos = host, port, qos
         self.keepalive = keepalive_s
+        self.subscriptions: list[str] = []
+        self.handle: Callable[[str, bytes], None] = lambda topic, payload: None
+        self.on_connected: Callable[[], None] = lambda: None  # after each (re)connection and subscription
         self.connected = threading.Event()
         self.connections = 0
-        self.on_connected: Callable[[], None] = lambda: None  # after each (re)connection and subscription
         self.taps: dict[str, Callable[[str, bytes], None]] = {}  # topic -> handler, beside the device data
         self.client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False)
         self.client.reconnect_delay_set(min_delay=1, max_delay=RECONNECT_MAX_S)
@@ -35,13 +41,24 @@ class MqttLink:
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
 
-    def tap(self, topic: str, handler: Callable[[str, bytes], None]) -> None:
-        """Also subscribe to ``topic`` (an exact name, e.g. a broker's $SYS counter) and hand its messages to
-        ``handler`` on paho's thread instead of the device-data path. Call before ``start``."""
-        self.taps[topic] = handler
+    @classmethod
+    def from_settings(cls, settings: Settings, worker: WorkerSettings) -> MqttLink | None:
+        """The link ``ingest.mqtt`` describes, or None when it is not enabled."""
+        mqtt = settings.ingest.mqtt
+        if not mqtt.enabled:
+            return None
+        return cls(mqtt.host, mqtt.port, mqtt.client_id or f"fedad-{worker.id}", mqtt.qos, mqtt.keepalive_s)
 
-    def start(self) -> None:
-        """Connect in the background: a broker that is not up yet is retried like a lost one."""
+    def start(self, subscriptions: list[str], on_message: Callable[[str, bytes], None],
+              on_connected: Callable[[], None] | None = None,
+              taps: dict[str, Callable[[str, bytes], None]] | None = None) -> None:
+        """Connect in the background (a broker that is not up yet is retried like a lost one), subscribe to
+        ``subscriptions`` after each (re)connection, hand every message to ``on_message`` and call
+        ``on_connected`` once subscribed. ``taps``: exact topics (a broker's $SYS counters) whose messages go to
+        their own handler on paho's thread instead of the device-data path."""
+        self.subscriptions, self.handle, self.taps = list(subscriptions), on_message, dict(taps or {})
+        if on_connected is not None:
+            self.on_connected = on_connected
         self.client.connect_async(self.host, self.port, keepalive=self.keepalive)
         self.client.loop_start()
 

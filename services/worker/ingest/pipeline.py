@@ -1,9 +1,10 @@
-"""Device data → scores → alarms, on one ingestion thread.
+"""Device data → scores, on one ingestion thread.
 
 MQTT messages (raw, from paho's thread) and HTTP push readings (parsed in the request) wait in one bounded queue;
-the ingestion thread parses, assembles rows per device (``assemble``), scores each device's rows as its stream (the
-worker's ``StreamTable``: the same scores /detect gives the same rows) and feeds the alarms. One thread owns the
-assembly state, so it needs no lock, and a slow model never stalls the broker connection.
+the ingestion thread parses, assembles rows per device (``assemble``) and scores each device's rows as its stream
+(the worker's ``StreamTable``: the same scores /detect gives the same rows, and the same watchers — the alarms, the
+live buffer, the drift tests — see them). One thread owns the assembly state, so it needs no lock, and a slow model
+never stalls the broker connection.
 
 With ``data.baseline: run`` a device's first ``ingest.baseline_rows`` rows (default ``data.train_rows``) are its
 baseline: they set the stream's scaling and are not scored (as the baseline of a /detect request). A device the
@@ -21,34 +22,33 @@ import logging
 import queue
 import threading
 import time
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Protocol
 
-import httpx
 import numpy as np
-import orjson
 
 from services.config import Settings, WorkerSettings
 from services.protocol import errors
 from services.protocol.errors import ProtocolError
-from services.worker import explain, twin
 from services.worker.alarms import AlarmBook, Outbox
 from services.worker.ingest.assemble import Assembler, Row
 from services.worker.ingest.broker_watch import BrokerWatch
 from services.worker.ingest.messages import REASONS, Reading, Refused, TopicFilter, parse
 from services.worker.ingest.mqtt import MqttLink
+from services.worker.twin import TOPIC as TWIN_TOPIC
+from services.worker.twin import TwinReporter
 
 log = logging.getLogger("fedad.worker.ingest")
 LOG_EVERY_S = 10.0
 TICK_S = 0.25  # the ingestion thread resolves overdue rows at least this often
-OUTBOX_DIR = "alarm-outbox"
 
 
 class StreamScorer(Protocol):
     """What ingestion needs of the worker's streams (services.worker.streams.StreamTable)."""
 
-    def score(self, stream: str, rows: np.ndarray, baseline: np.ndarray | None = None): ...  # → .scores .flags
-    # .model .stream_rows; raises ProtocolError (no_model, baseline_already_set, ...)
+    def score(self, stream: str, rows: np.ndarray, baseline: np.ndarray | None = None,
+              times: Sequence[float] | None = None): ...  # → services.worker.watchers.Scored; raises ProtocolError
+    # (no_model, baseline_already_set, ...)
 
     def describe(self, stream: str) -> dict: ...  # raises ProtocolError unknown_stream for a stream it does not hold
 
@@ -56,13 +56,19 @@ class StreamScorer(Protocol):
 
 
 class DeviceIngest:
-    def __init__(self, settings: Settings, worker: WorkerSettings, streams: StreamScorer):
-        cfg, self.alarm_cfg = settings.ingest, settings.alarms
+    """``link`` (the node's broker, None without MQTT) is started by the worker with this ingestion's
+    ``subscriptions`` and ``on_message``; ``twin`` (twin.enabled) hears each device's scores; ``alarms`` and
+    ``outbox`` are only read, for ``document`` and ``metrics``."""
+
+    def __init__(self, settings: Settings, worker: WorkerSettings, streams: StreamScorer,
+                 link: MqttLink | None = None, alarms: AlarmBook | None = None, outbox: Outbox | None = None,
+                 twin: TwinReporter | None = None):
+        cfg = settings.ingest
         self.worker_id = worker.id
         self.features = settings.data.features
         self.feature_set = frozenset(self.features)
         self.streams = streams
-        self.explainer = explain.Explainer(settings.data.model_columns)
+        self.link, self.alarms, self.outbox, self.twin = link, alarms, outbox, twin
         # a baseline spans at least one window (the stream table's rule), so a device's first scored row has its own
         self.baseline_rows = max(cfg.baseline_rows or settings.data.train_rows, settings.data.window, 2) \
             if settings.data.baseline == "run" else 0
@@ -80,66 +86,52 @@ class DeviceIngest:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-        mqtt = cfg.mqtt
-        self.routes = [(TopicFilter(t.topic.replace("{worker}", worker.id)), t.format) for t in mqtt.topics]
-        self.link = MqttLink(mqtt.host, mqtt.port, mqtt.client_id or f"fedad-{worker.id}",
-                             [f.pattern for f, _ in self.routes], mqtt.qos, self.on_message,
-                             mqtt.keepalive_s) if mqtt.enabled else None
-        self.watch = BrokerWatch(self.link, self.queue) if self.link is not None else None
-        self.alarm_topic = self.alarm_cfg.topic.replace("{worker}", worker.id)
-        sinks = {}
-        if self.link is not None:
-            sinks["mqtt"] = self._publish_alarm
-            self.link.on_connected = lambda: self.outbox.wake()  # held events go out as soon as the broker is back
-        if self.alarm_cfg.webhook:
-            sinks["webhook"] = self._post_alarm
-        self.outbox = Outbox(Path(worker.state_dir) / OUTBOX_DIR, sinks, self.alarm_cfg.outbox_max) if sinks else None
-        emit = self.outbox.put if self.outbox else (lambda event: None)
-        # the verdict in the device twin (settings: twin.enabled needs MQTT, so the link and the outbox exist)
-        self.twin = twin.TwinReporter(settings.twin.every_s, emit, self.link.connected.is_set, cfg.max_devices) \
-            if settings.twin.enabled and self.link is not None and self.outbox is not None else None
-        self.alarms = AlarmBook(worker.id, self.alarm_cfg.open_after, self.alarm_cfg.clear_after,
-                                twin.after(emit, self.twin), self.alarm_cfg.recent,
-                                max_streams=max(cfg.max_devices, settings.streams.max_streams))
+        self.routes = [(TopicFilter(t.topic.replace("{worker}", worker.id)), t.format) for t in cfg.mqtt.topics]
+        # what the broker drops before it reaches this worker, and this queue filling up (with MQTT only)
+        self.watch = BrokerWatch(self.queue) if link is not None else None
+
+    @property
+    def subscriptions(self) -> list[str]:
+        """The MQTT topic filters device data comes from (ingest.mqtt.topics)."""
+        return [f.pattern for f, _ in self.routes]
+
+    @property
+    def taps(self) -> dict:
+        """Exact MQTT topics whose messages go to their own handler (the broker's $SYS counters), not to parsing."""
+        return self.watch.taps if self.watch is not None else {}
 
     # -- life -----------------------------------------------------------------------------------------------------
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="ingest", daemon=True)
         self._thread.start()
-        if self.outbox:
-            self.outbox.start()
-        if self.link:
-            self.link.start()
         if self.watch:
             self.watch.start()
 
     def stop(self) -> None:
-        """Graceful: no more input, the queued messages are still scored (their alarm events reach the outbox),
-        then the outbox stops with what it could not deliver on disk."""
-        if self.link:
-            self.link.stop()
+        """Graceful, once no more input comes (the link stopped first): the queued messages are still scored, so
+        their alarm events reach the outbox."""
         if self.watch:
             self.watch.stop()
         self._stop.set()
         if self._thread:
             self._thread.join(30)
-        if self.outbox:
-            self.outbox.stop()
 
     # -- input ----------------------------------------------------------------------------------------------------
     def on_message(self, topic: str, payload: bytes) -> None:
         """paho's thread: queue the raw message (parsing happens on the ingestion thread)."""
         self._enqueue((topic, payload, time.time()), f"topic {topic}")
 
-    def push(self, reading: Reading) -> None:
-        """The HTTP push route: a reading it parsed."""
-        self._enqueue(reading, f"HTTP push {reading.device}")
+    def push(self, reading: Reading) -> bool:
+        """The HTTP push route: a reading it parsed. False if the queue is full (refused and counted)."""
+        return self._enqueue(reading, f"HTTP push {reading.device}")
 
-    def _enqueue(self, item, where: str) -> None:
+    def _enqueue(self, item, where: str) -> bool:
         try:
             self.queue.put_nowait(item)
+            return True
         except queue.Full:
             self.refuse("queue_full", f"{where}: {self.queue.maxsize} messages already wait to be scored")
+            return False
 
     def refuse(self, reason: str, detail: str) -> None:
         with self._count_lock:
@@ -236,12 +228,11 @@ class DeviceIngest:
                 if not len(values):
                     return
                 baseline = np.stack(collected)
-        context = explain.before(self.streams, device)
         try:
-            scored = self.streams.score(device, values, baseline)
+            scored = self.streams.score(device, values, baseline, times)
         except ProtocolError as exc:
             if exc.code == errors.BASELINE_ALREADY_SET.code:  # the stream came back meanwhile: it has its reference
-                scored = self.streams.score(device, values)
+                scored = self.streams.score(device, values, times=times)
             elif exc.code == errors.NO_MODEL.code:
                 self.refuse("no_model", f"{device}: {len(values)} row(s) not scored, no model yet")
                 return
@@ -260,11 +251,7 @@ class DeviceIngest:
             self._count(baseline_rows=min(len(values), self.baseline_rows))
             log.info("device %s: its stream was evicted, a new baseline starts", device)
             return
-        flags = np.asarray(scored.flags, dtype=bool)
-        self._count(rows_scored=len(values), rows_anomalous=int(flags.sum()))
-        top = self.explainer.stream_rows(scored.model.detector, context, values, baseline, flags)
-        self.alarms.observe(device, times, scored.scores, flags, scored.model.threshold, scored.model.model_round,
-                            top_sensors=top)
+        self._count(rows_scored=len(values), rows_anomalous=int(np.count_nonzero(scored.flags)))
         if self.twin is not None:
             self.twin.on_scores(device, float(scored.scores[-1]), times[-1])
 
@@ -280,20 +267,6 @@ class DeviceIngest:
         while len(self._ready) > self.max_devices:
             self._ready.popitem(last=False)
 
-    # -- alarm sinks (the outbox's thread) --------------------------------------------------------------------------
-    def _publish_alarm(self, event: dict) -> bool:
-        if twin.is_twin(event):
-            topic, message = twin.topic_and_payload(event)
-            return self.link.publish(topic, orjson.dumps(message), qos=1)
-        return self.link.publish(self.alarm_topic, orjson.dumps(event), qos=1)
-
-    def _post_alarm(self, event: dict) -> bool:
-        if twin.is_twin(event):
-            return True  # the webhook takes alarm events; twin reports are for the node's broker
-        response = httpx.post(self.alarm_cfg.webhook, content=orjson.dumps(event), timeout=5,
-                              headers={"content-type": "application/json"})
-        return response.is_success
-
     # -- reading ----------------------------------------------------------------------------------------------------
     def document(self) -> dict:
         """GET /v1/ingest: counts, refusals by reason, devices waiting for their baseline, the broker link."""
@@ -303,7 +276,7 @@ class DeviceIngest:
         return {"mqtt": {"enabled": self.link is not None,
                          "connected": bool(self.link and self.link.connected.is_set()),
                          "connections": self.link.connections if self.link else 0,
-                         "subscriptions": [f.pattern for f, _ in self.routes] if self.link else []},
+                         "subscriptions": self.subscriptions if self.link else []},
                 "counts": {k: counts.get(k, 0) for k in ("messages", "readings", "baseline_rows", "rows_scored",
                                                          "rows_anomalous")},
                 "refused": {k: refused.get(k, 0) for k in REASONS if refused.get(k)},
@@ -311,12 +284,10 @@ class DeviceIngest:
                 "losses": self.watch.snapshot() if self.watch else None,
                 "baseline": {"rows": self.baseline_rows,
                              "collecting": collecting},
-                "alarm_outbox": {"pending": self.outbox.pending() if self.outbox else 0,
-                                 "delivered": self.outbox.delivered if self.outbox else 0,
-                                 "dropped": self.outbox.dropped if self.outbox else 0,
-                                 "topic": self.alarm_topic if self.link else None},
+                "alarm_outbox": self.outbox.document() if self.outbox else {"pending": 0, "delivered": 0,
+                                                                             "dropped": 0, "topic": None},
                 "twin": {"enabled": self.twin is not None, "reports": self.twin.reports if self.twin else 0,
-                         "topic": twin.TOPIC if self.twin else None}}
+                         "topic": TWIN_TOPIC if self.twin else None}}
 
     def metrics(self) -> dict:
         """What /metrics shows (services.observability.metrics.IngestCollector)."""
@@ -324,8 +295,8 @@ class DeviceIngest:
             counts, refused = dict(self.counts), dict(self.refused)
         return {"refused": {k: refused.get(k, 0) for k in REASONS}, "messages": counts.get("messages", 0),
                 "rows_scored": counts.get("rows_scored", 0), "rows_anomalous": counts.get("rows_anomalous", 0),
-                "alarms_open": {s: 1.0 for s in self.alarms.open_streams()},
-                "alarm_events": dict(self.alarms.events),
+                "alarms_open": {s: 1.0 for s in self.alarms.open_streams()} if self.alarms else {},
+                "alarm_events": dict(self.alarms.events) if self.alarms else {},
                 "outbox_pending": self.outbox.pending() if self.outbox else 0,
                 "outbox_dropped": self.outbox.dropped if self.outbox else 0,
                 "mqtt_connected": 1.0 if self.link and self.link.connected.is_set() else 0.0,

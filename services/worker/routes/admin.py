@@ -9,15 +9,14 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Request
-from fastapi.routing import APIRoute
+from fastapi import APIRouter, Path
 from pydantic import BaseModel, ConfigDict, Field, Strict
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import ClientDisconnect
 
 from services.protocol import errors
+from services.protocol.bodies import limited_body
 from services.protocol.errors import ProtocolError
-from services.security.admin import Admin
+from services.security.admin import Admin, verify_admin
 from services.worker.deps import Context
 from services.worker.models import PinnedElsewhere, UnknownVersion
 
@@ -27,42 +26,10 @@ VersionId = Annotated[str, Path(pattern=VERSION_PATTERN, description="a kept ver
                                                                       "12.1 for a recalibration of round 12")]
 
 
-async def _read_limited(request: Request) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > MAX_CONTROL_BYTES:
-        raise ProtocolError(errors.TOO_LARGE, f"body of {declared} bytes exceeds the {MAX_CONTROL_BYTES} bytes "
-                                              "a control request takes")
-    body = bytearray()
-    try:
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > MAX_CONTROL_BYTES:
-                raise ProtocolError(errors.TOO_LARGE, f"body exceeds the {MAX_CONTROL_BYTES} bytes a control "
-                                                      "request takes")
-    except ClientDisconnect:
-        raise ProtocolError(errors.CLIENT_DISCONNECTED, "the client disconnected before its body was complete: "
-                                                        "nothing was taken") from None
-    return bytes(body)
-
-
-class AdminRoute(APIRoute):
-    """The admin token is checked first, then the body is read within MAX_CONTROL_BYTES, then FastAPI parses it
-    (the route's Admin dependency checks again and documents the header)."""
-
-    def get_route_handler(self):
-        handler = super().get_route_handler()
-
-        async def checked_handler(request: Request):
-            request.app.state.admin.verify(request.headers.get("authorization"))
-            if request.method in ("POST", "PUT", "PATCH"):
-                request._body = await _read_limited(request)  # FastAPI reads the body from here
-            return await handler(request)
-
-        return checked_handler
-
-
 public = APIRouter(tags=["models"])
-router = APIRouter(prefix="/v1/admin", tags=["admin"], dependencies=[Admin], route_class=AdminRoute)
+router = APIRouter(prefix="/v1/admin", tags=["admin"], dependencies=[Admin], route_class=limited_body(
+    MAX_CONTROL_BYTES, verify_admin,
+    f"the {MAX_CONTROL_BYTES} bytes a control request takes"))
 REFUSALS = (errors.MISSING_TOKEN, errors.NOT_ADMIN, errors.ADMIN_DISABLED, errors.INVALID_REQUEST)
 BODY_REFUSALS = (errors.TOO_LARGE, errors.CLIENT_DISCONNECTED)
 
@@ -76,7 +43,7 @@ class PinRequest(BaseModel):
 
 @public.get("/v1/models", summary="The model versions this worker keeps: figures, gate decision, served, pinned")
 async def list_models(ctx: Context):
-    return ctx.loop.models.document()
+    return ctx.models.document()
 
 
 @router.post("/models/{version}/serve", summary="Serve a kept version now: roll back or forward (admin token)",
@@ -84,15 +51,15 @@ async def list_models(ctx: Context):
 async def serve_version(version: VersionId, ctx: Context):
     """404 ``not_found`` for a version this worker does not keep; 409 ``pinned`` while another one is pinned. A
     version the gate refused may be served too: the operator decides."""
-    await _change(lambda: ctx.loop.models.serve(version))
-    return ctx.loop.models.document()
+    await _change(lambda: ctx.models.serve(version))
+    return ctx.models.document()
 
 
 @router.post("/pin", summary="Serve a kept version and keep serving it: newer models are kept, not served",
              responses=errors.openapi_responses(*REFUSALS, *BODY_REFUSALS, errors.NOT_FOUND))
 async def pin_version(body: PinRequest, ctx: Context):
-    await _change(lambda: ctx.loop.models.pin(str(body.round)))
-    return ctx.loop.models.document()
+    await _change(lambda: ctx.models.pin(str(body.round)))
+    return ctx.models.document()
 
 
 @router.delete("/pin", summary="Unpin: newer models that pass the gate are served again",
@@ -100,8 +67,8 @@ async def pin_version(body: PinRequest, ctx: Context):
 async def unpin(ctx: Context):
     """The served version stays until the next model that passes the gate; answers the same when nothing is
     pinned."""
-    await _change(ctx.loop.models.unpin)
-    return ctx.loop.models.document()
+    await _change(ctx.models.unpin)
+    return ctx.models.document()
 
 
 async def _change(step) -> None:

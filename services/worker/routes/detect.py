@@ -12,6 +12,7 @@ from pydantic import BaseModel, Field
 from starlette.routing import Route
 
 from services.protocol import errors
+from services.protocol.bodies import refuse_announced
 from services.protocol.errors import ProtocolError, openapi_responses
 from services.worker import explain
 from services.worker.deps import WorkerContext
@@ -73,11 +74,8 @@ def endpoint(ctx: WorkerContext):
             raise ProtocolError(errors.NO_MODEL, f"no model to serve yet: the worker is {loop.phase}; retry after the "
                                              "first federated round (GET /readyz says when)")
         headers = request.headers
-        declared = headers.get("content-length")
         binary = headers.get("content-type", "").startswith(BINARY_TYPE)
-        limit = max_binary_body if binary else max_json_body
-        if declared and declared.isdigit() and int(declared) > limit:
-            raise ProtocolError(errors.TOO_LARGE, f"body of {declared} bytes exceeds the limit of {limit} bytes")
+        refuse_announced(headers, max_binary_body if binary else max_json_body)
         body = await request.body()
         if binary:
             rows, baseline = parse_binary(body, features, max_rows, headers.get(H_BASELINE_ROWS), min_baseline)
@@ -94,18 +92,12 @@ def endpoint(ctx: WorkerContext):
                       "model_round": model.model_round, "model": model.kind}
             if every:  # asked for: explaining flagged rows by default cost a batch of 1 half its req/s (BENCHMARKS.md)
                 answer["top_sensors"] = explainer.rows(model.detector, rows, baseline, np.ones(len(rows), dtype=bool))
-        else:
-            context = explain.before(streams, stream)
-            scores, flags, model, before = streams.score(stream, rows, baseline)
-            which = np.ones(len(rows), dtype=bool) if every else flags
-            top = explainer.stream_rows(model.detector, context, rows, baseline, which)
+        else:  # the stream table tells the alarms, the live buffer and the drift tests, as for device data
+            scored = streams.score(stream, rows, baseline, explain_all=every)
+            scores, flags, model = scored.scores, scored.flags, scored.model
             answer = {"scores": scores, "is_anomaly": flags, "threshold": model.threshold,
-                      "model_round": model.model_round, "model": model.kind, "stream": stream, "stream_rows": before,
-                      "top_sensors": top}
-            if ctx.ingest is not None:  # HTTP streams raise alarms like device data does
-                now = time.time()
-                ctx.ingest.alarms.observe(stream, [now] * len(rows), scores, flags, model.threshold,
-                                          model.model_round, top_sensors=top)
+                      "model_round": model.model_round, "model": model.kind, "stream": stream,
+                      "stream_rows": scored.stream_rows, "top_sensors": scored.top_sensors}
         body = orjson.dumps(answer, option=orjson.OPT_SERIALIZE_NUMPY)
         stats.scored(scores, flags, model.threshold, time.perf_counter() - started)
         return Response(body, media_type="application/json")

@@ -6,16 +6,18 @@ from __future__ import annotations
 import time
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 
 from services.protocol import errors
 from services.worker.deps import Context
-from services.worker.ingest.messages import MAX_PAYLOAD, Refused
+from services.worker.ingest.messages import Refused
 from services.worker.ingest.otlp import JSON, PROTOBUF, parse_otlp
+from services.worker.routes.ingest import device_body, queue, refused
 
 router = APIRouter(tags=["device data"])
-REFUSALS = (errors.BAD_MEDIA_TYPE, errors.TOO_LARGE, errors.BAD_PAYLOAD, errors.MALFORMED_JSON, errors.NO_DEVICE,
-            errors.BAD_DEVICE_ID, errors.UNKNOWN_PROPERTY, errors.NOT_A_NUMBER, errors.NON_FINITE)
+REFUSALS = (errors.BAD_MEDIA_TYPE, errors.TOO_LARGE, errors.CLIENT_DISCONNECTED, errors.BAD_PAYLOAD,
+            errors.MALFORMED_JSON, errors.NO_DEVICE, errors.BAD_DEVICE_ID, errors.UNKNOWN_PROPERTY, errors.NOT_A_NUMBER,
+            errors.NON_FINITE, errors.QUEUE_FULL)
 
 
 @router.post("/v1/ingest/otlp/v1/metrics", responses=errors.openapi_responses(*REFUSALS),
@@ -27,21 +29,13 @@ async def otlp_metrics(request: Request, ctx: Context):
     by a configured feature, the device from the resource attribute ``device.id`` (``<namespace>/<device>``). Answers
     ``ExportMetricsServiceResponse`` in the request's encoding; metrics that are not features are counted in its
     ``partial_success``. A refused request is ``{"code", "detail"}`` with a 4xx, and nothing of it is scored."""
-    ingest = ctx.ingest
-    assert ingest is not None, "routes/ingest.router runs the ingestion: the app includes it before this router"
-    declared = request.headers.get("content-length", "")
+    ingest, what = ctx.ingest, "OTLP metrics"
+    body = await device_body(request, ingest, what)
     try:
-        if declared.isdigit() and int(declared) > MAX_PAYLOAD:
-            raise Refused("too_large", f"OTLP metrics: {declared} bytes exceed {MAX_PAYLOAD}")
-        body = await request.body()
-        if len(body) > MAX_PAYLOAD:
-            raise Refused("too_large", f"OTLP metrics: {len(body)} bytes exceed {MAX_PAYLOAD}")
         parsed = parse_otlp(body, request.headers.get("content-type", ""), ingest.feature_set, time.time(),
                             request.headers.get("content-encoding", ""))
     except Refused as exc:
-        ingest.refuse(exc.reason, exc.detail)
-        return JSONResponse({"code": exc.reason, "detail": exc.detail}, status_code=errors.CODES[exc.reason].status)
-    for reading in parsed.readings:
-        ingest.push(reading)
+        raise refused(ingest, exc) from None
+    queue(ingest, parsed.readings, what)
     content, media_type = parsed.answer()
     return Response(content, media_type=media_type)

@@ -1,6 +1,9 @@
 """Feature scaling whose statistics are federated: each worker sends count, sum, sum of squares, min and max per
 feature; the aggregator adds up the sums and takes the extremes. Rows never leave a worker, yet every node scales
-with the same global mean and std (``standard``) or min and range (``minmax``)."""
+with the same global mean and std (``standard``) or min and range (``minmax``).
+
+Part of the protocol because both are wire messages (``JoinRequest.stats``, ``JoinResponse.scaler``); the data
+package scales its rows with them."""
 
 from __future__ import annotations
 
