@@ -884,7 +884,7 @@ class Federation:
     def _send_upstream(self, record: dict, weights: np.ndarray, kept: dict | None) -> None:
         """A site's round is complete: its aggregate waits in the outbox (durable) for the upstream."""
         meta = {"round": record["round"], "sample_count": record["sample_count"], "loss": record["mean_loss"],
-                "record": self._history_record(record)[0]}
+                "record": record}  # every contributor: adopt() keeps them as a closed round's record does
         try:
             self.store.save_outbox(meta, weights)
         except OSError as exc:
@@ -934,8 +934,9 @@ class Federation:
         one) is closed with it; a round it missed is recorded as the upstream's."""
         if round_no <= self.rounds_done:
             return
+        detail = None
         if self.outbox is not None and self.outbox["round"] == round_no:
-            record = {**self.outbox["record"], "upstream": True}
+            record, detail = self._history_record({**self.outbox["record"], "upstream": True})
         else:
             record = {"round": round_no, "trigger": "upstream", "closed_by": "upstream", "duration_s": 0.0,
                       "closed_at": self.clock(), "workers": {}, "contributors": 0, "sample_count": 0,
@@ -944,13 +945,15 @@ class Federation:
         state = replace(self.state, rounds_done=round_no, rounds_target=max(self.state.rounds_target, round_no),
                         history=history, directive=directive if directive is not None else self.state.directive)
         try:
+            if detail is not None:
+                self.store.save_round(round_no, detail)
             if archived:
                 self.store.archive_history(archived)
         except OSError as exc:
             self._storage_failed(exc)
             return
         self.state = self._commit(state, weights)
-        contributors = record["workers"] if record.get("workers") else {}
+        contributors = (detail or record)["workers"]
         with contextlib.suppress(OSError):
             self.store.drop_outbox()
         self._published(record, weights, contributors)
