@@ -46,8 +46,10 @@ import yaml
 from benchmarks.common import (
     LOOPBACK,
     REPO,
+    Connection,
     Process,
     Profile,
+    Unreachable,
     base_env,
     cpu_seconds,
     emit_json,
@@ -65,51 +67,6 @@ TARGETS = {"enroll_10k_s": 60.0, "rss_10k_mib": 300.0, "sync_round_s": 1.0, "pub
 
 
 # -- light HTTP --------------------------------------------------------------------------------------------------------
-class Unreachable(Exception):
-    """The aggregator did not answer (connection refused or cut: it is down or restarting)."""
-
-
-class Connection:
-    """One keep-alive HTTP/1.1 connection with hand-written requests: cheap enough to stand for a node."""
-
-    def __init__(self, port: int):
-        self.port = port
-        self.reader = self.writer = None
-
-    async def request(self, method: str, path: str, headers: dict[str, str], body: bytes = b"",
-                      timeout: float = 120) -> tuple[int, dict, bytes]:
-        for attempt in (0, 1):
-            try:
-                if self.writer is None:
-                    self.reader, self.writer = await asyncio.open_connection(LOOPBACK, self.port)
-                head = f"{method} {path} HTTP/1.1\r\nHost: {LOOPBACK}\r\nContent-Length: {len(body)}\r\n"
-                head += "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
-                self.writer.write(head.encode() + body)
-                return await asyncio.wait_for(self._answer(), timeout)
-            except (OSError, asyncio.IncompleteReadError, ConnectionError, EOFError) as exc:
-                self.close()
-                if attempt:  # a fresh connection failed too: the server is away
-                    raise Unreachable(str(exc) or type(exc).__name__) from None
-        raise AssertionError("unreachable")
-
-    async def _answer(self) -> tuple[int, dict, bytes]:
-        status_line = await self.reader.readline()
-        if not status_line:
-            raise EOFError("connection closed")
-        status = int(status_line.split()[1])
-        headers = {}
-        while (line := await self.reader.readline()) not in (b"\r\n", b""):
-            key, _, value = line.decode().partition(":")
-            headers[key.strip().lower()] = value.strip()
-        length = int(headers.get("content-length", 0))
-        return status, headers, await self.reader.readexactly(length) if length else b""
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-        self.reader = self.writer = None
-
-
 class Pool:
     """``size`` connections shared by any number of simulated nodes."""
 
@@ -539,8 +496,9 @@ def sampled_phase(wd: Path, args) -> dict:
     return out
 
 
-def in_process_round(state_dir: Path, fleet: Fleet, settings, args) -> dict:
-    """The same sampled round's submits on the Federation object in this process (asyncio, same concurrency)."""
+async def joined_federation(state_dir: Path, fleet: Fleet, settings):
+    """A Federation in this process, its state in ``state_dir`` on the same disk, with every node of ``fleet``
+    joined and the joins synced: the in-process references start from it."""
     from services.aggregator.rounds import Federation
     from services.aggregator.store import AggregatorStore
     from services.protocol.messages import JoinRequest
@@ -549,22 +507,31 @@ def in_process_round(state_dir: Path, fleet: Fleet, settings, args) -> dict:
     settings = settings.model_copy(deep=True)
     settings.aggregator.state_dir = state_dir
     request = JoinRequest.model_validate_json(fleet.join_body)
+    federation = Federation(settings, AggregatorStore(state_dir))
+    for w in fleet.ids:
+        federation.join(w, request)
+    await federation.synced()
+    return federation
 
+
+async def submit_all(federation, fleet: Fleet, ids, round_no: int, connections: int) -> None:
+    """Each node of ``ids`` submits its prepared update for ``round_no``, ``connections`` at a time."""
+    async def one(w):
+        body, sha = fleet.update_of(w, round_no)
+        await federation.submit_async(w, round_no, body, 400, 0.01, sha)
+
+    await gather_limited([lambda w=w: one(w) for w in ids], connections)
+
+
+def in_process_round(state_dir: Path, fleet: Fleet, settings, args) -> dict:
+    """The same sampled round's submits on the Federation object in this process (asyncio, same concurrency)."""
     async def run():
-        federation = Federation(settings, AggregatorStore(state_dir))
-        for w in fleet.ids:
-            federation.join(w, request)
-        await federation.synced()
+        federation = await joined_federation(state_dir, fleet, settings)
         times = []
         for r in range(1, args.rounds + 1):
             sampled = sorted(federation.sample or fleet.ids)
             started = time.perf_counter()
-
-            async def one(w, r=r):
-                body, sha = fleet.update_of(w, r)
-                await federation.submit_async(w, r, body, 400, 0.01, sha)
-
-            await gather_limited([lambda w=w: one(w) for w in sampled], args.connections)
+            await submit_all(federation, fleet, sampled, r, args.connections)
             if federation.rounds_done != r:
                 raise RuntimeError(f"in-process round {r} did not close")
             times.append(time.perf_counter() - started)
@@ -699,30 +666,12 @@ def async_phase(wd: Path, args) -> dict:
 
 def in_process_async(state_dir: Path, fleet: Fleet, settings, args) -> dict:
     """Versions built from fresh updates on the Federation object in this process: the publish cost without HTTP."""
-    from services.aggregator.rounds import Federation
-    from services.aggregator.store import AggregatorStore
-    from services.protocol.messages import JoinRequest
-
-    state_dir.mkdir(parents=True, exist_ok=True)
-    settings = settings.model_copy(deep=True)
-    settings.aggregator.state_dir = state_dir
-    request = JoinRequest.model_validate_json(fleet.join_body)
-
     async def run():
-        federation = Federation(settings, AggregatorStore(state_dir))
-        for w in fleet.ids:
-            federation.join(w, request)
-        await federation.synced()
+        federation = await joined_federation(state_dir, fleet, settings)
         started = time.perf_counter()
         versions = 5
         for v in range(1, versions + 1):
-            ids = fleet.ids[:args.buffer]
-
-            async def one(w, v=v):
-                body, sha = fleet.update_of(w, v)
-                await federation.submit_async(w, v, body, 400, 0.01, sha)
-
-            await gather_limited([lambda w=w: one(w) for w in ids], args.connections)
+            await submit_all(federation, fleet, fleet.ids[:args.buffer], v, args.connections)
         elapsed = time.perf_counter() - started
         publish = list(federation.publish_times)
         return {"versions": federation.rounds_done, "updates_per_s": round(versions * args.buffer / elapsed, 1),

@@ -33,6 +33,7 @@ import yaml
 from benchmarks.common import (
     LOOPBACK,
     REPO,
+    Connection,
     Process,
     Profile,
     base_env,
@@ -59,38 +60,6 @@ def write_config(path: Path, n: int, rounds: int, port: int, state_dir: Path) ->
                       for i in range(n)]
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return path
-
-
-class Connection:
-    """One keep-alive HTTP/1.1 connection with hand-written requests: cheap enough to stand for a worker."""
-
-    def __init__(self, port: int):
-        self.port = port
-
-    async def open(self) -> Connection:
-        self.reader, self.writer = await asyncio.open_connection(LOOPBACK, self.port)
-        return self
-
-    async def request(self, method: str, path: str, headers: dict[str, str], body: bytes = b"") -> tuple[int, dict,
-                                                                                                         bytes]:
-        head = f"{method} {path} HTTP/1.1\r\nHost: {LOOPBACK}\r\nContent-Length: {len(body)}\r\n"
-        head += "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
-        self.writer.write(head.encode() + body)
-        status_line = await self.reader.readline()
-        if not status_line:  # the server closed an idle keep-alive connection before this request: send it again
-            await self.open()
-            self.writer.write(head.encode() + body)
-            status_line = await self.reader.readline()
-        status = int(status_line.split()[1])
-        answer_headers = {}
-        while (line := await self.reader.readline()) not in (b"\r\n", b""):
-            key, _, value = line.decode().partition(":")
-            answer_headers[key.strip().lower()] = value.strip()
-        length = int(answer_headers.get("content-length", 0))
-        return status, answer_headers, await self.reader.readexactly(length) if length else b""
-
-    def close(self) -> None:
-        self.writer.close()
 
 
 def auth(worker_id: str) -> dict[str, str]:

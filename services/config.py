@@ -656,15 +656,12 @@ class EnrolledNodeSettings(_Section):
     mode: Literal["train", "detect_only"] = "train"
 
 
-class EnrollmentSettings(_Section):
-    """Nodes that are not in ``workers`` join with a fleet credential and receive their own identity (README:
-    Fleets): the bootstrap ``token`` (the aggregator needs only ``token_sha256``), or, with ``certificates``, a
-    client certificate from the federation's CA whose common name is the node's id. Neither: no enrollment."""
+class _HashedToken(_Section):
+    """A shared secret given as ``token`` or, where only checking it, as its ``token_sha256``: both may be given if
+    they agree; ``digest`` is the SHA-256 either way (None: no token configured)."""
 
-    token: str | None = Field(None, min_length=16)
+    token: str | None = Field(None, min_length=8)
     token_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
-    certificates: bool = False
-    node: EnrolledNodeSettings = EnrolledNodeSettings()
 
     @field_validator("token", "token_sha256", mode="before")
     @classmethod
@@ -672,7 +669,7 @@ class EnrollmentSettings(_Section):
         return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
     @model_validator(mode="after")
-    def _consistent(self) -> EnrollmentSettings:
+    def _consistent(self):
         if self.token is not None and self.token_sha256 is not None and hash_token(self.token) != self.token_sha256:
             raise ValueError("token_sha256 is not the SHA-256 of token")
         return self
@@ -680,6 +677,16 @@ class EnrollmentSettings(_Section):
     @property
     def digest(self) -> str | None:
         return self.token_sha256 or (hash_token(self.token) if self.token else None)
+
+
+class EnrollmentSettings(_HashedToken):
+    """Nodes that are not in ``workers`` join with a fleet credential and receive their own identity (README:
+    Fleets): the bootstrap ``token`` (the aggregator needs only ``token_sha256``), or, with ``certificates``, a
+    client certificate from the federation's CA whose common name is the node's id. Neither: no enrollment."""
+
+    token: str | None = Field(None, min_length=16)
+    certificates: bool = False
+    node: EnrolledNodeSettings = EnrolledNodeSettings()
 
     @property
     def enabled(self) -> bool:
@@ -721,27 +728,9 @@ class DriftSettings(_Section):
     recalibrate_rows: int = Field(1000, ge=50)  # recent normal rows the new threshold is computed on
 
 
-class AdminSettings(_Section):
-    """The operator's token for control requests (start a round, roll back, pin): never a worker's token."""
-
-    token: str | None = Field(None, min_length=8)
-    token_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
-
-    @field_validator("token", "token_sha256", mode="before")
-    @classmethod
-    def _digits_are_text(cls, value):
-        return str(value) if isinstance(value, int) else value
-
-    @model_validator(mode="after")
-    def _consistent(self) -> AdminSettings:
-        if self.token is not None and self.token_sha256 is not None and hash_token(self.token) != self.token_sha256:
-            raise ValueError("token_sha256 is not the SHA-256 of token")
-        return self
-
-    @property
-    def digest(self) -> str | None:
-        """The token's SHA-256, or None: no admin token configured, so every control request is refused."""
-        return self.token_sha256 or (hash_token(self.token) if self.token else None)
+class AdminSettings(_HashedToken):
+    """The operator's token for control requests (start a round, roll back, pin): never a worker's token. Without
+    one (``digest`` None) every control request is refused."""
 
 
 PORT_BASE = 8080
