@@ -970,7 +970,7 @@ def _summary(times) -> dict | None:
         return None
     ordered = sorted(times)
     return {"count": len(ordered), "last": round(times[-1], 4), "median": round(ordered[len(ordered) // 2], 4),
-            "max": round(ordered[-1], 4)}
+            "p90": round(ordered[(len(ordered) * 9) // 10], 4), "max": round(ordered[-1], 4)}
 
 
 def _why(trigger: str, reports: continual.Reports) -> str:
