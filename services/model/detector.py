@@ -33,7 +33,7 @@ from services.config import INT8_REFUSED, Settings, ThresholdSettings
 from services.data.windows import InputPipeline, Preprocessing, Reference
 from services.model.layout import Architecture
 from services.model.metrics import detection_metrics
-from services.model.preprocess_graph import RAW_INPUT_NAME, reference_feeds, served_graph
+from services.model.graph_feeds import RAW_INPUT_NAME, reference_feeds
 from services.model.scoring import (
     ERROR_NAME,
     INPUT_NAME,
@@ -133,6 +133,8 @@ class AnomalyDetector:
         self.session_ = None
         self.pipeline_: InputPipeline | None = None
         self._raw_sessions: dict[int, object] = {}  # in-graph sessions by raw row width (built on first use)
+        self.rows_graph_: tuple[int, bytes] | None = None  # (raw row width, in-graph model) made elsewhere
+        self.builds_graphs = True  # False: only ``rows_graph_`` is served, no graph is built here (no onnx package)
         self._feeds: dict[str, np.ndarray] = {}  # ``reference_`` as that session's reference inputs
 
     # -- the federated surface -----------------------------------------------------------------------------------
@@ -203,11 +205,16 @@ class AnomalyDetector:
 
     @classmethod
     def restore(cls, spec: DetectorSpec, weights: np.ndarray, onnx_fp32: bytes, onnx_int8: bytes,
-                reference: Reference, threshold: float) -> "AnomalyDetector":
-        """A detector calibrated before (persisted state), served again without recalibration."""
+                reference: Reference, threshold: float, rows_graph: tuple[int, bytes] | None = None,
+                build_graphs: bool = True) -> "AnomalyDetector":
+        """A detector calibrated before (persisted state), served again without recalibration. ``rows_graph``:
+        (raw row width, the served model with the preprocessing in front) made by the process that calibrated it;
+        ``build_graphs`` False: build no graph here (a serving process without the ``onnx`` package), rows of any
+        other width are scored through the numpy pipeline."""
         detector = cls(spec, weights)
         detector.onnx_fp32_, detector.onnx_int8_, detector.threshold_ = onnx_fp32, onnx_int8, threshold
         detector._open(detector.served_onnx, reference)
+        detector.rows_graph_, detector.builds_graphs = rows_graph, build_graphs
         return detector
 
     def served_as(self, served: str, train_inputs: np.ndarray) -> "AnomalyDetector":
@@ -245,10 +252,19 @@ class AnomalyDetector:
 
     def raw_session(self, n_features: int):
         """The served model with the preprocessing in front (services/model/preprocess_graph.served_graph): raw rows
-        of ``n_features`` values and the reference as inputs, scores out. Built once per width (~10 ms)."""
+        of ``n_features`` values and the reference as inputs, scores out. Opened once per width from ``rows_graph_``
+        or built here (~10 ms); None when neither is possible (``builds_graphs`` False)."""
         session = self._raw_sessions.get(n_features)
         if session is None:
-            session = make_session(served_graph(self.served_onnx, self.spec.prep, None, n_features))
+            if self.rows_graph_ is not None and self.rows_graph_[0] == n_features:
+                graph = self.rows_graph_[1]
+            elif self.builds_graphs:
+                from services.model.preprocess_graph import served_graph
+
+                graph = served_graph(self.served_onnx, self.spec.prep, None, n_features)
+            else:
+                return None
+            session = make_session(graph)
             self._raw_sessions[n_features] = session
         return session
 
@@ -282,10 +298,10 @@ class AnomalyDetector:
         run_baseline = reference_rows is not None and self.spec.prep.baseline == "run"
         if self.reference_ is None and not run_baseline:
             raise _unfitted("reference scaling (and no reference rows came with the rows)", "decision_function")
-        if len(rows) < GRAPH_MIN_ROWS and not run_baseline:
+        session = self.raw_session(np.shape(rows)[1]) if len(rows) >= GRAPH_MIN_ROWS or run_baseline else None
+        if session is None:
             return self.score_inputs(self.inputs(rows, reference_rows))
         rows = np.ascontiguousarray(rows, dtype=np.float32)
-        session = self.raw_session(rows.shape[1])
         if not run_baseline:
             return session.run(SCORE_OUTPUT, {RAW_INPUT_NAME: rows, **self._feeds})[0]
         feeds = reference_feeds(self.spec.prep, self.spec.prep.reference(reference_rows, None))

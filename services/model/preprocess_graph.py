@@ -23,11 +23,11 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from services.data.windows import WINDOW_STATS, Preprocessing, Reference
+from services.model.graph_feeds import RAW_INPUT_NAME, REFERENCE_PREFIX, feature_scaling, reference_feeds
+from services.model.graph_feeds import column as _column
 from services.model.graph import BATCH, IR_VERSION, OPSET
 from services.model.scoring import INPUT_NAME
 
-RAW_INPUT_NAME = "rows"  # the served graph's input: raw rows (≥ 1), all data.features columns, consecutive, oldest first
-REFERENCE_PREFIX = "reference_"  # + mean, std, feature_mean, feature_std: float64 [n, 1], baked in or fed
 PREFIX = "preprocess/"  # names of the preprocessing nodes and tensors (kept apart from the autoencoder's)
 MIN_OPSET = 15  # Shape with start/end
 I64_MAX = np.iinfo(np.int64).max  # a Slice to the end
@@ -75,11 +75,6 @@ class _Builder:
         return self.node("ReduceSum", [x, self.ints(f"i{axis}", [axis])], name, keepdims=1)
 
 
-def feature_scaling(prep: Preprocessing) -> bool:
-    """Whether a reference of ``prep`` standardises the window statistics again (``Preprocessing.reference``)."""
-    return prep.baseline == "run" and bool(prep.stats)
-
-
 def preprocess_nodes(prep: Preprocessing, reference: Reference | None, n_features: int, opset: int = OPSET,
                      output: str = INPUT_NAME) -> _Builder:
     """Nodes from ``RAW_INPUT_NAME`` [batch, n_features] to ``output`` [batch, prep.width] (float32), with their
@@ -105,11 +100,6 @@ def preprocess_nodes(prep: Preprocessing, reference: Reference | None, n_feature
     features = b.node("Cast", [features], "features32", to=TensorProto.FLOAT)
     b.node("Transpose", [features], "features", output=output, perm=[1, 0])
     return b
-
-
-def _column(values) -> np.ndarray:
-    """A per-channel (or per-input) vector that broadcasts over the batch axis of a channel-major tensor."""
-    return np.asarray(values, np.float64).reshape(-1, 1)
 
 
 def _scaled(b: _Builder, prep: Preprocessing, reference: Reference | None, n_features: int) -> str:
@@ -203,20 +193,6 @@ def _statistics(b: _Builder, prep: Preprocessing, z: str, n: str) -> str:
     stacked = b.node("Transpose", [stacked], "statistics_by_block", perm=[1, 2, 0])  # [input, block, offset]
     stacked = b.node("Reshape", [stacked, b.ints("statistics_shape", [prep.width, -1])], "statistics_padded")
     return b.slice(stacked, "statistics", 1, 0, n)  # window i = block i // w, offset i % w; first n
-
-
-def reference_feeds(prep: Preprocessing, reference: Reference) -> dict[str, np.ndarray]:
-    """A run's reference as the feeds of a graph built with ``reference=None``: it then scores as if built with
-    this reference. Raises ValueError when the reference does not fit ``prep``."""
-    if len(reference.mean) != prep.channels or len(reference.std) != prep.channels:
-        raise ValueError(f"the reference scales {len(reference.mean)} channels, the model sees {prep.channels}")
-    fields = {"mean": reference.mean, "std": reference.std}
-    if feature_scaling(prep):
-        if len(reference.feature_mean) != prep.width or len(reference.feature_std) != prep.width:
-            raise ValueError(f"the reference scales {len(reference.feature_mean)} window statistics, the model takes "
-                             f"{prep.width}")
-        fields.update(feature_mean=reference.feature_mean, feature_std=reference.feature_std)
-    return {REFERENCE_PREFIX + name: _column(values) for name, values in fields.items()}
 
 
 def preprocess_graph(prep: Preprocessing, reference: Reference | None, n_features: int) -> bytes:

@@ -12,9 +12,7 @@ channel out of its range goes unseen by the error alone; T² sees exactly that. 
 from __future__ import annotations
 
 import numpy as np
-import onnx
 import onnxruntime as ort
-from onnx import TensorProto, helper, numpy_helper
 
 from services.config import ThresholdSettings
 
@@ -34,7 +32,11 @@ def with_score_output(onnx_bytes: bytes) -> bytes:
     followed by three numpy passes over it: at 4096 rows those passes cost more than the int8 model itself
     (BENCHMARKS.md). The squared errors the mean is taken of are an output too, ``error`` (rows × inputs): a
     session computes them for the score anyway, and a run that asks for ``score`` alone does not copy them out.
-    The stored ONNX files stay the plain autoencoder; this is added when a session is made."""
+    Graph editing needs the ``onnx`` package, imported here only: a worker gets its models with these outputs from
+    the process that calibrated them (services/worker/calibrate.py) and serves them without it."""
+    import onnx
+    from onnx import TensorProto, helper
+
     model = onnx.load_from_string(onnx_bytes)
     graph = model.graph
     if any(o.name == SCORE_NAME for o in graph.output):
@@ -63,6 +65,8 @@ def with_score_output(onnx_bytes: bytes) -> bytes:
 
 def _t2_nodes(mean_error: str, opset: int) -> list:
     """score = mean error × scale₀ + (x − centre)ᵀ P (x − centre) × scale₁, in float32 after the autoencoder."""
+    from onnx import TensorProto, helper
+
     n = f"{SCORE_NAME}_t2"
     one = f"{n}_one"
     nodes = [
@@ -101,6 +105,9 @@ def t2_parameters(train_inputs: np.ndarray, train_errors: np.ndarray) -> dict[st
 def with_t2(onnx_bytes: bytes, parameters: dict[str, np.ndarray]) -> bytes:
     """The stored model with the T² parameters as initializers: ``with_score_output`` then adds the T² term. They
     travel inside the node's ONNX files, so a restored version scores as it was calibrated."""
+    import onnx
+    from onnx import numpy_helper
+
     model = onnx.load_from_string(onnx_bytes)
     names = set(parameters)
     kept = [i for i in model.graph.initializer if i.name not in names]
@@ -111,12 +118,22 @@ def with_t2(onnx_bytes: bytes, parameters: dict[str, np.ndarray]) -> bytes:
 
 def make_session(onnx_bytes: bytes) -> ort.InferenceSession:
     """One thread per session: an edge box scales with uvicorn processes, not intra-op threads. The session also
-    computes the scores (``with_score_output``)."""
+    computes the scores: a model without the ``score`` output gets it added (``with_score_output``, the ``onnx``
+    package), one that has it (``session_ready``) is opened as it is."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3  # errors: a plain model's T² parameters are spare inputs until scores are added
+    session = ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
+    if any(o.name == SCORE_NAME for o in session.get_outputs()):
+        return session
     return ort.InferenceSession(with_score_output(onnx_bytes), options, providers=["CPUExecutionProvider"])
+
+
+def session_ready(onnx_bytes: bytes) -> bytes:
+    """The model as ``make_session`` runs it (the score outputs added): what a worker persists and serves."""
+    return with_score_output(onnx_bytes)
 
 
 def session_scores(session: ort.InferenceSession, inputs: np.ndarray) -> np.ndarray:

@@ -52,13 +52,14 @@ def build_worker(settings: Settings, worker: WorkerSettings) -> WorkerContext:
     slot = ModelSlot()
     feed = NodeFeed(settings, worker)
     # held-out rows for the gate: the node's data as last read (a recalibration may come before the next round)
-    models = ModelShelf(settings, worker, slot, DetectorSpec.from_settings(settings), feed.latest)
+    trainer = Trainer(worker.state_dir)  # training and calibration in child processes: no torch, no onnx here
+    models = ModelShelf(settings, worker, slot, DetectorSpec.from_settings(settings), feed.latest, trainer.calibrate)
     # a recalibrated threshold after drift is a new model version, served through the gate
     drift = DriftWatch.from_settings(settings, recalibrate=lambda scores: models.recalibrate(scores=scores))
     # with a live buffer, the drift tests see the rows it keeps (away from alarms); without, every scored request
     buffer = LiveBuffer.from_settings(settings, worker.state_dir, on_keep=drift.observe_kept if drift else None)
     directive = DirectiveFollower(worker.state_dir, models)
-    loop = WorkerLoop(settings, worker, models, feed, Trainer(worker.state_dir), directive, buffer, drift)
+    loop = WorkerLoop(settings, worker, models, feed, trainer, directive, buffer, drift)
     reporter = Reporter(loop.report, loop.send_report, name=f"reporter-{worker.id}")
     link = MqttLink.from_settings(settings, worker)
     outbox = Outbox.from_settings(settings, worker, link)

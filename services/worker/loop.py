@@ -9,7 +9,8 @@ Plain Python in a background thread, so tests can drive it without HTTP routes. 
 ONNX, quantise to int8 on local normal rows, recalibrate the threshold on the served model's own scores, evaluate
 on the held-out rows, persist atomically, hot-swap the /detect session. While the aggregator is away the loop
 retries with capped exponential backoff. Local training runs in a child process per round (services/worker/trainer.py),
-so this process, which serves /detect, never imports torch.
+and so do the export, quantisation and calibration of each installed model (services/worker/calibrate.py), so this
+process, which serves /detect, never imports torch, the ``onnx`` package or onnxruntime's quantisation.
 
 The loop is handed what it works with (services/worker/assembly.py builds them all): the model shelf it installs
 into, the node's data feed, the trainer, and the live buffer and drift watch whose rows and requests it trains on
@@ -333,10 +334,8 @@ class WorkerLoop:
     def _install(self, run_id: str, scaler: Scaler, model_round: int, weights: np.ndarray) -> None:
         """Install a global model as a new version (services/worker/models.py): served if it passes the gate."""
         self.phase = "installing model"
-        exported = None if self.spec.kind == "dense" else self._in_child(  # only torch exports the other kinds
-            f"exporting round {model_round}", lambda: self.trainer.export(self.spec.architecture, weights))
-        self.models.install(run_id, scaler, model_round, weights, self.data, exported,
-                            getattr(self, "_last_loss", None))
+        self._in_child(f"installing round {model_round}", lambda: self.models.install(  # calibrated in a child
+            run_id, scaler, model_round, weights, self.data, getattr(self, "_last_loss", None)))
         if self.models.last_error:
             self.last_error = self.models.last_error
 

@@ -1,7 +1,8 @@
 """The models a worker keeps, and which one /detect serves.
 
 Every global model the federation publishes is installed here: exported to ONNX, quantised to int8 on the node's
-own normal inputs, its threshold calibrated on that session's scores, evaluated on the held-out rows, kept on disk
+own normal inputs, its threshold calibrated on that session's scores (all three in a short-lived child process,
+services/worker/calibrate.py, so serving never loads the ``onnx`` package), evaluated on the held-out rows, kept on disk
 (services/worker/state.py) and — if the gate (services/worker/gate.py) finds it no worse than the served one —
 hot-swapped behind /detect. A refused model is kept with its reason; the previous one keeps serving. An admin may
 serve any kept version (roll back or forward) or pin one, so newer models are kept but not served. The last
@@ -30,6 +31,7 @@ from services.protocol.scaling import Scaler
 from services.data.windows import Reference
 from services.model.detector import AnomalyDetector, DetectorSpec
 from services.model.scoring import calibrate_threshold
+from services.worker.calibrate import Calibrated, CalibrationJob, calibrate
 from services.worker.gate import GateDecision, GateFigures, decide
 from services.worker.serving import ModelSlot, ServedModel
 from services.worker.state import ModelVersion, WorkerState, WorkerStore, version_order
@@ -48,8 +50,10 @@ class PinnedElsewhere(Exception):
 
 class ModelShelf:
     def __init__(self, settings: Settings, worker: WorkerSettings, slot: ModelSlot, spec: DetectorSpec,
-                 node_data: Callable[[], NodeData | None] = lambda: None):
+                 node_data: Callable[[], NodeData | None] = lambda: None,
+                 calibrator: Callable[[CalibrationJob], Calibrated] = calibrate):
         self.settings = settings
+        self.calibrator = calibrator  # the worker's: in a child process (services/worker/trainer.Trainer.calibrate)
         self.slot = slot
         self.spec = spec
         self.store = WorkerStore(worker.state_dir)
@@ -141,26 +145,24 @@ class ModelShelf:
 
     # -- new versions ------------------------------------------------------------------------------------------------
     def install(self, run_id: str, scaler: Scaler, model_round: int, weights: np.ndarray, data: NodeData,
-                onnx_fp32: bytes | None = None, local_loss: float | None = None) -> ModelVersion:
-        """Export, quantise, calibrate, evaluate, gate, persist, swap (if served)."""
+                local_loss: float | None = None) -> ModelVersion:
+        """Export, quantise, calibrate (``calibrator``), evaluate, gate, persist, swap (if served)."""
         started = time.time()
-        reference = data.default_reference(scaler)
-        train = data.windows(scaler, "train")
-        detector = AnomalyDetector(self.spec, weights).calibrate(train, reference, workdir=self.store.dir,
-                                                                 onnx_fp32=onnx_fp32)
         inputs, labels = self._held_out_rows(data, scaler)
-        detector, precision = detector.choose_precision(self.settings.serving.model, train, inputs, labels)
-        threshold, onnx_fp32, onnx_int8 = detector.threshold_, detector.onnx_fp32_, detector.onnx_int8_
-        assert threshold is not None and onnx_fp32 is not None and onnx_int8 is not None  # calibrate() set all three
+        job = CalibrationJob(self.spec, np.asarray(weights, dtype=np.float32), data.default_reference(scaler),
+                             data.windows(scaler, "train"), inputs, labels, self.settings.serving.model,
+                             len(self.settings.data.features))
+        calibrated = self.calibrator(job)
+        detector = calibrated.detector(job)
         with self._lock:
             if self.state is None or self.state.run_id != run_id:
                 self.state = WorkerState(run_id=run_id, scaler=scaler.model_dump(), spec_hash=self.spec.spec_hash)
                 self._detectors.clear()
-            version = ModelVersion(id=str(model_round), round=model_round, threshold=threshold,
-                                   served=precision.served, weights=weights, onnx_fp32=onnx_fp32,
-                                   onnx_int8=onnx_int8, reference=reference.model_dump(),
+            version = ModelVersion(id=str(model_round), round=model_round, threshold=calibrated.threshold,
+                                   served=calibrated.served, weights=weights, onnx_fp32=calibrated.onnx_fp32,
+                                   onnx_int8=calibrated.onnx_int8, reference=job.reference.model_dump(),
                                    local_loss=local_loss, installed_at=round(time.time(), 3),
-                                   precision=precision.as_dict())
+                                   precision=calibrated.precision, rows_graph=detector.rows_graph_)
             return self._admit(version, detector, inputs, labels, started)
 
     def recalibrate(self, recent_rows: np.ndarray | Sequence | None = None, *,
@@ -192,7 +194,7 @@ class ModelShelf:
             reference = served.reference_
             assert reference is not None  # _open() keeps only detectors it could give a reference scaling
             detector = AnomalyDetector.restore(spec, base.weights, base.onnx_fp32, base.onnx_int8, reference,
-                                               threshold)
+                                               threshold, base.rows_graph, build_graphs=False)
             version = dataclasses.replace(base, id=f"{base.round}.{counter}", threshold=threshold, status="kept",
                                           reason="", gate=None, evaluation=None, local_loss=None,
                                           installed_at=round(time.time(), 3), files=dict(base.files))
@@ -359,7 +361,8 @@ class ModelShelf:
             return None
         spec = dataclasses.replace(self.spec, served=version.served)
         self._detectors[version.id] = AnomalyDetector.restore(spec, version.weights, version.onnx_fp32,
-                                                              version.onnx_int8, reference, version.threshold)
+                                                              version.onnx_int8, reference, version.threshold,
+                                                              version.rows_graph, build_graphs=False)
         return self._detectors[version.id]
 
     def _held_out_rows(self, data: NodeData, scaler: Scaler) -> tuple[np.ndarray, np.ndarray | None]:

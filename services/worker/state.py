@@ -52,13 +52,15 @@ class ModelVersion:
     local_loss: float | None = None
     installed_at: float = 0.0
     files: dict[str, str] = field(default_factory=dict)  # blob name → file in the state folder (set by the store)
+    rows_graph: tuple[int, bytes] | None = None  # the served model with the preprocessing in front, as the
+    # calibrating process made it; in memory only: a version read from disk scores batches through numpy instead
 
     @property
     def order(self) -> tuple[int, int]:
         return version_order(self.id)
 
     def meta(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if k not in ("weights", "onnx_fp32", "onnx_int8")}
+        return {k: v for k, v in self.__dict__.items() if k not in ("weights", "onnx_fp32", "onnx_int8", "rows_graph")}
 
 
 def version_order(version_id: str) -> tuple[int, int]:

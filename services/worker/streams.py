@@ -4,14 +4,16 @@ A row's model input is a window over the rows before it (``data.window``) scaled
 (``data.baseline``). A stateless /detect request only sees its own rows, so one row per request would be scored as a
 window of copies of itself. A *stream* (a device id the client names) keeps what the next row needs:
 
-- its last ``window - 1`` raw rows, so each new row is scored with the rows before it, however the series was cut
-  into requests (one row at a time, random chunks or one batch: the same scores within float32 rounding);
+- its window (services/data/stream_window.py): its last raw rows, so each new row is scored with the rows before it,
+  however the series was cut into requests (one row at a time, random chunks or one batch: the same scores within
+  float32 rounding), and running sums of the window statistics, so a row that arrives alone updates them instead of
+  recomputing the whole window;
 - its reference, set once by the stream's first request: from that request's ``baseline`` rows (``data.baseline:
   run``; the baseline's last rows also start the window, as in a stateless request with a baseline), else none,
   and the stream is scaled by the served model's default reference (the worker's own training rows).
 
 Rows and reference are raw data, not model outputs, so a new model round keeps every stream: the next row is scored
-by the new model with the same history. At most ``streams.max_streams`` streams are held (about 2 KB each with the
+by the new model with the same history. At most ``streams.max_streams`` streams are held (about 5 KB each with the
 default config); the least recently used one is evicted beyond that, and counted. A graceful stop (SIGTERM) hands
 the streams over to the next start through ``streams.json`` in the state dir, read and removed at start-up; after a
 crash (kill -9, power loss) the streams start afresh, and the answers' ``stream_rows`` (0 for a new stream) tells a
@@ -37,6 +39,7 @@ import numpy as np
 import orjson
 
 from services import atomic
+from services.data.stream_window import StreamWindow
 from services.data.windows import InputPipeline, Preprocessing, Reference
 from services.protocol import errors
 from services.protocol.errors import ProtocolError
@@ -51,7 +54,7 @@ HANDOVER_FILE = "streams.json"
 
 @dataclass
 class Stream:
-    history: np.ndarray  # (≤ window - 1, features) float32: the stream's last raw rows, oldest first
+    window: StreamWindow  # the stream's last raw rows and their running window statistics
     rows: int  # rows scored in this stream
     reference: Reference | None  # None: the served model's default reference
     pipeline: InputPipeline | None  # built once from ``reference``
@@ -105,10 +108,7 @@ class StreamTable:
                 raise ProtocolError(errors.BASELINE_ALREADY_SET,
                                     f"stream {stream!r} already has its reference (set by its first request): send "
                                     f"rows without a baseline, or DELETE /v1/streams/{stream} to start it afresh")
-            pipeline = state.pipeline or model.detector.pipeline_
-            history = state.history
-            context = np.concatenate([history, rows]) if len(history) else rows
-            inputs = pipeline(context)[len(history):]
+            inputs = state.window.inputs(state.pipeline or model.detector.pipeline_, rows)
             scores = model.detector.score_inputs(inputs)
             flags = model.detector.is_anomaly(scores)
             which = np.ones(len(rows), dtype=bool) if explain_all else flags
@@ -116,7 +116,6 @@ class StreamTable:
             now = time.time()
             scored = Scored(stream, rows, [now] * len(rows) if times is None else times, scores, flags, model,
                             state.rows, top)
-            state.history = context[max(0, len(context) - self.keep):].copy()
             state.rows += len(rows)
             state.last_seen = now
             self._put(stream, state)
@@ -140,13 +139,15 @@ class StreamTable:
         return rows
 
     def _new(self, baseline: np.ndarray | None) -> Stream:
-        empty = np.empty((0, len(self.features)), dtype=np.float32)
         if baseline is None or self.prep.baseline != "run":  # as stateless /detect: federation scaling ignores it
-            return Stream(empty, 0, None, None, time.time())
+            return Stream(self._window(None), 0, None, None, time.time())
         baseline = np.asarray(baseline, dtype=np.float32)
         reference = self.prep.reference(baseline, None)
-        history = baseline[max(0, len(baseline) - self.keep):].copy()
-        return Stream(history, 0, reference, InputPipeline(self.prep, reference), time.time())
+        return Stream(self._window(baseline[max(0, len(baseline) - self.keep):]), 0, reference,
+                      InputPipeline(self.prep, reference), time.time())
+
+    def _window(self, history: np.ndarray | None) -> StreamWindow:
+        return StreamWindow(self.prep.window, len(self.features), history)
 
     def _put(self, stream: str, state: Stream) -> None:
         if stream in self._streams:
@@ -183,7 +184,7 @@ class StreamTable:
                     "evicted": self.evicted, "recent": [self._document(k, v) for k, v in recent]}
 
     def _document(self, stream: str, state: Stream) -> dict:
-        return {"stream": stream, "rows": state.rows, "history_rows": len(state.history),
+        return {"stream": stream, "rows": state.rows, "history_rows": len(state.window.history),
                 "baseline": state.reference is not None, "last_seen": state.last_seen}
 
     # -- handover across a graceful restart ------------------------------------------------------------------------
@@ -192,7 +193,7 @@ class StreamTable:
         if self.handover is None:
             return
         with self._lock:
-            streams = [{"stream": k, "rows": v.rows, "history": v.history, "last_seen": v.last_seen,
+            streams = [{"stream": k, "rows": v.rows, "history": v.window.history, "last_seen": v.last_seen,
                         "reference": v.reference.model_dump() if v.reference else None}
                        for k, v in self._streams.items()]
         atomic.write_bytes(self.handover, orjson.dumps(
@@ -213,7 +214,7 @@ class StreamTable:
             for item in saved["streams"]:
                 reference = Reference(**item["reference"]) if item["reference"] else None
                 history = np.asarray(item["history"], dtype=np.float32).reshape(-1, len(self.features))
-                self._put(item["stream"], Stream(history, int(item["rows"]), reference,
+                self._put(item["stream"], Stream(self._window(history), int(item["rows"]), reference,
                                                  InputPipeline(self.prep, reference) if reference else None,
                                                  float(item["last_seen"])))
             self.created = 0

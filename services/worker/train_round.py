@@ -6,12 +6,13 @@ The worker that serves /detect never imports torch; torch lives only here, in a 
 - ``train``: ``job.pkl`` (architecture, plan, seed), ``weights.npy`` (the round's start), ``inputs.npy`` (the
   node's training inputs) → ``out.npy`` (the trained weights) and ``result.json`` (loss, peak memory). One JSON line
   per epoch on stdout (``{"epoch": e, "loss": l}``) shows progress.
-- ``export``: ``job.pkl`` (architecture), ``weights.npy`` → ``model.onnx``: the fp32 graph of a kind only torch can
-  export (the dense kind is built without torch in the worker: services/model/graph.py).
+- ``calibrate``: ``job.pkl`` (a services/worker/calibrate.CalibrationJob) → ``calibrated.pkl``: the model made
+  servable (ONNX graphs, int8, thresholds, the precision choice), so the worker never imports the ``onnx`` package or
+  onnxruntime's quantisation. It imports no torch unless the kind needs torch's exporter (conv1d, lstm).
 
-The job holds the model's ``Architecture`` (services/model/layout.py) and the plan as plain numbers, so this process
-imports torch and the model's torch modules and nothing of serving (onnxruntime, the detector, pydantic): its peak
-memory is torch's. It trains through ``services.model.training.train_weights``, the function
+For training, the job holds the model's ``Architecture`` (services/model/layout.py) and the plan as plain numbers, so
+this process imports torch and the model's torch modules and nothing of serving (onnxruntime, the detector,
+pydantic): its peak memory is torch's. It trains through ``services.model.training.train_weights``, the function
 ``AnomalyDetector.partial_fit`` calls too (tests/worker/test_trainer.py holds the weights equal). The fault point
 ``worker.train`` is reached here, in the child (services/faults.py).
 """
@@ -58,18 +59,15 @@ def main(job_dir: Path) -> int:
     started = time.time()
     job = pickle.loads((job_dir / "job.pkl").read_bytes())
     weights = np.load(job_dir / "weights.npy")
+    if job["task"] == "calibrate":
+        from services.worker.calibrate import calibrate
+
+        atomic.write_bytes(job_dir / "calibrated.pkl", pickle.dumps(calibrate(job["calibration"])))
+        return 0
 
     import torch
 
     torch.set_num_threads(1)  # an edge box: one core for training, the others keep serving
-    if job["task"] == "export":
-        from services.model.autoencoder import build_autoencoder, set_flat_weights
-        from services.model.onnx_export import export_onnx
-
-        model = build_autoencoder(job["architecture"])
-        set_flat_weights(model, weights)
-        atomic.write_bytes(job_dir / "model.onnx", export_onnx(model, job["architecture"].width))
-        return 0
     from services.model.training import train_weights
 
     faults.point("worker.train")

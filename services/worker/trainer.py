@@ -73,14 +73,15 @@ class Trainer:
         shutil.rmtree(job, ignore_errors=True)
         return TrainingRun(trained, float(result["loss"]), seconds, peak, cpu)
 
-    def export(self, architecture, weights: np.ndarray) -> bytes:
-        """The fp32 ONNX graph of a kind only torch exports (conv1d, lstm), made in a child process."""
-        job = self._job({"task": "export", "architecture": architecture}, weights)
+    def calibrate(self, calibration):
+        """A model made servable (services/worker/calibrate.py: graphs, int8, thresholds, the precision) in a child
+        process, so this one never loads the ``onnx`` package, onnxruntime's quantisation or torch."""
+        job = self._job({"task": "calibrate", "calibration": calibration}, calibration.weights)
         self._run(job, None, self._env(None))
         try:
-            return (job / "model.onnx").read_bytes()
+            return pickle.loads((job / "calibrated.pkl").read_bytes())
         except FileNotFoundError:
-            raise TrainingFailed("the export process exited without writing the model") from None
+            raise TrainingFailed("the calibration process exited without writing the model") from None
         finally:
             shutil.rmtree(job, ignore_errors=True)
 
