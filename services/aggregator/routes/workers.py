@@ -25,5 +25,8 @@ async def join(worker_id: OwnWorker, body: JoinRequest, federation: FederationDe
     response = federation.join(worker_id, body)
     await federation.synced()  # the join is durable before it is answered (group commit: members.log)
     publisher.check()  # the join that completes min_workers opens round 1: wake GET /v1/round
-    log.debug("worker %s joined (%d samples); phase %s", worker_id, body.sample_count, federation.phase)
+    # a worker from config.yaml joins at INFO; enrolled nodes, thousands of them, at DEBUG (counted in /v1/fleet)
+    listed = any(w.id == worker_id for w in federation.settings.workers)
+    log.log(logging.INFO if listed else logging.DEBUG, "worker %s joined (%d samples); phase %s", worker_id,
+            body.sample_count, federation.phase)
     return response
