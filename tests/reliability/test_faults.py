@@ -112,13 +112,14 @@ def test_aggregator_unreachable_workers_back_off_keep_serving_and_come_back(tmp_
 
 def test_straggler_past_the_deadline_round_closes_with_quorum_late_update_refused_straggler_rejoins(tmp_path):
     stack = Stack(tmp_path, rounds=4, epochs=1, quorum=2,
-                  overrides={"FEDAD__FEDERATION__ROUND_DEADLINE_S": "15"})
-    # valve2 stalls 25 s when it starts training round 2: past that round's 15 s deadline (the deadline leaves
-    # room for a training process's start on a loaded machine).
-    stack.worker_services["valve2"] = with_fault(stack, stack.worker_services["valve2"], "worker.train:sleep=25@2")
+                  overrides={"FEDAD__FEDERATION__ROUND_DEADLINE_S": "60"})
+    # valve2 stalls 80 s when it starts training round 2: past that round's 60 s deadline. The deadline leaves room
+    # for a round on a loaded 2-core machine (a training child, then an install's calibration child: 30-45 s), so
+    # the straggler, one round behind after its refused update, still makes a later round.
+    stack.worker_services["valve2"] = with_fault(stack, stack.worker_services["valve2"], "worker.train:sleep=80@2")
     stack.start()
     try:
-        final = finish_and_check(stack, 4)
+        final = finish_and_check(stack, 4, timeout=420)
         round2 = final["history"][1]
         assert round2["closed_by"] == "deadline" and set(round2["workers"]) == {"valve1", "other"}
         assert "round 2 is already closed" in stack.aggregator.log(), "the late update got 409"
