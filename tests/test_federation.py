@@ -74,8 +74,11 @@ def test_only_weights_and_aggregates_cross_the_wire(trained_stack):
             assert not any(isinstance(v, (list, dict)) for v in body.values())
         elif r["path"].endswith("/report"):  # rows not yet trained on, drift, model versions: counts and figures
             body = json.loads(r["body"])
-            assert set(body) == {"new_rows", "drift", "drift_events", "served_round", "pinned", "versions"}
+            assert set(body) == {"new_rows", "drift", "drift_events", "served_round", "pinned", "versions",
+                                 "directive"}
             assert isinstance(body["new_rows"], int) and isinstance(body["drift_events"], int)
+            directive = body["directive"]  # how the fleet's newest model directive went here: scalars only
+            assert directive is None or not any(isinstance(v, (list, dict)) for v in directive.values())
             for version in body["versions"]:
                 assert set(version) <= {"round", "version", "status", "reason", "figures"}
                 assert not any(isinstance(v, (list, dict)) for v in version["figures"].values())
