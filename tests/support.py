@@ -6,6 +6,8 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from types import SimpleNamespace
@@ -115,6 +117,16 @@ class Stack:
     def logs(self) -> str:
         services = [self.aggregator, *self.worker_services.values()]
         return "\n".join(f"--- {s.name}\n{s.log()}" for s in services)
+
+    @contextmanager
+    def trained(self, timeout: float = 180) -> Iterator["Stack"]:
+        """The stack started, its planned rounds done, and stopped on leaving: a module fixture's whole life."""
+        self.start()
+        try:
+            self.wait_done(timeout)
+            yield self
+        finally:
+            self.stop()
 
     def stop(self) -> None:
         for s in [*self.worker_services.values(), self.aggregator]:

@@ -149,12 +149,8 @@ def stack(tmp_path_factory):
     """One worker trained on valve1 (one short round), its drift test tuned for a replay of a few hundred rows."""
     stack = Stack(tmp_path_factory.mktemp("drift"), workers=["valve1"], rounds=1, epochs=1, min_workers=1, quorum=1,
                   overrides={"FEDAD__FEDERATION__CONTINUAL__ENABLED": "false", **DRIFT})
-    stack.start()
-    try:
-        stack.wait_done()
+    with stack.trained():
         yield stack
-    finally:
-        stack.stop()
 
 
 def replay(client: httpx.Client, stream: str, rows: np.ndarray, flags: list[bool]) -> None:

@@ -31,12 +31,8 @@ def mapped_packages(pid: int) -> set[str]:
 def stack(tmp_path_factory):
     stack = Stack(tmp_path_factory.mktemp("floor"), workers=["valve1", "other"], rounds=1, epochs=1, min_workers=1,
                   quorum=1, overrides={"FEDAD__WORKERS__OTHER__MODE": "detect_only"})
-    stack.start()
-    try:
-        stack.wait_done()
+    with stack.trained():
         yield stack
-    finally:
-        stack.stop()
 
 
 @pytest.mark.parametrize("worker", ["valve1", "other"])

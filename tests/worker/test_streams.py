@@ -34,12 +34,8 @@ def stack(tmp_path_factory):
     """One trained worker (valve1, one short round) whose stream table holds at most MAX_STREAMS streams."""
     stack = Stack(tmp_path_factory.mktemp("streams"), workers=["valve1"], rounds=1, epochs=1, min_workers=1, quorum=1,
                   overrides={"FEDAD__STREAMS__MAX_STREAMS": str(MAX_STREAMS)})
-    stack.start()
-    try:
-        stack.wait_done()
+    with stack.trained():
         yield stack
-    finally:
-        stack.stop()
 
 
 @pytest.fixture(scope="module")
