@@ -1,9 +1,11 @@
 """Stream requests that arrive together, scored in one model run.
 
 Sixteen devices that each send a row at the same moment are sixteen one-row /detect requests; scored one by one they
-cost sixteen session calls (and sixteen takes of the stream table's lock). ``RequestBatcher`` holds a stream
-request for at most ``serving.batch_wait_ms`` (default 1 ms) and scores whatever arrived meanwhile in one
-``StreamTable.score_many`` call, up to ``MAX_REQUESTS`` at once (a full batch goes at once). Each request still gets
+cost sixteen session calls (and sixteen takes of the stream table's lock). ``RequestBatcher`` scores the requests
+that arrive together in one ``StreamTable.score_many`` call: a request waits while more keep coming, one turn of the
+event loop at a time, and never longer than ``serving.batch_wait_ms`` (default 1 ms); a turn that brings no new
+request ends the wait at once, so a lone request is not held for the whole bound and an idle event loop never sits
+waiting on a timer while clients wait on it. ``MAX_REQUESTS`` at once go without waiting. Each request still gets
 exactly its own answer: its stream's rows in order, the same scores as alone (one session call gives each row the
 score it gives it alone), its own error. With ``batch_wait_ms: 0`` every request is scored as it comes, unbatched.
 
@@ -27,7 +29,8 @@ class RequestBatcher:
     def __init__(self, streams: StreamTable, wait_s: float, max_requests: int = MAX_REQUESTS):
         self.streams, self.wait_s, self.max_requests = streams, wait_s, max_requests
         self._pending: list[tuple[StreamRequest, asyncio.Future]] = []
-        self._timer: asyncio.TimerHandle | None = None
+        self._turn: asyncio.Handle | None = None
+        self._deadline = 0.0
 
     async def score(self, request: StreamRequest) -> Scored:
         """The request's own result (raises its ProtocolError), once its batch is scored."""
@@ -38,14 +41,24 @@ class RequestBatcher:
         self._pending.append((request, future))
         if len(self._pending) >= self.max_requests:
             self._flush()
-        elif self._timer is None:
-            self._timer = loop.call_later(self.wait_s, self._flush)
+        elif self._turn is None:
+            self._deadline = loop.time() + self.wait_s
+            self._turn = loop.call_soon(self._next_turn, len(self._pending))
         return await future
 
+    def _next_turn(self, seen: int) -> None:
+        """Once per turn of the event loop while requests wait: wait one more turn if the last one brought new
+        requests (and the bound is not reached), else score them."""
+        loop = asyncio.get_running_loop()
+        if len(self._pending) > seen and loop.time() < self._deadline:
+            self._turn = loop.call_soon(self._next_turn, len(self._pending))
+            return
+        self._flush()
+
     def _flush(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        if self._turn is not None:
+            self._turn.cancel()
+            self._turn = None
         pending, self._pending = self._pending, []
         if not pending:
             return
