@@ -502,6 +502,9 @@ class TlsSettings(_Section):
 class ServingSettings(_Section):
     model: Literal["auto", "int8", "fp32"] = "auto"  # auto: int8 where it ranks as fp32 does (model/precision.py)
     max_batch_rows: int = Field(10000, ge=1)
+    # stream rows that arrive within this long of each other (stream /detect requests, device data) are scored in one
+    # model run; 0: each as it comes (services/worker/batching.py)
+    batch_wait_ms: float = Field(1.0, ge=0, le=10)
 
 
 class StreamSettings(_Section):

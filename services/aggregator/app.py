@@ -40,6 +40,7 @@ from services.aggregator.site import Uplink
 from services.aggregator.store import AggregatorStore
 from services.config import Settings
 from services.observability.dashboard import AggregatorObservability
+from services.observability.metrics import NO_FRAMEWORK_TELEMETRY
 from services.protocol import errors
 from services.protocol.errors import ProtocolError
 from services.security.admin import AdminCheck
@@ -117,7 +118,8 @@ def create_app(settings: Settings) -> FastAPI:
 
     app = AggregatorApp(title="fedad aggregator", version="1", lifespan=lifespan,
                   description="Federates autoencoder weights from edge workers; never sees a data row. Every "
-                              "refusal is `{\"code\", \"detail\"}`; clients branch on `code`.")
+                              "refusal is `{\"code\", \"detail\"}`; clients branch on `code`.",
+                         telemetry=NO_FRAMEWORK_TELEMETRY)
     app.state.tokens, app.state.nodes = tokens, nodes
     app.state.configured_workers = frozenset(w.id for w in settings.workers)
     app.state.enrollment = EnrollmentCheck(settings.enrollment.digest, settings.enrollment.certificates)

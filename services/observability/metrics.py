@@ -17,12 +17,20 @@ import re
 import threading
 import time
 import uuid
+from typing import TYPE_CHECKING
 
 import numpy as np
 from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, ProcessCollector,
                                disable_created_metrics, generate_latest)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, InfoMetricFamily
 from starlette.responses import Response
+
+if TYPE_CHECKING:
+    from fastapi.telemetry import TelemetryConfig
+
+# FastAPI ≥ 0.165 checks OpenTelemetry's providers on every request (opentelemetry-api is installed for OTLP ingest):
+# several µs of environment lookups per request for tracing nobody configured. The services export /metrics instead.
+NO_FRAMEWORK_TELEMETRY: TelemetryConfig = {"tracing": False, "metrics": False, "logs": False}
 
 disable_created_metrics()  # *_created series double every counter for no use here
 

@@ -17,6 +17,7 @@ from services.protocol.errors import ProtocolError
 from services.security.admin import AdminCheck
 from services.worker.assembly import build_worker, running
 from services.worker.deps import WorkerContext
+from services.observability.metrics import NO_FRAMEWORK_TELEMETRY
 from services.worker.routes import admin, detect, ingest, otlp, status, streams
 
 log = logging.getLogger("fedad.worker")
@@ -27,7 +28,8 @@ def create_app(settings: Settings, worker: WorkerSettings, start_loop: bool = Tr
     """``start_loop`` False: the app serves and ingests but does not federate (no loop, no reports, no telemetry)."""
     ctx = build_worker(settings, worker)
     app = FastAPI(title=f"fedad worker {worker.id}", version="1", lifespan=lambda app: running(ctx, start_loop),
-                  description="Scores sensor rows with this edge node's federated autoencoder.")
+                  description="Scores sensor rows with this edge node's federated autoencoder.",
+                  telemetry=NO_FRAMEWORK_TELEMETRY)
     app.state.worker = ctx  # what every route and page reads (services/worker/deps.py)
     app.state.admin = AdminCheck(settings.admin)  # rollback and pin: the admin token, never a worker's
     _error_handlers(app, ctx)

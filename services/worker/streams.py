@@ -19,8 +19,10 @@ the streams over to the next start through ``streams.json`` in the state dir, re
 crash (kill -9, power loss) the streams start afresh, and the answers' ``stream_rows`` (0 for a new stream) tells a
 client to send its baseline again.
 
-``StreamTable.score`` is the one entry point: /detect calls it, and so does device ingestion (MQTT, HTTP push). It
-names the top sensors of the flagged rows (of every row when asked) from the very inputs it scored, and its
+``StreamTable.score_many`` is the one entry point (``score`` is one request of it): /detect's stream requests
+(services/worker/batching.py) and device ingestion (MQTT, HTTP push) give it the requests that arrived together, of
+any streams, and it scores them in one session call. It names the top sensors of the flagged rows (of every row when
+asked) from the very inputs it scored, and its
 ``watchers`` (services/worker/watchers.py: the alarms, the live buffer, the drift tests) see every scored request
 of a stream in order, under the table's lock.
 """
@@ -34,6 +36,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import orjson
@@ -50,6 +53,16 @@ from services.worker.watchers import Scored, StreamWatcher
 
 log = logging.getLogger("fedad.worker")
 HANDOVER_FILE = "streams.json"
+
+
+class StreamRequest(NamedTuple):
+    """Rows for ``StreamTable.score_many``: the arguments of ``StreamTable.score``."""
+
+    stream: str
+    rows: np.ndarray
+    baseline: np.ndarray | None = None
+    times: Sequence[float] | None = None
+    explain_all: bool = False
 
 
 @dataclass
@@ -77,6 +90,8 @@ class StreamTable:
         self._lock = threading.Lock()
         self.created = 0
         self.evicted = 0
+        self.model_runs = 0  # session calls, and the requests they scored: more requests than runs is batching
+        self.requests = 0
 
     def __len__(self) -> int:
         return len(self._streams)
@@ -89,42 +104,77 @@ class StreamTable:
         with one on a later request this raises ProtocolError ``baseline_already_set`` (forget the stream first).
         ``times``: each row's time (default: now). Top sensors are named for the flagged rows, for all with
         ``explain_all``. Raises ``no_model`` before a first model and ``bad_stream_id`` for an unusable id."""
-        stream_id(stream)
-        rows = self._checked(rows, "rows")
-        if baseline is not None:
-            baseline = self._checked(baseline, "baseline")
-            if len(baseline) < max(2, self.prep.window):
-                raise ProtocolError(errors.BAD_BASELINE, f"a baseline needs at least {max(2, self.prep.window)} rows, "
-                                                         f"got {len(baseline)}")
+        result = self.score_many([StreamRequest(stream, rows, baseline, times, explain_all)])[0]
+        if isinstance(result, ProtocolError):
+            raise result
+        return result
+
+    def score_many(self, requests: Sequence[StreamRequest]) -> list[Scored | ProtocolError]:
+        """Score several requests (of any streams, a stream's own in order) in one session call: what arrives
+        together from many devices costs one model run, not one each. Each request gets what ``score`` would have
+        given it alone, or the ProtocolError ``score`` would have raised; the watchers see them in order."""
+        results: list[Scored | ProtocolError | None] = [None] * len(requests)
+        checked: list[tuple[int, np.ndarray, np.ndarray | None]] = []
+        for i, request in enumerate(requests):
+            try:
+                stream_id(request.stream)
+                rows = self._checked(request.rows, "rows")
+                baseline = None
+                if request.baseline is not None:
+                    baseline = self._checked(request.baseline, "baseline")
+                    least = max(2, self.prep.window)
+                    if len(baseline) < least:
+                        raise ProtocolError(errors.BAD_BASELINE,
+                                            f"a baseline needs at least {least} rows, got {len(baseline)}")
+                checked.append((i, rows, baseline))
+            except ProtocolError as exc:
+                results[i] = exc
         with self._lock:
             model = self.slot.current
             if model is None:
-                raise ProtocolError(errors.NO_MODEL, "no model to serve yet: retry after the first federated round "
-                                                     "(GET /readyz says when)")
-            state = self._streams.get(stream)
-            if state is None:
-                state = self._new(baseline)
-            elif baseline is not None:
-                raise ProtocolError(errors.BASELINE_ALREADY_SET,
-                                    f"stream {stream!r} already has its reference (set by its first request): send "
-                                    f"rows without a baseline, or DELETE /v1/streams/{stream} to start it afresh")
-            inputs = state.window.inputs(state.pipeline or model.detector.pipeline_, rows)
-            scores = model.detector.score_inputs(inputs)
-            flags = model.detector.is_anomaly(scores)
-            which = np.ones(len(rows), dtype=bool) if explain_all else flags
-            top = self.explainer.explain(model.detector, inputs, which) if self.explainer else [None] * len(rows)
+                for i, _, _ in checked:
+                    results[i] = ProtocolError(errors.NO_MODEL, "no model to serve yet: retry after the first "
+                                                                "federated round (GET /readyz says when)")
+                return results  # type: ignore[return-value]
             now = time.time()
-            scored = Scored(stream, rows, [now] * len(rows) if times is None else times, scores, flags, model,
-                            state.rows, top)
-            state.rows += len(rows)
-            state.last_seen = now
-            self._put(stream, state)
-            for watcher in self.watchers:
-                try:
-                    watcher.observe(scored)
-                except Exception:  # the answer matters more than what the alarms, buffer or drift tests make of it
-                    log.exception("%s failed on stream %s", type(watcher).__name__, stream)
-        return scored
+            taken: list[tuple[int, np.ndarray, np.ndarray, int]] = []  # request, rows, inputs, stream rows before
+            for i, rows, baseline in checked:  # each stream's window moves in request order
+                stream = requests[i].stream
+                state = self._streams.get(stream)
+                if state is None:
+                    state = self._new(baseline)
+                elif baseline is not None:
+                    results[i] = ProtocolError(
+                        errors.BASELINE_ALREADY_SET, f"stream {stream!r} already has its reference (set by its first "
+                                                     f"request): send rows without a baseline, or DELETE "
+                                                     f"/v1/streams/{stream} to start it afresh")
+                    continue
+                taken.append((i, rows, state.window.inputs(state.pipeline or model.detector.pipeline_, rows),
+                              state.rows))
+                state.rows += len(rows)
+                state.last_seen = now
+                self._put(stream, state)
+            if not taken:
+                return results  # type: ignore[return-value]
+            self.model_runs += 1
+            self.requests += len(taken)
+            scores = model.detector.score_inputs(np.concatenate([inputs for _, _, inputs, _ in taken])
+                                                 if len(taken) > 1 else taken[0][2])
+            flags = model.detector.is_anomaly(scores)
+            start = 0
+            for i, rows, inputs, before in taken:
+                request, end = requests[i], start + len(rows)
+                which = np.ones(len(rows), dtype=bool) if request.explain_all else flags[start:end]
+                top = self.explainer.explain(model.detector, inputs, which) if self.explainer else [None] * len(rows)
+                scored = Scored(request.stream, rows, [now] * len(rows) if request.times is None else request.times,
+                                scores[start:end], flags[start:end], model, before, top)
+                results[i], start = scored, end
+                for watcher in self.watchers:
+                    try:
+                        watcher.observe(scored)
+                    except Exception:  # the answer matters more than what the alarms, buffer or drift make of it
+                        log.exception("%s failed on stream %s", type(watcher).__name__, request.stream)
+        return results  # type: ignore[return-value]
 
     def _checked(self, rows, what: str) -> np.ndarray:
         """Rows from any caller (not only /detect's parser) as (n ≥ 1, features) finite float32."""
@@ -181,7 +231,8 @@ class StreamTable:
         with self._lock:
             recent = list(self._streams.items())[-limit:][::-1]
             return {"streams": len(self._streams), "max_streams": self.max_streams, "created": self.created,
-                    "evicted": self.evicted, "recent": [self._document(k, v) for k, v in recent]}
+                    "evicted": self.evicted, "model_runs": self.model_runs, "requests": self.requests,
+                    "recent": [self._document(k, v) for k, v in recent]}
 
     def _document(self, stream: str, state: Stream) -> dict:
         return {"stream": stream, "rows": state.rows, "history_rows": len(state.window.history),

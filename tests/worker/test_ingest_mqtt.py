@@ -239,6 +239,34 @@ def test_every_format_is_scored_as_one_batch_and_the_fault_opens_alarms(worker, 
         publisher.close()
 
 
+def test_devices_publishing_at_once_share_model_runs_and_each_gets_its_own_alarms(worker, broker):
+    """Four devices' KubeEdge messages interleaved row by row, published as fast as QoS 1 allows: the rows that wait
+    together in the ingestion queue are scored in one model run, and each device's alarms are still those of its
+    own rows in one stateless batch."""
+    devices = [f"interleaved-{k}" for k in range(4)]
+    listener = Client(broker, "alarm-listener-interleaved", listen=ALARM_TOPIC)
+    publisher = Client(broker, "publisher-interleaved")
+    expected = expected_events(worker, "any", ROWS)
+    before_ingest, before_streams = ingest_status(worker), httpx.get(f"{worker.url}/v1/streams").json()
+    per_device = [kubeedge_data_messages(d, ROWS, 0, per_property=False) for d in devices]
+    try:
+        publisher.publish_all([m for row in zip(*per_device) for m in row])
+        scored_rows = len(devices) * (len(ROWS) - BASELINE)
+        wait_until(lambda: ingest_status(worker)["counts"]["rows_scored"]
+                   == before_ingest["counts"]["rows_scored"] + scored_rows, 120, "every device's rows to be scored")
+        wait_until(lambda: len([e for e in listener.events if e["stream"] in devices]) >= len(expected) * len(devices),
+                   60, "the alarm events")
+        for device in devices:
+            same_events([e for e in listener.events if e["stream"] == device], expected)
+        after = httpx.get(f"{worker.url}/v1/streams").json()
+        runs, requests = after["model_runs"] - before_streams["model_runs"], after["requests"] - before_streams["requests"]
+        assert runs < requests, "rows of several devices waiting together should have shared model runs"
+        assert ingest_status(worker)["refused"] == before_ingest["refused"]
+    finally:
+        listener.close()
+        publisher.close()
+
+
 def test_a_flood_of_malformed_messages_is_counted_and_good_rows_still_score(worker, broker):
     publisher = Client(broker, "publisher-flood")
     before = ingest_status(worker)

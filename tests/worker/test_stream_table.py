@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import threading
 
@@ -14,7 +15,8 @@ from services.model.detector import AnomalyDetector, DetectorSpec
 from services.protocol.errors import ProtocolError
 from services.protocol.messages import TrainingPlan
 from services.worker.serving import ModelSlot, ServedModel
-from services.worker.streams import HANDOVER_FILE, StreamTable
+from services.worker.batching import RequestBatcher
+from services.worker.streams import HANDOVER_FILE, StreamRequest, StreamTable
 from support import partition_runs
 
 SETTINGS = load_settings(environ={})
@@ -114,3 +116,75 @@ def test_rows_from_any_caller_are_checked(slot, rows, baseline, code):
     with pytest.raises(ProtocolError) as refused:
         streams.score("pump-1", rows, baseline)
     assert refused.value.code == code and len(streams) == 0
+
+
+def test_requests_of_many_streams_in_one_model_run_get_what_each_gets_alone(slot, run):
+    """Interleaved requests of several streams (new ones with their baselines, later rows one or several at a time,
+    refusals among them) scored by ``score_many`` in one session call: each gets the scores, flags, stream rows and
+    error it gets from ``score`` alone, and every stream's window moves in request order."""
+    baseline, rows = run
+    requests = []
+    for start, size in [(0, 1), (1, 1), (2, 5), (7, 1), (8, 30), (38, 1)]:
+        for device in ("a", "b", "c"):
+            offset = {"a": 0, "b": 40, "c": 80}[device]
+            requests.append(StreamRequest(device, rows[offset + start:offset + start + size],
+                                          baseline if start == 0 else None))
+    requests.insert(4, StreamRequest("a", rows[:1], baseline))  # a second baseline: baseline_already_set
+    requests.insert(9, StreamRequest("b", rows[:2, :3]))  # wrong_width
+    requests.insert(12, StreamRequest("bad id!", rows[:1]))  # bad_stream_id
+
+    alone, together = table(slot), table(slot)
+    expected = []
+    for request in requests:
+        try:
+            expected.append(alone.score(*request))
+        except ProtocolError as exc:
+            expected.append(exc)
+    runs_before = together.model_runs
+    got = together.score_many(requests)
+    assert together.model_runs == runs_before + 1 and together.requests == len(requests) - 3
+
+    for request, want, have in zip(requests, expected, got):
+        if isinstance(want, ProtocolError):
+            assert isinstance(have, ProtocolError) and have.code == want.code, request.stream
+            continue
+        assert not isinstance(have, ProtocolError), have
+        assert have.stream == want.stream and have.stream_rows == want.stream_rows
+        np.testing.assert_allclose(have.scores, want.scores, rtol=1e-5)
+        assert np.array_equal(have.flags, want.flags)
+    # and one stream's rows scored together equal the stateless batch of that stream's rows
+    a = np.concatenate([s.scores for s in got if not isinstance(s, ProtocolError) and s.stream == "a"])
+    np.testing.assert_allclose(a, slot.current.detector.decision_function(rows[:39], baseline), rtol=1e-5)
+
+
+def test_the_batcher_scores_what_arrives_together_in_one_run_and_keeps_each_answer(slot, run):
+    baseline, rows = run
+    streams = table(slot)
+    for device in range(20):  # references first
+        streams.score(f"d{device}", rows[:1], baseline)
+
+    async def arrive(batcher):
+        async def one(device):
+            try:
+                return await batcher.score(StreamRequest(f"d{device}", rows[1 + device:2 + device]))
+            except ProtocolError as exc:
+                return exc
+        bad = batcher.score(StreamRequest("d0", rows[:1], baseline))  # refused alone, the others still answered
+        return await asyncio.gather(*[one(d) for d in range(20)], bad, return_exceptions=True)
+
+    runs = streams.model_runs
+    answers = asyncio.run(arrive(RequestBatcher(streams, wait_s=0.05)))
+    assert streams.model_runs == runs + 1, "twenty requests within the wait: one model run"
+    assert isinstance(answers[-1], ProtocolError) and answers[-1].code == "baseline_already_set"
+    for device, answer in enumerate(answers[:-1]):
+        assert answer.stream == f"d{device}" and answer.stream_rows == 1
+        sent = np.stack([rows[0], rows[1 + device]])  # the stream's rows so far
+        np.testing.assert_allclose(answer.scores, slot.current.detector.decision_function(sent, baseline)[1:],
+                                   rtol=1e-5)
+
+    runs = streams.model_runs
+    asyncio.run(arrive(RequestBatcher(streams, wait_s=10, max_requests=7)))  # full batches go at once, not in 10 s
+    assert streams.model_runs == runs + 3  # 21 requests: three full batches of 7
+    runs = streams.model_runs
+    asyncio.run(arrive(RequestBatcher(streams, wait_s=0)))
+    assert streams.model_runs == runs + 20, "batch_wait_ms 0: each request on its own"

@@ -6,6 +6,7 @@ rebuilds its stream by sending the baseline again."""
 from __future__ import annotations
 
 import signal
+import threading
 
 import httpx
 import numpy as np
@@ -90,6 +91,37 @@ def test_any_split_of_a_whole_file_scores_like_one_batch(client, name):
         scores, flags = stream_in_pieces(client, f"{tag}-{len(sizes)}", rows, sizes, baseline)
         np.testing.assert_allclose(scores, expected, rtol=RTOL, err_msg=f"{name}, {how}")
         assert np.array_equal(flags, expected_flags), f"{name}, {how}: flags differ"
+
+
+def test_devices_sending_at_once_share_model_runs_and_each_keeps_its_answers(stack, client):
+    """Four devices, each on its own connection, one row per request at once: requests that arrive together are
+    scored in one model run (serving.batch_wait_ms, default 1 ms), and every device still gets the scores and flags
+    of its own rows in one stateless batch."""
+    devices = {f"{name.replace('/', '-')}-at-once-{k}": skab_run(name) for name in FILES for k in range(2)}
+    rows_each = 150
+    before = client.get("/v1/streams").json()
+    results: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+    def device(stream: str) -> None:
+        baseline, rows = devices[stream]
+        with httpx.Client(base_url=stack.worker_url("valve1"), timeout=60) as own:
+            results[stream] = stream_in_pieces(own, stream, rows[:rows_each], [1] * rows_each, baseline)
+
+    threads = [threading.Thread(target=device, args=(stream,)) for stream in devices]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results) == sorted(devices)
+    for stream, (scores, flags) in results.items():
+        baseline, rows = devices[stream]
+        batch = detect(client, baseline=baseline, samples=rows[:rows_each])
+        np.testing.assert_allclose(scores, batch["scores"], rtol=RTOL, err_msg=stream)
+        assert np.array_equal(flags, batch["is_anomaly"]), stream
+    after = client.get("/v1/streams").json()
+    requests, runs = after["requests"] - before["requests"], after["model_runs"] - before["model_runs"]
+    assert requests == len(devices) * rows_each
+    assert runs < requests, "requests that arrived together should have shared model runs"
 
 
 def test_a_stream_without_baseline_is_scaled_by_the_worker_and_keeps_its_window(client):

@@ -35,12 +35,14 @@ from services.worker.ingest.assemble import Assembler, Row
 from services.worker.ingest.broker_watch import BrokerWatch
 from services.worker.ingest.messages import REASONS, Reading, Refused, TopicFilter, parse
 from services.worker.ingest.mqtt import MqttLink
+from services.worker.streams import StreamRequest
 from services.worker.twin import TOPIC as TWIN_TOPIC
 from services.worker.twin import TwinReporter
 
 log = logging.getLogger("fedad.worker.ingest")
 LOG_EVERY_S = 10.0
 TICK_S = 0.25  # the ingestion thread resolves overdue rows at least this often
+MAX_BATCH_ITEMS = 1024  # queued messages taken at once: their rows are scored in one model run
 
 
 class StreamScorer(Protocol):
@@ -49,6 +51,8 @@ class StreamScorer(Protocol):
     def score(self, stream: str, rows: np.ndarray, baseline: np.ndarray | None = None,
               times: Sequence[float] | None = None): ...  # → services.worker.watchers.Scored; raises ProtocolError
     # (no_model, baseline_already_set, ...)
+
+    def score_many(self, requests: Sequence[StreamRequest]) -> list: ...  # one Scored or ProtocolError each
 
     def describe(self, stream: str) -> dict: ...  # raises ProtocolError unknown_stream for a stream it does not hold
 
@@ -73,6 +77,7 @@ class DeviceIngest:
         self.baseline_rows = max(cfg.baseline_rows or settings.data.train_rows, settings.data.window, 2) \
             if settings.data.baseline == "run" else 0
         self.max_devices = cfg.max_devices
+        self.batch_wait_s = settings.serving.batch_wait_ms / 1000
         self.queue: queue.Queue = queue.Queue(maxsize=cfg.queue_messages)
         self.refused: collections.Counter = collections.Counter()
         self.counts = collections.Counter()  # messages, readings, rows_scored, rows_anomalous, baseline_rows
@@ -156,21 +161,41 @@ class DeviceIngest:
                 if self._stop.wait(TICK_S):  # persisted model is served, instead of refusing rows as no_model
                     return
                 continue
+            items = self._arrived()
+            if not items and self._stop.is_set():
+                return
             try:
-                item = self.queue.get(timeout=TICK_S)
-            except queue.Empty:
-                if self._stop.is_set():
-                    return
-                item = None
-            try:
-                rows = self._take(item) if item is not None else []
+                rows = []
+                for item in items:
+                    rows += self._take(item)
                 if time.monotonic() >= next_tick:
                     rows += self.assembler.expire(time.time())
                     next_tick = time.monotonic() + TICK_S
                 if rows:
                     self._score(rows)
             except Exception:  # a bug must not end ingestion: log it with what was being handled
-                log.exception("ingestion failed on %s", item[0] if isinstance(item, tuple) else item)
+                log.exception("ingestion failed on %s", [i[0] if isinstance(i, tuple) else i for i in items[:3]])
+
+    def _arrived(self) -> list:
+        """What waits in the queue, and what arrives within ``batch_wait_s`` of the first (at most
+        ``MAX_BATCH_ITEMS``): rows that arrive together are scored in one model run. Empty after a quiet tick."""
+        try:
+            items = [self.queue.get(timeout=TICK_S)]
+        except queue.Empty:
+            return []
+        deadline = time.monotonic() + self.batch_wait_s
+        while len(items) < MAX_BATCH_ITEMS:
+            try:
+                items.append(self.queue.get_nowait())
+            except queue.Empty:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                try:
+                    items.append(self.queue.get(timeout=left))
+                except queue.Empty:
+                    break
+        return items
 
     def _model_served(self) -> bool:
         slot = getattr(self.streams, "slot", None)  # the worker's StreamTable; a bare scorer in unit tests has none
@@ -202,47 +227,57 @@ class DeviceIngest:
         return []
 
     def _score(self, rows: list[Row]) -> None:
-        start = 0
-        for i in range(1, len(rows) + 1):  # consecutive rows of one device score together
-            if i == len(rows) or rows[i].device != rows[start].device:
-                group = rows[start:i]
-                self._score_device(group[0].device, np.stack([r.values for r in group]),
-                                   [r.timestamp for r in group])
-                start = i
+        """Each device's rows (in order) as one request; all devices' requests in one model run."""
+        devices: dict[str, list[Row]] = {}
+        for row in rows:
+            devices.setdefault(row.device, []).append(row)
+        requests, baselines = [], []
+        for device, group in devices.items():
+            values, times, baseline = self._past_baseline(device, np.stack([r.values for r in group]),
+                                                          [r.timestamp for r in group])
+            if len(values):
+                requests.append(StreamRequest(device, values, baseline, times))
+                baselines.append(baseline is not None)
+        if not requests:
+            return
+        for request, sent_baseline, result in zip(requests, baselines, self.streams.score_many(requests)):
+            self._scored(request, sent_baseline, result)
 
-    def _score_device(self, device: str, values: np.ndarray, times: list[float]) -> None:
-        baseline = None
-        if self.baseline_rows:
-            if device not in self._ready and device not in self._collecting and self._held(device):
-                self._mark_ready(device)
-            if device not in self._ready:
-                with self._count_lock:  # document() reads the collecting devices from another thread
-                    collected = self._collecting.setdefault(device, [])
-                    self._collecting.move_to_end(device)
-                    while len(self._collecting) > self.max_devices:
-                        self._collecting.popitem(last=False)
-                take = min(self.baseline_rows - len(collected), len(values))
-                collected.extend(values[:take])
-                self._count(baseline_rows=take)
-                values, times = values[take:], times[take:]
-                if not len(values):
-                    return
-                baseline = np.stack(collected)
-        try:
-            scored = self.streams.score(device, values, baseline, times)
-        except ProtocolError as exc:
-            if exc.code == errors.BASELINE_ALREADY_SET.code:  # the stream came back meanwhile: it has its reference
-                scored = self.streams.score(device, values, times=times)
-            elif exc.code == errors.NO_MODEL.code:
+    def _past_baseline(self, device: str, values: np.ndarray, times: list[float]):
+        """A device still collecting its baseline keeps its first rows for it: what is left to score now, and the
+        baseline to send with it (None once the stream has its reference)."""
+        if not self.baseline_rows:
+            return values, times, None
+        if device not in self._ready and device not in self._collecting and self._held(device):
+            self._mark_ready(device)
+        if device in self._ready:
+            return values, times, None
+        with self._count_lock:  # document() reads the collecting devices from another thread
+            collected = self._collecting.setdefault(device, [])
+            self._collecting.move_to_end(device)
+            while len(self._collecting) > self.max_devices:
+                self._collecting.popitem(last=False)
+        take = min(self.baseline_rows - len(collected), len(values))
+        collected.extend(values[:take])
+        self._count(baseline_rows=take)
+        values, times = values[take:], times[take:]
+        return values, times, np.stack(collected) if len(values) else None
+
+    def _scored(self, request: StreamRequest, sent_baseline: bool, result) -> None:
+        device, values, times = request.stream, request.rows, request.times
+        if isinstance(result, ProtocolError):
+            if result.code == errors.BASELINE_ALREADY_SET.code:  # the stream came back meanwhile: it has its reference
+                result = self.streams.score(device, values, times=times)
+            elif result.code == errors.NO_MODEL.code:
                 self.refuse("no_model", f"{device}: {len(values)} row(s) not scored, no model yet")
                 return
             else:
-                raise
-        if baseline is not None:
+                raise result
+        if sent_baseline:
             with self._count_lock:
                 self._collecting.pop(device, None)
             self._mark_ready(device)
-        elif self.baseline_rows and scored.stream_rows == 0:
+        elif self.baseline_rows and result.stream_rows == 0:
             # the stream had been evicted: it came back without a baseline; start one with these rows
             self.streams.forget(device)
             self._ready.pop(device, None)
@@ -251,9 +286,9 @@ class DeviceIngest:
             self._count(baseline_rows=min(len(values), self.baseline_rows))
             log.info("device %s: its stream was evicted, a new baseline starts", device)
             return
-        self._count(rows_scored=len(values), rows_anomalous=int(np.count_nonzero(scored.flags)))
+        self._count(rows_scored=len(values), rows_anomalous=int(np.count_nonzero(result.flags)))
         if self.twin is not None:
-            self.twin.on_scores(device, float(scored.scores[-1]), times[-1])
+            self.twin.on_scores(device, float(result.scores[-1]), times[-1])
 
     def _held(self, device: str) -> bool:
         try:

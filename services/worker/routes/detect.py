@@ -15,8 +15,10 @@ from services.protocol import errors
 from services.protocol.bodies import refuse_announced
 from services.protocol.errors import ProtocolError, openapi_responses
 from services.worker import explain
+from services.worker.batching import RequestBatcher
 from services.worker.deps import WorkerContext
 from services.worker.parsing import BINARY_TYPE, H_BASELINE_ROWS, H_STREAM, parse_binary, parse_detect, stream_id
+from services.worker.streams import StreamRequest
 
 H_EXPLAIN = "X-Explain"  # binary body: "true" lists the top sensors of every row (the JSON body's "explain")
 
@@ -66,6 +68,7 @@ def endpoint(ctx: WorkerContext):
     features, max_rows, min_baseline = ctx.features, ctx.max_rows, ctx.min_baseline
     max_json_body, max_binary_body = ctx.max_json_body, ctx.max_binary_body
     explainer = explain.Explainer(ctx.settings.data.model_columns)
+    batcher = RequestBatcher(streams, ctx.settings.serving.batch_wait_ms / 1000)
 
     async def detect(request: Request):
         started = time.perf_counter()
@@ -93,7 +96,7 @@ def endpoint(ctx: WorkerContext):
             if every:  # asked for: explaining flagged rows by default cost a batch of 1 half its req/s (BENCHMARKS.md)
                 answer["top_sensors"] = explainer.rows(model.detector, rows, baseline, np.ones(len(rows), dtype=bool))
         else:  # the stream table tells the alarms, the live buffer and the drift tests, as for device data
-            scored = streams.score(stream, rows, baseline, explain_all=every)
+            scored = await batcher.score(StreamRequest(stream, rows, baseline, explain_all=every))
             scores, flags, model = scored.scores, scored.flags, scored.model
             answer = {"scores": scores, "is_anomaly": flags, "threshold": model.threshold,
                       "model_round": model.model_round, "model": model.kind, "stream": stream,
