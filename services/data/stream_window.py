@@ -16,9 +16,9 @@ keeps, per stream:
   window: the bound of the batch path's block-wise sums);
 - for flattened windows (``data.window_stats: []``, the conv1d and lstm kinds) the ring itself is the input.
 
-A request of more than ``PUSH_MAX_ROWS`` rows, the first row of a stream and a change of reference (a new served model for streams
-scaled by the model's default reference) take the batch path, ``InputPipeline`` over the held rows and the new
-ones, and anchor the sums afresh from its rows. Both paths give the same inputs within float32 rounding
+A request of more than ``PUSH_MAX_ROWS`` rows, the first row of a stream and a change of reference (a new served
+model for streams scaled by the model's default reference) take the batch path, ``InputPipeline`` over the held
+rows and the new ones, and anchor the sums afresh from its rows. Both paths give the same inputs within float32 rounding
 (tests/data/test_stream_window.py, on whole SKAB files).
 """
 

@@ -1,7 +1,8 @@
 """A worker's persisted state: the models it keeps (each complete), which one it serves, which one an admin pinned.
 
-Every blob (weights, fp32 ONNX, int8 ONNX) is written once under a name with its version (``global-12.f32``,
-``model-12.onnx``, ``model-12.int8.onnx``), and one ``state.json`` names the versions, their files, the served and
+Every blob (weights, fp32 ONNX, int8 ONNX, and the served graph with the preprocessing in front, which the calibrating
+child made) is written once under a name with its version (``global-12.f32``, ``model-12.onnx``,
+``model-12.int8.onnx``, ``model-12.rows.onnx``), and one ``state.json`` names the versions, their files, the served and
 the pinned version. A save writes the new blobs (temp → fsync → rename), then ``state.json`` the same way, then
 removes the blobs no version names: kill -9 at any instant leaves the previous or the new complete state. A file
 the persisted state names is never overwritten with other bytes (a version id installed again with other content,
@@ -25,7 +26,8 @@ from services.protocol.codec import decode_weights, encode_weights
 
 log = logging.getLogger("fedad.worker")
 BLOBS = ("global.f32", "model.onnx", "model.int8.onnx")
-BLOB_FILE = re.compile(r"^(global|model)-[0-9a-f.-]+(\.int8)?\.(f32|onnx)$")  # this store's blobs, any layout
+ROWS_BLOB = "model.rows.onnx"  # optional: versions saved before it was kept score batches through numpy
+BLOB_FILE = re.compile(r"^(global|model)-[0-9a-f.-]+(\.int8|\.rows)?\.(f32|onnx)$")  # this store's blobs, any layout
 FORMAT = 2
 
 
@@ -53,14 +55,15 @@ class ModelVersion:
     installed_at: float = 0.0
     files: dict[str, str] = field(default_factory=dict)  # blob name → file in the state folder (set by the store)
     rows_graph: tuple[int, bytes] | None = None  # the served model with the preprocessing in front, as the
-    # calibrating process made it; in memory only: a version read from disk scores batches through numpy instead
+    # calibrating process made it, for raw rows of that width (kept as ``model.rows.onnx`` and ``rows_width``)
 
     @property
     def order(self) -> tuple[int, int]:
         return version_order(self.id)
 
     def meta(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if k not in ("weights", "onnx_fp32", "onnx_int8", "rows_graph")}
+        meta = {k: v for k, v in self.__dict__.items() if k not in ("weights", "onnx_fp32", "onnx_int8", "rows_graph")}
+        return meta | ({"rows_width": self.rows_graph[0]} if self.rows_graph is not None else {})
 
 
 def version_order(version_id: str) -> tuple[int, int]:
@@ -157,7 +160,7 @@ class WorkerStore:
                 continue
             fields = {k: v for k, v in record.items() if k in ModelVersion.__dataclass_fields__}
             versions.append(ModelVersion(**fields, weights=weights, onnx_fp32=blobs["model.onnx"],
-                                         onnx_int8=blobs["model.int8.onnx"]))
+                                         onnx_int8=blobs["model.int8.onnx"], rows_graph=self._rows_graph(record)))
         state = WorkerState(run_id=meta["run_id"], scaler=meta["scaler"], spec_hash=meta["spec_hash"],
                             versions=versions, history=meta.get("history", []))
         ids = {v.id for v in versions}
@@ -165,12 +168,26 @@ class WorkerStore:
         state.pinned_id = meta.get("pinned_id") if meta.get("pinned_id") in ids else None
         return state
 
+    def _rows_graph(self, record: dict) -> tuple[int, bytes] | None:
+        file, width = record["files"].get(ROWS_BLOB), record.get("rows_width")
+        if file is None or width is None:
+            return None
+        try:
+            data = (self.dir / file).read_bytes()
+        except FileNotFoundError:  # only an optimisation: batches score through numpy without it
+            log.warning("model version %s: %s is missing, batches are scored without it", record.get("id"), file)
+            return None
+        self._persisted[file] = hashlib.sha256(data).hexdigest()
+        return int(width), data
+
     def save(self, state: WorkerState) -> None:
         """New blobs first, then ``state.json``, then the blobs no version names any more."""
         written: dict[str, str] = {}
         for version in state.versions:
             blobs = {"global.f32": encode_weights(version.weights), "model.onnx": version.onnx_fp32,
                      "model.int8.onnx": version.onnx_int8}
+            if version.rows_graph is not None:
+                blobs[ROWS_BLOB] = version.rows_graph[1]
             for name, data in blobs.items():
                 digest = hashlib.sha256(data).hexdigest()
                 file = _file_for(name, version, digest, {**self._persisted, **written})

@@ -128,7 +128,7 @@ def test_old_versions_retire_beyond_keep_but_never_the_served_or_pinned_one(tmp_
     assert [v["version"] for v in shelf.versions] == ["1", "4", "5"]  # 1 pinned; 2 and 3 retired
     named = set(json.loads((tmp_path / "state.json").read_text())["files"].values())
     on_disk = {p.name for p in tmp_path.iterdir() if p.name.startswith(("global-", "model-"))}
-    assert on_disk == named and len(named) == 9, "retired versions' files are deleted"
+    assert on_disk == named and len(named) == 3 * 4, "retired versions' files are deleted"  # 4 blobs each
 
 
 def test_recalibration_is_a_new_version_with_the_same_weights_through_the_gate(tmp_path, node):
@@ -185,6 +185,32 @@ def test_a_new_federation_installing_the_same_round_never_overwrites_a_persisted
     restarted.restore()
     assert restarted.state.run_id == "run-b"
     np.testing.assert_array_equal(restarted.latest_weights, good_weights(7))
+
+
+def test_a_restart_serves_batches_through_the_graph_the_calibrating_child_made(tmp_path, node):
+    """The served graph with the preprocessing in front is kept beside the version: after a restart, a batch of raw
+    rows is scored by it (not by the numpy path), with the scores it had before."""
+    data, scaler = node
+    shelf = shelf_at(tmp_path, node)
+    installed = shelf.install("run-a", scaler, 1, good_weights(0), data)
+    assert installed.rows_graph is not None and installed.files["model.rows.onnx"] == "model-1.rows.onnx"
+    rows = data.train_raw()[:1024]
+    before = shelf.slot.current.detector.decision_function(rows)
+
+    restarted = shelf_at(tmp_path, node)
+    restarted.restore()
+    version = restarted.state.served_version
+    assert version.rows_graph == installed.rows_graph
+    detector = restarted.slot.current.detector
+    assert not detector.builds_graphs and detector.raw_session(rows.shape[1]) is not None, \
+        "the restarted worker should have the in-graph session without building it"
+    np.testing.assert_allclose(detector.decision_function(rows), before, rtol=1e-5)
+
+    (tmp_path / "model-1.rows.onnx").unlink()  # a state folder without it (written before it was kept) still loads
+    older = shelf_at(tmp_path, node)
+    older.restore()
+    assert older.state.served_version.rows_graph is None
+    np.testing.assert_allclose(older.slot.current.detector.decision_function(rows), before, rtol=1e-5)
 
 
 WRITER = textwrap.dedent("""

@@ -164,17 +164,21 @@ class DeviceIngest:
             items = self._arrived()
             if not items and self._stop.is_set():
                 return
-            try:
-                rows = []
-                for item in items:
+            rows = []
+            for item in items:
+                try:
                     rows += self._take(item)
+                except Exception:  # a bug must not end ingestion, nor cost the other messages: log it with the item
+                    log.exception("ingestion failed on %s", item[0] if isinstance(item, tuple) else item)
+            try:
                 if time.monotonic() >= next_tick:
                     rows += self.assembler.expire(time.time())
                     next_tick = time.monotonic() + TICK_S
                 if rows:
                     self._score(rows)
-            except Exception:  # a bug must not end ingestion: log it with what was being handled
-                log.exception("ingestion failed on %s", [i[0] if isinstance(i, tuple) else i for i in items[:3]])
+            except Exception:
+                log.exception("ingestion failed scoring %d row(s) of %s", len(rows),
+                              ", ".join(sorted({r.device for r in rows})[:5]))
 
     def _arrived(self) -> list:
         """What waits in the queue, and what arrives within ``batch_wait_s`` of the first (at most
@@ -241,7 +245,10 @@ class DeviceIngest:
         if not requests:
             return
         for request, sent_baseline, result in zip(requests, baselines, self.streams.score_many(requests)):
-            self._scored(request, sent_baseline, result)
+            try:
+                self._scored(request, sent_baseline, result)
+            except Exception:  # one device's fault (a bug) must not cost the others their counts and twin reports
+                log.exception("ingestion failed on device %s", request.stream)
 
     def _past_baseline(self, device: str, values: np.ndarray, times: list[float]):
         """A device still collecting its baseline keeps its first rows for it: what is left to score now, and the
