@@ -3,10 +3,13 @@
 
   FEDAD_FAULT="aggregator.aggregate:pause"            pause the first time a round is being aggregated
   FEDAD_FAULT="worker.train:sleep=12@2"               sleep 12 s the second time the worker trains
+  FEDAD_FAULT="worker.train:until=/tmp/go"            block the first training until the file /tmp/go exists
   FEDAD_FAULT="atomic.commit:kill,worker.upload:pause" several points, comma-separated
 
 Actions: ``pause`` (print ``FAULT <point> reached`` to stderr and block until killed), ``kill`` (SIGKILL itself),
-``sleep=<seconds>``. ``@N`` fires on the N-th time the point is reached (default the first); each fires once.
+``sleep=<seconds>``, ``until=<file>`` (block until the test creates the file: a stall that lasts exactly until
+what the test waits for has happened, however slow the machine). ``@N`` fires on the N-th time the point is reached
+(default the first); each fires once.
 Points: aggregator.aggregate (a round's new global model computed, not yet persisted), atomic.commit (a snapshot's
 versioned files written, state.json not yet), worker.train (local training starts), worker.upload (half of an
 update body sent).
@@ -47,6 +50,10 @@ def point(name: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
     elif action.startswith("sleep="):
         time.sleep(float(action.removeprefix("sleep=")))
+    elif action.startswith("until="):
+        release = action.removeprefix("until=")
+        while not os.path.exists(release):
+            time.sleep(0.2)
     else:
         while True:
             time.sleep(3600)

@@ -1,4 +1,4 @@
-"""Buffered asynchronous aggregation (federation.mode async), real processes on loopback: a worker made 150 s slow
+"""Buffered asynchronous aggregation (federation.mode async), real processes on loopback: a worker stalled in training
 never holds the others up, its update trained on a model too many versions old is refused with 409 too_stale, and
 it catches up; the published model is the staleness-weighted FedBuff step; kill -9 loses no acknowledged update."""
 
@@ -25,9 +25,9 @@ ASYNC = {"FEDAD__FEDERATION__MODE": "async", "FEDAD__FEDERATION__BUFFER_SIZE": "
 def test_a_slow_worker_never_blocks_progress_and_its_too_stale_update_is_refused(tmp_path):
     stack = Stack(tmp_path, rounds=40, epochs=1, min_workers=3, quorum=1, overrides=ASYNC)
     slow = stack.worker_services["other"]
-    # its first training takes 150 s: longer than 4 versions take even on a loaded machine (each install calibrates
-    # in a child process, up to 30 s a version at load 8)
-    slow.env = {**stack.env, "FEDAD_FAULT": "worker.train:sleep=150@1"}
+    # its first training lasts until 4 versions are out, however long they take on a loaded machine
+    release = tmp_path / "release-other"
+    slow.env = {**stack.env, "FEDAD_FAULT": f"worker.train:until={release}@1"}
     stack.start()
     agg = stack.agg_url
     try:
@@ -35,6 +35,7 @@ def test_a_slow_worker_never_blocks_progress_and_its_too_stale_update_is_refused
             s = stack.status()
             return s if s and s["rounds_done"] >= 4 else None
         progressed = wait_until(versions_while_slow, 300, "versions published while one worker sleeps")
+        release.touch()
         slept = [h for h in progressed["history"] if "other" in h["workers"]]
         assert not slept, "the sleeping worker contributed nothing yet, and nobody waited for it"
         assert all(h["closed_by"] == "buffer_full" and set(h["workers"]) == {"valve1", "valve2"}

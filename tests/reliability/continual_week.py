@@ -35,21 +35,22 @@ from support import Stack, wait_until  # noqa: E402
 
 ROOT = HERE.parents[1]
 WORKERS = ["device0", "device1", "device2"]
+DAY_S = 86_400.0
 MINUTE = 60.0
-DAY_ROWS = 1440  # readings a day at one a minute
-WEEK_ROWS = 7 * DAY_ROWS
 
 
-def week_overrides(every_s: float, campaign_rounds: int) -> dict[str, str]:
-    """examples/synthetic.yaml as a week at one reading a minute; continual rounds on a schedule."""
+def week_overrides(every_s: float, campaign_rounds: int, reading_s: float = MINUTE) -> dict[str, str]:
+    """examples/synthetic.yaml as a week at one reading every ``reading_s`` (a minute: 1440 a day), anomalies the same
+    share of its rows (20 a device at one a minute); continual rounds on a schedule."""
+    day_rows = int(DAY_S // reading_s)
     return {
         "FEDAD_CONFIG": str(ROOT / "examples" / "synthetic.yaml"),
-        "FEDAD__DATA__SOURCE__SYNTHETIC__ROWS": str(WEEK_ROWS),
-        "FEDAD__DATA__SOURCE__SYNTHETIC__NORMAL_ROWS": str(DAY_ROWS),
-        "FEDAD__DATA__SOURCE__SYNTHETIC__INTERVAL_S": str(MINUTE),
-        "FEDAD__DATA__SOURCE__SYNTHETIC__PERIOD_ROWS": str(DAY_ROWS),
-        "FEDAD__DATA__SOURCE__SYNTHETIC__ANOMALIES": "20",
-        "FEDAD__DATA__TRAINING__ROWS": str(DAY_ROWS),
+        "FEDAD__DATA__SOURCE__SYNTHETIC__ROWS": str(7 * day_rows),
+        "FEDAD__DATA__SOURCE__SYNTHETIC__NORMAL_ROWS": str(day_rows),
+        "FEDAD__DATA__SOURCE__SYNTHETIC__INTERVAL_S": str(reading_s),
+        "FEDAD__DATA__SOURCE__SYNTHETIC__PERIOD_ROWS": str(day_rows),
+        "FEDAD__DATA__SOURCE__SYNTHETIC__ANOMALIES": str(max(1, round(20 * MINUTE / reading_s))),
+        "FEDAD__DATA__TRAINING__ROWS": str(day_rows),
         "FEDAD__FEDERATION__CONTINUAL__EVERY_S": str(every_s),
         "FEDAD__FEDERATION__CONTINUAL__MIN_NEW_ROWS": "null",  # the schedule alone opens rounds here
         "FEDAD__FEDERATION__CONTINUAL__ON_DRIFT": "false",
@@ -61,13 +62,15 @@ def week_overrides(every_s: float, campaign_rounds: int) -> dict[str, str]:
 
 
 def run_week(rounds: int, every_s: float, replay_s: float, workdir: Path, kill: bool = True,
-             progress=print) -> dict:
-    """Run the compressed week until ``rounds`` continual rounds closed (and the replay ended). Returns a report."""
-    overrides = week_overrides(every_s, campaign_rounds=2)
+             progress=print, reading_s: float = MINUTE) -> dict:
+    """Run the compressed week until ``rounds`` continual rounds closed (and the replay ended). Returns a report.
+    ``reading_s``: each device's reading interval; every row is played to a worker, so this sets the replay's
+    length (one a minute: 25,920 live rows)."""
+    overrides = week_overrides(every_s, campaign_rounds=2, reading_s=reading_s)
     stack = Stack(workdir, workers=WORKERS, rounds=2, epochs=1, overrides=overrides)
     settings = load_settings(overrides["FEDAD_CONFIG"], environ=stack.env)
     replay_rows = sum(len(d.rows) for devs in devices(settings, WORKERS).values() for d in devs)
-    speed = (WEEK_ROWS - DAY_ROWS) * MINUTE / replay_s
+    speed = 6 * DAY_S / replay_s
     started = time.time()
     stack.start()
     events: list[str] = []

@@ -7,7 +7,9 @@ from reliability.continual_week import WORKERS, plot, run_week
 
 
 def test_a_compressed_week_keeps_learning_through_kills_without_losing_a_round(tmp_path):
-    report = run_week(rounds=4, every_s=3.0, replay_s=30.0, workdir=tmp_path)
+    # smoke size: a reading every 2 minutes (12,960 live rows to play, not 25,920: the replay sets the length of this
+    # test; fewer rows would leave the four rounds little margin on a loaded machine)
+    report = run_week(rounds=4, every_s=3.0, replay_s=30.0, workdir=tmp_path, reading_s=120.0)
     assert report["problems"] == []
     assert report["continual_rounds"] >= 4 and len(report["events"]) == 2
     continual = [r for r in report["rounds"] if r["round"] > report["campaign_rounds"]]

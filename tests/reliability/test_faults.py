@@ -85,7 +85,7 @@ def test_worker_sigkilled_while_uploading(tmp_path):
 
 
 def test_aggregator_unreachable_workers_back_off_keep_serving_and_come_back(tmp_path):
-    rounds = 5
+    rounds = 3
     stack = Stack(tmp_path, rounds=rounds, epochs=1).start()
     try:
         wait_until(lambda: all((stack.worker_status(w) or {}).get("model_round") for w in WORKERS), 120,
@@ -113,12 +113,16 @@ def test_aggregator_unreachable_workers_back_off_keep_serving_and_come_back(tmp_
 def test_straggler_past_the_deadline_round_closes_with_quorum_late_update_refused_straggler_rejoins(tmp_path):
     stack = Stack(tmp_path, rounds=4, epochs=1, quorum=2,
                   overrides={"FEDAD__FEDERATION__ROUND_DEADLINE_S": "60"})
-    # valve2 stalls 80 s when it starts training round 2: past that round's 60 s deadline. The deadline leaves room
-    # for a round on a loaded 2-core machine (a training child, then an install's calibration child: 30-45 s), so
-    # the straggler, one round behind after its refused update, still makes a later round.
-    stack.worker_services["valve2"] = with_fault(stack, stack.worker_services["valve2"], "worker.train:sleep=80@2")
+    # valve2 stalls when it starts training round 2 until that round has closed: past its 60 s deadline. The
+    # deadline leaves room for a round on a loaded 2-core machine (a training child, then an install's calibration
+    # child: 30-45 s), so the straggler, one round behind after its refused update, still makes a later round.
+    release = tmp_path / "release-valve2"
+    stack.worker_services["valve2"] = with_fault(stack, stack.worker_services["valve2"],
+                                                 f"worker.train:until={release}@2")
     stack.start()
     try:
+        wait_until(lambda: (s := stack.status()) and s["rounds_done"] >= 2, 300, "round 2 to close without valve2")
+        release.touch()
         final = finish_and_check(stack, 4, timeout=420)
         round2 = final["history"][1]
         assert round2["closed_by"] == "deadline" and set(round2["workers"]) == {"valve1", "other"}
