@@ -117,16 +117,7 @@ class StreamTable:
         checked: list[tuple[int, np.ndarray, np.ndarray | None]] = []
         for i, request in enumerate(requests):
             try:
-                stream_id(request.stream)
-                rows = self._checked(request.rows, "rows")
-                baseline = None
-                if request.baseline is not None:
-                    baseline = self._checked(request.baseline, "baseline")
-                    least = max(2, self.prep.window)
-                    if len(baseline) < least:
-                        raise ProtocolError(errors.BAD_BASELINE,
-                                            f"a baseline needs at least {least} rows, got {len(baseline)}")
-                checked.append((i, rows, baseline))
+                checked.append((i, *self._valid(request)))
             except ProtocolError as exc:
                 results[i] = exc
         with self._lock:
@@ -175,6 +166,18 @@ class StreamTable:
                     except Exception:  # the answer matters more than what the alarms, buffer or drift make of it
                         log.exception("%s failed on stream %s", type(watcher).__name__, request.stream)
         return results  # type: ignore[return-value]
+
+    def _valid(self, request: StreamRequest) -> tuple[np.ndarray, np.ndarray | None]:
+        """The request's rows and baseline, checked; ProtocolError for what cannot be scored."""
+        stream_id(request.stream)
+        rows = self._checked(request.rows, "rows")
+        if request.baseline is None:
+            return rows, None
+        baseline = self._checked(request.baseline, "baseline")
+        least = max(2, self.prep.window)
+        if len(baseline) < least:
+            raise ProtocolError(errors.BAD_BASELINE, f"a baseline needs at least {least} rows, got {len(baseline)}")
+        return rows, baseline
 
     def _checked(self, rows, what: str) -> np.ndarray:
         """Rows from any caller (not only /detect's parser) as (n ≥ 1, features) finite float32."""

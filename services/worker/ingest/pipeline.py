@@ -235,18 +235,17 @@ class DeviceIngest:
         devices: dict[str, list[Row]] = {}
         for row in rows:
             devices.setdefault(row.device, []).append(row)
-        requests, baselines = [], []
+        requests = []
         for device, group in devices.items():
             values, times, baseline = self._past_baseline(device, np.stack([r.values for r in group]),
                                                           [r.timestamp for r in group])
             if len(values):
                 requests.append(StreamRequest(device, values, baseline, times))
-                baselines.append(baseline is not None)
         if not requests:
             return
-        for request, sent_baseline, result in zip(requests, baselines, self.streams.score_many(requests)):
+        for request, result in zip(requests, self.streams.score_many(requests)):
             try:
-                self._scored(request, sent_baseline, result)
+                self._scored(request, result)
             except Exception:  # one device's fault (a bug) must not cost the others their counts and twin reports
                 log.exception("ingestion failed on device %s", request.stream)
 
@@ -270,7 +269,7 @@ class DeviceIngest:
         values, times = values[take:], times[take:]
         return values, times, np.stack(collected) if len(values) else None
 
-    def _scored(self, request: StreamRequest, sent_baseline: bool, result) -> None:
+    def _scored(self, request: StreamRequest, result) -> None:
         device, values, times = request.stream, request.rows, request.times
         if isinstance(result, ProtocolError):
             if result.code == errors.BASELINE_ALREADY_SET.code:  # the stream came back meanwhile: it has its reference
@@ -280,7 +279,7 @@ class DeviceIngest:
                 return
             else:
                 raise result
-        if sent_baseline:
+        if request.baseline is not None:
             with self._count_lock:
                 self._collecting.pop(device, None)
             self._mark_ready(device)
